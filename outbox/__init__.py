@@ -1,0 +1,68 @@
+"""Tierbox: transactional, tiered, auditable background jobs.
+
+The public surface is what this module exports; everything else is internal.
+
+    import outbox
+
+    @outbox.task(tier=outbox.Tier.HIGH)
+    def send_receipt(order_id: int) -> None: ...
+
+    with Session(engine) as session, session.begin():
+        session.add(order)
+        outbox.enqueue(session, send_receipt, args=[order.id])
+"""
+
+from outbox.config import Settings
+from outbox.context import TaskContext
+from outbox.enqueue import configure, enqueue, enqueue_async, enqueue_many, enqueue_many_async, job
+from outbox.errors import (
+    ConfigError,
+    EnqueueError,
+    InvalidScheduleError,
+    NonRetryable,
+    PayloadEncodeError,
+    PayloadTooLargeError,
+    RedriveError,
+    RegistryError,
+    Reject,
+    TierboxError,
+    TopologyMismatchError,
+    UnknownTaskError,
+    UnknownTierError,
+)
+from outbox.redrive import discard, redrive, redrive_async
+from outbox.registry import Task, registry, task
+from outbox.schema import metadata
+from outbox.tiers import Tier
+
+__all__ = [
+    "ConfigError",
+    "EnqueueError",
+    "InvalidScheduleError",
+    "NonRetryable",
+    "PayloadEncodeError",
+    "PayloadTooLargeError",
+    "RedriveError",
+    "RegistryError",
+    "Reject",
+    "Settings",
+    "Task",
+    "TaskContext",
+    "Tier",
+    "TierboxError",
+    "TopologyMismatchError",
+    "UnknownTaskError",
+    "UnknownTierError",
+    "configure",
+    "discard",
+    "enqueue",
+    "enqueue_async",
+    "enqueue_many",
+    "enqueue_many_async",
+    "job",
+    "metadata",
+    "redrive",
+    "redrive_async",
+    "registry",
+    "task",
+]

@@ -1,0 +1,177 @@
+"""Settings: one frozen object per process, read from the environment at entry points.
+
+Every field says its default. Env variables carry the ``TIERBOX_`` prefix and
+the field's name in capitals (``TIERBOX_RELAY_BATCH_SIZE``). Library code
+never reads the environment itself; entry points call :meth:`Settings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from outbox.errors import ConfigError
+from outbox.tiers import Topology, load_topology
+
+ENV_PREFIX = "TIERBOX_"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a Tierbox process can be told. Validated at construction."""
+
+    #: Postgres holding the ``outbox`` schema. Defaults to the local ``test`` database.
+    database_url: str = DEFAULT_DATABASE_URL
+    #: RabbitMQ. Defaults to guest on localhost.
+    amqp_url: str = DEFAULT_AMQP_URL
+    #: Redis for cluster coordination. Defaults to localhost db 0.
+    redis_url: str = DEFAULT_REDIS_URL
+    #: Direct exchange the relay publishes to. Defaults to ``tierbox``.
+    exchange: str = "tierbox"
+    #: Prepended to every queue and exchange name (isolates tests and tenants). Defaults to "".
+    queue_prefix: str = ""
+    #: JSON file overriding the tier topology. Defaults to none (built-in topology).
+    topology_file: str | None = None
+    #: Largest encoded args+kwargs accepted by enqueue. Defaults to 256 KiB.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: Rows the relay claims per batch. Defaults to 500.
+    relay_batch_size: int = 500
+    #: Safety-net poll interval of the relay when no NOTIFY arrives. Defaults to 1.0 s.
+    relay_poll_interval_s: float = 1.0
+    #: How long the relay waits for publisher confirms of one batch. Defaults to 10 s.
+    relay_confirm_timeout_s: float = 10.0
+    #: Delay before a row whose publish failed is tried again. Defaults to 1.0 s.
+    relay_retry_delay_s: float = 1.0
+    #: Seconds a worker's lease on a running job lasts without a heartbeat. Defaults to 30 s.
+    lease_s: float = 30.0
+    #: Seconds between the reaper's scans for expired leases. Defaults to 5 s.
+    reaper_interval_s: float = 5.0
+    #: Seconds in-flight jobs get to finish after SIGTERM. Defaults to 30 s.
+    shutdown_grace_s: float = 30.0
+    #: Days succeeded (and expired) jobs are kept before pruning. Defaults to 7.
+    retention_succeeded_days: float = 7.0
+    #: Days dead and discarded jobs are kept before pruning. Defaults to 30.
+    retention_dead_days: float = 30.0
+    #: Comma-separated modules that register tasks (``--app``). Defaults to none.
+    app: str = ""
+
+    def __post_init__(self) -> None:
+        for field, scheme in (
+            ("database_url", ("postgresql", "postgres", "postgresql+psycopg")),
+            ("amqp_url", ("amqp", "amqps")),
+            ("redis_url", ("redis", "rediss", "unix")),
+        ):
+            _check_url(field, getattr(self, field), scheme)
+        positive = ("max_payload_bytes", "relay_batch_size", "relay_poll_interval_s", "relay_confirm_timeout_s",
+                    "lease_s", "reaper_interval_s")
+        for field in positive:
+            if getattr(self, field) <= 0:
+                raise ConfigError(_env(field), f"must be > 0, got {getattr(self, field)!r}")
+        if self.shutdown_grace_s < 0 or self.relay_retry_delay_s < 0:
+            raise ConfigError("TIERBOX_SHUTDOWN_GRACE_S", "durations must be >= 0")
+        if self.reaper_interval_s > self.lease_s:
+            raise ConfigError(_env("reaper_interval_s"), "must not exceed lease_s, or stuck jobs wait twice as long")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``TIERBOX_*`` variables, then explicit overrides (CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            raw = env.get(_env(name))
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_field_env(str(exc)), str(exc)) from exc
+
+    @property
+    def topology(self) -> Topology:
+        """The tier topology in force (cached per settings object)."""
+        return _topology(self.topology_file)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """``database_url`` with the psycopg 3 driver named, for SQLAlchemy engines."""
+        scheme, _, rest = self.database_url.partition("://")
+        return f"postgresql+psycopg://{rest}"
+
+    @property
+    def psycopg_url(self) -> str:
+        """``database_url`` as libpq accepts it."""
+        _, _, rest = self.database_url.partition("://")
+        return f"postgresql://{rest}"
+
+    def queue_name(self, tier: str) -> str:
+        """The RabbitMQ queue that holds ``tier``'s messages."""
+        return self.queue_prefix + self.topology.spec(tier).queue_name(tier)
+
+    def dlq_name(self, tier: str) -> str:
+        """The RabbitMQ dead-letter queue of ``tier``."""
+        return self.queue_name(tier) + ".dlq"
+
+    @property
+    def exchange_name(self) -> str:
+        """The main exchange's name, with the prefix."""
+        return self.queue_prefix + self.exchange
+
+    @property
+    def dlx_name(self) -> str:
+        """The dead-letter exchange's name, with the prefix."""
+        return self.exchange_name + ".dlx"
+
+    def app_modules(self) -> list[str]:
+        """The modules named by ``app``."""
+        return [m.strip() for m in self.app.split(",") if m.strip()]
+
+
+_TOPOLOGY_CACHE: dict[str | None, Topology] = {}
+
+
+def _topology(path: str | None) -> Topology:
+    if path not in _TOPOLOGY_CACHE:
+        _TOPOLOGY_CACHE[path] = load_topology(path)
+    return _TOPOLOGY_CACHE[path]
+
+
+def _env(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _field_env(message: str) -> str:
+    # msgspec says "... - at `$.relay_batch_size`"; turn the path into the env name.
+    if "$." in message:
+        return _env(message.rsplit("$.", 1)[1].strip("`"))
+    return "settings"
+
+
+def _check_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(_env(field), f"{url!r} is not a URL: {exc}") from exc
+    if parts.scheme not in schemes:
+        raise ConfigError(_env(field), f"{_redact(url)!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+    if parts.scheme != "unix" and not parts.hostname and field != "database_url":
+        raise ConfigError(_env(field), f"{_redact(url)!r} names no host")
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+redact_url = _redact

@@ -1,0 +1,105 @@
+"""The wire contract: how a job's arguments and its AMQP message body are encoded.
+
+Body: a msgspec JSON :class:`Envelope`, version ``v=1``. New fields always get
+defaults so older workers keep decoding newer messages. Arguments are JSON
+values (msgspec encodes datetimes, UUIDs, dataclasses and Structs to their
+JSON forms; the handler receives those JSON forms, e.g. ISO strings).
+The ledger (``outbox.jobs``) is the truth: a worker checks every delivery
+against it, so the body carries only what is needed to run the job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+from outbox.errors import PayloadEncodeError, PayloadTooLargeError
+
+ENVELOPE_VERSION = 1
+CONTENT_TYPE = "application/json"
+
+#: AMQP header names (all prefixed so they never clash with an app's own headers).
+HEADER_TASK = "x-tierbox-task"
+HEADER_TIER = "x-tierbox-tier"
+HEADER_ATTEMPT = "x-tierbox-attempt"
+HEADER_ENQUEUED_AT = "x-tierbox-enqueued-at"
+
+_encoder = msgspec.json.Encoder()
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """The message body. ``payload`` is ``{"args": [...], "kwargs": {...}}``."""
+
+    v: int = ENVELOPE_VERSION
+    id: uuid.UUID
+    task: str
+    tier: str
+    payload: msgspec.Raw = msgspec.Raw(b'{"args":[],"kwargs":{}}')
+    enqueued_at: dt.datetime | None = None
+
+
+class Payload(msgspec.Struct, frozen=True):
+    """A job's arguments as stored in ``outbox.jobs.payload``."""
+
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+
+
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_payload_decoder = msgspec.json.Decoder(Payload)
+
+
+def encode_payload(args: Any, kwargs: Any, max_bytes: int) -> str:
+    """args+kwargs as the JSON text stored in the ledger; raises typed errors naming the field."""
+    if not isinstance(args, (list, tuple)):
+        raise PayloadEncodeError("args", f"must be a list or tuple, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise PayloadEncodeError("kwargs", f"must be a dict, got {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise PayloadEncodeError("kwargs", f"keys must be str, got {type(key).__name__} {key!r:.40}")
+    for field, value in (("args", list(args)), ("kwargs", kwargs)):
+        try:
+            _encoder.encode(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadEncodeError(field, f"cannot be encoded as JSON: {exc}") from exc
+    body = _encoder.encode({"args": list(args), "kwargs": kwargs})
+    if b"\\u0000" in body:
+        raise PayloadEncodeError("args", "strings must not contain NUL characters (Postgres jsonb refuses them)")
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError("args", f"encoded payload is {len(body)} bytes, above the limit of {max_bytes}")
+    return body.decode()
+
+
+def encode_headers(headers: Any) -> str:
+    """User headers as JSON text; must be a flat dict of str to str/int/float/bool."""
+    if headers is None:
+        return "{}"
+    if not isinstance(headers, dict):
+        raise PayloadEncodeError("headers", f"must be a dict, got {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise PayloadEncodeError("headers", f"entry {key!r:.40} must map str to str/int/float/bool")
+    return _encoder.encode(headers).decode()
+
+
+def encode_envelope(job_id: uuid.UUID, task: str, tier: str, payload_json: str | bytes,
+                    enqueued_at: dt.datetime | None) -> bytes:
+    """The AMQP body for a job, embedding the stored payload JSON without re-encoding it."""
+    raw = payload_json.encode() if isinstance(payload_json, str) else payload_json
+    return _encoder.encode(
+        Envelope(id=job_id, task=task, tier=tier, payload=msgspec.Raw(raw), enqueued_at=enqueued_at)
+    )
+
+
+def decode_envelope(body: bytes) -> Envelope:
+    """Decode an AMQP body; raises ``msgspec.DecodeError`` (or ValidationError) on garbage."""
+    return _envelope_decoder.decode(body)
+
+
+def decode_payload(raw: bytes | msgspec.Raw) -> Payload:
+    """The args/kwargs of an envelope's payload."""
+    return _payload_decoder.decode(bytes(raw))

@@ -1,0 +1,285 @@
+"""Transactional enqueue: write jobs through the caller's transaction.
+
+``enqueue`` never commits, never flushes the caller's ORM objects and never
+opens a transaction of its own: the job exists if and only if the caller's
+transaction commits. Every argument is validated before anything is sent to
+Postgres, so a bad call raises an :class:`~outbox.errors.EnqueueError` naming
+the field and leaves the transaction as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from outbox import queries
+from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
+from outbox.encoding import encode_headers, encode_payload
+from outbox.errors import InvalidScheduleError, UnknownTaskError, UnknownTierError
+from outbox.registry import Registry, Task, registry
+from outbox.sql import run, run_async
+from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
+
+log = logging.getLogger("tierbox.enqueue")
+
+MAX_IDEMPOTENCY_KEY_CHARS = 512
+
+
+class EnqueueOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Process-wide enqueue settings; :func:`configure` replaces them."""
+
+    topology: Topology = DEFAULT_TOPOLOGY
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    registry: Registry | None = None
+
+
+_options = EnqueueOptions()
+
+
+def configure(*, topology: Topology | None = None, max_payload_bytes: int | None = None,
+              registry_: Registry | None = None) -> None:
+    """Set the topology and payload limit enqueue uses (entry points call this from Settings)."""
+    global _options
+    _options = EnqueueOptions(
+        topology=topology or _options.topology,
+        max_payload_bytes=max_payload_bytes or _options.max_payload_bytes,
+        registry=registry_ or _options.registry,
+    )
+
+
+class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One validated job, ready to insert. Build with :func:`job` for ``enqueue_many``."""
+
+    id: uuid.UUID
+    task: str
+    tier: str
+    weight: int
+    priority: int
+    payload: str
+    headers: str
+    idempotency_key: str | None
+    max_retries: int
+    run_at: dt.datetime | None
+    delay_s: float | None
+    expires_at: dt.datetime | None
+    expires_s: float | None
+
+
+def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
+        delay: dt.timedelta | float | None = None, run_at: dt.datetime | None = None,
+        expires: dt.timedelta | float | dt.datetime | None = None, headers: Mapping[str, Any] | None = None,
+        priority: int | None = None, max_retries: int | None = None) -> JobSpec:
+    """Validate one job's arguments; raises an ``EnqueueError`` subclass naming the field."""
+    t = _resolve_task(task)
+    tier_name = _resolve_tier(t, tier)
+    spec = _options.topology.spec(tier_name)
+    payload = encode_payload(args, {} if kwargs is None else kwargs, _options.max_payload_bytes)
+    run_at, delay_s = _schedule(delay, run_at)
+    expires_at, expires_s = _expiry(expires if expires is not None else t.expires_s, run_at, delay_s)
+    return JobSpec(
+        id=uuid.uuid4(), task=t.name, tier=tier_name, weight=spec.weight,
+        priority=_priority(priority, t, spec.weight, spec.max_priority), payload=payload,
+        headers=encode_headers(headers), idempotency_key=_key(idempotency_key),
+        max_retries=_max_retries(max_retries, t), run_at=run_at, delay_s=delay_s,
+        expires_at=expires_at, expires_s=expires_s,
+    )
+
+
+def enqueue(session: Any, task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any] = (),
+            kwargs: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
+            delay: dt.timedelta | float | None = None, run_at: dt.datetime | None = None,
+            expires: dt.timedelta | float | dt.datetime | None = None, headers: Mapping[str, Any] | None = None,
+            priority: int | None = None, max_retries: int | None = None) -> uuid.UUID:
+    """Write one job through ``session``'s transaction and return its id.
+
+    ``session`` is a SQLAlchemy ``Session`` or ``Connection`` or a psycopg 3
+    connection. This never commits: the job is published only once the
+    caller commits, and never if it rolls back. With an ``idempotency_key``
+    already used, nothing is written and the first job's id is returned.
+    ``tier`` overrides the task's own tier. ``delay`` (seconds or timedelta)
+    and ``run_at`` (aware datetime) are exclusive; ``expires`` is seconds, a
+    timedelta (both from now) or an aware datetime.
+    """
+    spec = job(task, tier, args=args, kwargs=kwargs, idempotency_key=idempotency_key, delay=delay,
+               run_at=run_at, expires=expires, headers=headers, priority=priority, max_retries=max_retries)
+    return enqueue_many(session, [spec])[0]
+
+
+async def enqueue_async(session: Any, task: Task | str, tier: Tier | str | None = None, *,
+                        args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                        idempotency_key: str | None = None, delay: dt.timedelta | float | None = None,
+                        run_at: dt.datetime | None = None, expires: dt.timedelta | float | dt.datetime | None = None,
+                        headers: Mapping[str, Any] | None = None, priority: int | None = None,
+                        max_retries: int | None = None) -> uuid.UUID:
+    """:func:`enqueue` for an ``AsyncSession``, ``AsyncConnection`` or async psycopg connection."""
+    spec = job(task, tier, args=args, kwargs=kwargs, idempotency_key=idempotency_key, delay=delay,
+               run_at=run_at, expires=expires, headers=headers, priority=priority, max_retries=max_retries)
+    return (await enqueue_many_async(session, [spec]))[0]
+
+
+def enqueue_many(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
+    """Write a batch of jobs (built with :func:`job`) in one round trip; ids in input order."""
+    specs = list(jobs)
+    if not specs:
+        return []
+    params, alias = _batch_params(specs)
+    rows = run(session, queries.ENQUEUE, params)
+    missing = _missing_keys(specs, rows, alias)
+    found = dict(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
+    return _ids(specs, rows, alias, found)
+
+
+async def enqueue_many_async(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
+    """:func:`enqueue_many` for async connections."""
+    specs = list(jobs)
+    if not specs:
+        return []
+    params, alias = _batch_params(specs)
+    rows = await run_async(session, queries.ENQUEUE, params)
+    missing = _missing_keys(specs, rows, alias)
+    found = dict(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
+    return _ids(specs, rows, alias, found)
+
+
+def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int, int]]:
+    """Column arrays for ENQUEUE, and which later rows repeat an earlier row's key."""
+    first_by_key: dict[str, int] = {}
+    alias: dict[int, int] = {}
+    unique: list[JobSpec] = []
+    for i, s in enumerate(specs):
+        if s.idempotency_key is not None and s.idempotency_key in first_by_key:
+            alias[i] = first_by_key[s.idempotency_key]
+            continue
+        if s.idempotency_key is not None:
+            first_by_key[s.idempotency_key] = i
+        unique.append(s)
+    columns = {
+        "ids": "id", "tasks": "task", "tiers": "tier", "weights": "weight", "priorities": "priority",
+        "payloads": "payload", "headers": "headers", "keys": "idempotency_key", "max_retries": "max_retries",
+        "run_ats": "run_at", "delays_s": "delay_s", "expires_ats": "expires_at", "expires_s": "expires_s",
+    }
+    return {param: [getattr(s, attr) for s in unique] for param, attr in columns.items()}, alias
+
+
+def _missing_keys(specs: list[JobSpec], rows: list[Any], alias: dict[int, int]) -> list[str]:
+    unique = [s for i, s in enumerate(specs) if i not in alias]
+    return [s.idempotency_key for s, row in zip(unique, rows, strict=True)
+            if row[1] is None and s.idempotency_key is not None]
+
+
+def _ids(specs: list[JobSpec], rows: list[Any], alias: dict[int, int], found: dict[str, uuid.UUID]) -> list[uuid.UUID]:
+    unique_idx = [i for i in range(len(specs)) if i not in alias]
+    by_index: dict[int, uuid.UUID] = {}
+    for i, row in zip(unique_idx, rows, strict=True):
+        key = specs[i].idempotency_key
+        job_id = row[1] if row[1] is not None else found.get(key) if key else None
+        if job_id is None:
+            raise RuntimeError(f"enqueue: no id for idempotency key {key!r}")  # a bug, not bad input
+        by_index[i] = job_id
+        if row[2] and specs[i].tier != _task_tier(specs[i].task):
+            log.info("action=enqueue.tier_override job_id=%s task=%s tier=%s", job_id, specs[i].task, specs[i].tier)
+    for i, first in alias.items():
+        by_index[i] = by_index[first]
+    return [by_index[i] for i in range(len(specs))]
+
+
+def _registry() -> Registry:
+    return _options.registry or registry
+
+
+def _resolve_task(task: Task | str) -> Task:
+    if isinstance(task, Task):
+        return task
+    if not isinstance(task, str):
+        raise UnknownTaskError("task", f"expected a task or its name, got {type(task).__name__}")
+    found = _registry().get(task)
+    if found is None:
+        raise UnknownTaskError("task", f"no task is registered under {task!r} (is its module imported?)")
+    return found
+
+
+def _task_tier(name: str) -> str | None:
+    t = _registry().get(name)
+    return t.tier if t else None
+
+
+def _resolve_tier(t: Task, tier: Tier | str | None) -> str:
+    chosen = tier if tier is not None else t.tier
+    if chosen is None:
+        raise UnknownTierError("tier", f"task {t.name!r} has no tier and none was given")
+    if not isinstance(chosen, str):
+        raise UnknownTierError("tier", f"expected a Tier or its name, got {type(chosen).__name__}")
+    name = str(chosen.value) if isinstance(chosen, Tier) else chosen.lower()
+    if name not in _options.topology.tiers:
+        raise UnknownTierError("tier", f"{chosen!r} is not a tier (known: {', '.join(_options.topology.tiers)})")
+    return name
+
+
+def _seconds(field: str, value: dt.timedelta | float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, dt.timedelta)):
+        raise InvalidScheduleError(field, f"expected seconds or a timedelta, got {type(value).__name__}")
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise InvalidScheduleError(field, f"must be a finite duration >= 0, got {value!r}")
+    return seconds
+
+
+def _aware(field: str, value: dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise InvalidScheduleError(field, f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidScheduleError(field, "naive datetime: give a timezone (e.g. datetime.now(timezone.utc))")
+    return value
+
+
+def _schedule(delay: dt.timedelta | float | None, run_at: dt.datetime | None) -> tuple[dt.datetime | None, float | None]:
+    if delay is not None and run_at is not None:
+        raise InvalidScheduleError("delay", "give delay or run_at, not both")
+    if run_at is not None:
+        return _aware("run_at", run_at), None
+    return None, (_seconds("delay", delay) if delay is not None else None)
+
+
+def _expiry(expires: dt.timedelta | float | dt.datetime | None, run_at: dt.datetime | None,
+            delay_s: float | None) -> tuple[dt.datetime | None, float | None]:
+    if expires is None:
+        return None, None
+    if isinstance(expires, dt.datetime):
+        at = _aware("expires", expires)
+        if run_at is not None and at <= run_at:
+            raise InvalidScheduleError("expires", "is not after run_at: the job would expire before it is due")
+        return at, None
+    seconds = _seconds("expires", expires)
+    if seconds == 0 or (delay_s is not None and seconds <= delay_s):
+        raise InvalidScheduleError("expires", "must be later than the job's due time")
+    return None, seconds
+
+
+def _priority(priority: int | None, t: Task, weight: int, max_priority: int | None) -> int:
+    value = priority if priority is not None else t.priority if t.priority is not None else weight
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise InvalidScheduleError("priority", f"must be an int within 0..255, got {value!r}")
+    return min(value, max_priority) if max_priority is not None else value
+
+
+def _key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key:
+        raise InvalidScheduleError(
+            "idempotency_key", f"must be a non-empty str of at most {MAX_IDEMPOTENCY_KEY_CHARS} chars without NUL")
+    return key
+
+
+def _max_retries(value: int | None, t: Task) -> int:
+    if value is None:
+        return t.max_retries
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidScheduleError("max_retries", f"must be an int >= 0, got {value!r}")
+    return value

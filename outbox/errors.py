@@ -1,0 +1,91 @@
+"""Tierbox's exceptions, one tree.
+
+::
+
+    TierboxError
+    ├── ConfigError            a setting or the topology is wrong (names the setting)
+    ├── EnqueueError           nothing was written; the caller's transaction is usable
+    │   ├── UnknownTaskError       field "task"
+    │   ├── UnknownTierError       field "tier"
+    │   ├── PayloadEncodeError     field "args" / "kwargs" / "headers"
+    │   ├── PayloadTooLargeError   field "args"
+    │   └── InvalidScheduleError   field "delay" / "run_at" / "expires" / ...
+    ├── RegistryError          a task definition is wrong (duplicate name, bad policy)
+    ├── RedriveError           a redrive or discard was refused (already redriven, ...)
+    └── TopologyMismatchError  a queue exists with other arguments than the topology says
+
+    Reject                     raised by a handler: fail now, never retry
+                               (alias NonRetryable)
+
+Every error with a ``field`` names the argument or setting at fault, so a
+message can be shown to a user as it is.
+"""
+
+from __future__ import annotations
+
+
+class TierboxError(Exception):
+    """Base class of every error Tierbox raises on purpose."""
+
+
+class ConfigError(TierboxError, ValueError):
+    """A setting, URL or topology entry is invalid. ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class EnqueueError(TierboxError, ValueError):
+    """Enqueue refused its input before writing anything. ``field`` names the argument."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class UnknownTaskError(EnqueueError):
+    """The task is neither a registered task object nor a registered name."""
+
+
+class UnknownTierError(EnqueueError):
+    """The tier is not in the topology."""
+
+
+class PayloadEncodeError(EnqueueError):
+    """args, kwargs or headers cannot be encoded as JSON by msgspec."""
+
+
+class PayloadTooLargeError(EnqueueError):
+    """The encoded payload is above ``Settings.max_payload_bytes``."""
+
+
+class InvalidScheduleError(EnqueueError):
+    """delay/run_at/expires/priority/idempotency_key are contradictory or malformed."""
+
+
+class RegistryError(TierboxError):
+    """A task definition is invalid (duplicate name, unknown tier, bad policy)."""
+
+
+class RedriveError(TierboxError):
+    """A redrive or discard was refused; the message says why.
+
+    ``not_found`` is True when no dead letter exists for the job (HTTP 404),
+    False when it exists but was already redriven or discarded (HTTP 409).
+    """
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        self.not_found = not_found
+        super().__init__(message)
+
+
+class TopologyMismatchError(TierboxError):
+    """RabbitMQ holds a queue or exchange declared with other arguments."""
+
+
+class Reject(Exception):  # noqa: N818 - the name is the verb handlers raise
+    """Raise from a handler to fail the job now, with no retry: it is dead-lettered."""
+
+
+NonRetryable = Reject

@@ -1,0 +1,90 @@
+"""Redrive and discard dead letters from Python.
+
+Both call the SQL functions ``outbox.redrive`` and ``outbox.discard`` (see the
+migrations), so psql, Python and the admin API share one implementation and
+one guard: the UPDATE's WHERE clause refuses a second redrive, so two
+operators racing cannot both win. The call runs in a savepoint of the
+caller's transaction; a refusal raises :class:`RedriveError` and leaves that
+transaction usable. Nothing is committed here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from outbox import queries
+from outbox.errors import RedriveError
+from outbox.sql import run, run_async
+from outbox.tiers import Tier
+
+#: SQLSTATE the SQL functions raise for a refused redrive/discard.
+REFUSED_SQLSTATE = "TB001"
+#: SQLSTATE for "no such dead letter".
+NOT_FOUND_SQLSTATE = "TB404"
+
+
+def redrive(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
+            by: str = "python", reason: str | None = None) -> uuid.UUID:
+    """Re-enqueue a dead job as a new job (same task, payload, headers); returns the new id.
+
+    ``tier`` moves it to another tier. Raises :class:`RedriveError` if the job
+    has no dead letter or was already redriven or discarded.
+    """
+    params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
+    rows = _in_savepoint(session, lambda conn: run(conn, queries.REDRIVE, params))
+    return uuid.UUID(str(rows[0][0]))
+
+
+def discard(session: Any, job_id: uuid.UUID | str, *, by: str = "python", reason: str | None = None) -> None:
+    """Mark a dead letter discarded (kept for audit, never redriven)."""
+    params = {"job_id": str(job_id), "by": by, "reason": reason}
+    _in_savepoint(session, lambda conn: run(conn, queries.DISCARD, params))
+
+
+async def redrive_async(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
+                        by: str = "python", reason: str | None = None) -> uuid.UUID:
+    """:func:`redrive` for async sessions and connections."""
+    params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
+    try:
+        if isinstance(session, AsyncSession):
+            async with session.begin_nested():
+                rows = await run_async(session, queries.REDRIVE, params)
+        elif isinstance(session, psycopg.AsyncConnection):
+            async with session.transaction():
+                rows = await run_async(session, queries.REDRIVE, params)
+        else:
+            async with session.begin_nested():
+                rows = await run_async(session, queries.REDRIVE, params)
+    except (DBAPIError, psycopg.Error) as exc:
+        raise _translate(exc) from exc
+    return uuid.UUID(str(rows[0][0]))
+
+
+def _in_savepoint(session: Any, fn: Any) -> Any:
+    try:
+        if isinstance(session, psycopg.Connection):
+            with session.transaction():
+                return fn(session)
+        if isinstance(session, Session):
+            with session.begin_nested():
+                return fn(session)
+        with session.begin_nested():
+            return fn(session)
+    except (DBAPIError, psycopg.Error) as exc:
+        raise _translate(exc) from exc
+
+
+def _translate(exc: Exception) -> Exception:
+    orig = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None)
+    if state in (REFUSED_SQLSTATE, NOT_FOUND_SQLSTATE):
+        diag = getattr(orig, "diag", None)
+        message = getattr(diag, "message_primary", None) or str(orig)
+        return RedriveError(message, not_found=state == NOT_FOUND_SQLSTATE)
+    return exc

@@ -1,0 +1,187 @@
+"""The task registry: the single source of truth for task names, tiers and policies.
+
+A task's name is its wire identity. It defaults to ``module.qualname`` at the
+moment of registration and should be pinned with ``name=`` before a module is
+ever moved: renaming it strands messages already in flight.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import msgspec
+
+from outbox.errors import RegistryError, Reject
+from outbox.tiers import Tier, Topology
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Retries after the first attempt, unless a task says otherwise.
+DEFAULT_MAX_RETRIES = 3
+#: Base of the exponential backoff, seconds.
+DEFAULT_RETRY_BACKOFF_S = 1.0
+#: Cap of the exponential backoff, seconds.
+DEFAULT_RETRY_BACKOFF_MAX_S = 600.0
+#: Per-attempt time limit, seconds.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered handler and its policy. Calling it calls the handler directly."""
+
+    name: str
+    fn: Callable[..., Any]
+    tier: str | None
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S
+    retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    priority: int | None = None
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    no_retry_on: tuple[type[BaseException], ...] = (Reject,)
+    long: bool = False
+    expires_s: float | None = None
+    takes_context: bool = False
+
+    @property
+    def is_async(self) -> bool:
+        """True when the handler is an ``async def``."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` from this task's handler may be retried."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.no_retry_on)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+
+class Registry:
+    """Tasks by name. One global instance, :data:`registry`; tests may build their own."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._duplicates: list[str] = []
+
+    def add(self, task: Task) -> None:
+        """Register ``task``; a second, different task under the same name is an error."""
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.fn is not task.fn:
+            if _same_function(existing.fn, task.fn):
+                self._tasks[task.name] = task  # a module re-imported (reload, __main__)
+                return
+            self._duplicates.append(task.name)
+            raise RegistryError(f"task name {task.name!r} is already registered by {_where(existing.fn)}")
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> Task | None:
+        """The task registered under ``name``, or None."""
+        return self._tasks.get(name)
+
+    def __iter__(self) -> Iterable[Task]:  # type: ignore[override]
+        return iter(list(self._tasks.values()))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def problems(self, topology: Topology) -> list[str]:
+        """Everything ``tierbox check`` reports: one readable line per problem."""
+        out = [f"duplicate task name {name!r}" for name in self._duplicates]
+        consumed = topology.consumed_tiers()
+        for task in self._tasks.values():
+            if task.tier is None:
+                out.append(f"task {task.name!r} has no tier")
+            elif task.tier not in topology.tiers:
+                out.append(f"task {task.name!r}: tier {task.tier!r} is not in the topology")
+            elif task.tier not in consumed:
+                out.append(f"task {task.name!r}: tier {task.tier!r} is consumed by no pool")
+        out.extend(f"tier {t!r} is consumed by no pool" for t in topology.tiers if t not in consumed)
+        return out
+
+
+registry = Registry()
+
+
+def task(
+    fn: F | None = None,
+    *,
+    tier: Tier | str | None = None,
+    name: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
+    retry_backoff_max_s: float = DEFAULT_RETRY_BACKOFF_MAX_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    priority: int | None = None,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    no_retry_on: tuple[type[BaseException], ...] = (Reject,),
+    long: bool = False,
+    expires_s: float | None = None,
+    registry_: Registry | None = None,
+) -> Any:
+    """Register a handler as a task. Use as ``@task(tier=Tier.HIGH)``.
+
+    ``name`` is the stable wire name (defaults to ``module.qualname``).
+    ``priority`` (0..255) is the in-queue priority, meaningful on classic
+    priority queues such as CALLS. ``long=True`` marks jobs that may outlive
+    the broker's consumer timeout: their message is acked once the lease is
+    recorded in Postgres, and the lease (not the broker) then protects them.
+    A handler that declares a parameter named ``ctx`` receives a
+    :class:`outbox.context.TaskContext`.
+    """
+
+    def register(f: F) -> Task:
+        if not callable(f):
+            raise RegistryError(f"@task needs a function, got {f!r}")
+        task_name = name or f"{f.__module__}.{f.__qualname__}"
+        tier_name = str(Tier(tier)) if isinstance(tier, Tier) else tier
+        _validate_policy(task_name, max_retries, retry_backoff_s, retry_backoff_max_s, timeout_s, priority)
+        t = Task(
+            name=task_name, fn=f, tier=tier_name, max_retries=max_retries, retry_backoff_s=retry_backoff_s,
+            retry_backoff_max_s=retry_backoff_max_s, timeout_s=timeout_s, priority=priority,
+            retry_on=tuple(retry_on), no_retry_on=tuple(no_retry_on), long=long, expires_s=expires_s,
+            takes_context="ctx" in inspect.signature(f).parameters,
+        )
+        (registry_ or registry).add(t)
+        return t
+
+    return register(fn) if fn is not None else register
+
+
+def _validate_policy(
+    name: str, max_retries: int, backoff: float, backoff_max: float, timeout: float, priority: int | None
+) -> None:
+    if max_retries < 0:
+        raise RegistryError(f"task {name!r}: max_retries must be >= 0")
+    if backoff < 0 or backoff_max < backoff:
+        raise RegistryError(f"task {name!r}: need 0 <= retry_backoff_s <= retry_backoff_max_s")
+    if timeout <= 0:
+        raise RegistryError(f"task {name!r}: timeout_s must be > 0")
+    if priority is not None and not 0 <= priority <= 255:
+        raise RegistryError(f"task {name!r}: priority must be within 0..255")
+
+
+def import_app(modules: Iterable[str]) -> list[str]:
+    """Import the modules that register tasks; returns one line per failure."""
+    failures = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except RegistryError as exc:
+            failures.append(f"{module}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported to the operator, not swallowed
+            failures.append(f"cannot import {module}: {type(exc).__name__}: {exc}")
+    return failures
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return code_a is not None and code_b is not None and (
+        code_a.co_filename, code_a.co_firstlineno) == (code_b.co_filename, code_b.co_firstlineno)
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(fn)

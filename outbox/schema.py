@@ -1,0 +1,211 @@
+"""The ``outbox`` schema as SQLAlchemy tables (``outbox.metadata``).
+
+The alembic revisions in ``migrations/`` create exactly these tables; a test
+compares the migrated database with this metadata.
+
+Why the hot path only inserts and deletes
+-----------------------------------------
+``jobs`` is the ledger and the audit record: one row per job, kept for the
+retention window. The relay never scans it. Work waiting to be published
+lives in ``pending``, a small table the relay claims from with
+``FOR UPDATE SKIP LOCKED`` and deletes from once the broker confirmed. Its
+size is the backlog, not the history, so claiming costs the same with ten
+million finished jobs as with none, and a long analytics transaction holding
+back vacuum can bloat only a table that stays small. Running jobs hold a row
+in ``leases`` (inserted at start, deleted at finish) so the reaper, too, scans
+only what is live. ``jobs`` is updated in place a few times per job (published,
+running, outcome): it has a fillfactor of 80 so those updates stay HOT (no
+index touched), and aggressive per-table autovacuum settings.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+SCHEMA = "outbox"
+
+#: Job statuses; ``outbox.jobs.status`` is CHECKed against this list.
+JOB_STATUSES = ("pending", "published", "running", "retrying", "succeeded", "dead", "discarded", "expired")
+#: Statuses after which a job never runs again.
+FINISHED_STATUSES = ("succeeded", "dead", "discarded", "expired")
+#: Outcomes of one attempt.
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "timeout", "crashed")
+#: Why a job or message is in ``dead_letters``.
+DEAD_LETTER_REASONS = (
+    "failed",          # retries exhausted
+    "non_retryable",   # the handler raised Reject or a non-retryable type
+    "timeout",         # the last attempt hit the task's time limit
+    "crashed",         # the worker died during the last attempt
+    "undecodable",     # the message body was not a Tierbox envelope
+    "unknown_task",    # no handler registered under the message's task name
+    "unknown_job",     # the message names a job the ledger does not hold
+    "rejected",        # RabbitMQ dead-lettered it: rejected without requeue
+    "maxlen",          # RabbitMQ dead-lettered it: queue length limit
+    "expired",         # RabbitMQ dead-lettered it: message TTL
+    "delivery_limit",  # RabbitMQ dead-lettered it: quorum delivery limit
+)
+
+naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(schema=SCHEMA, naming_convention=naming_convention)
+
+_NOW = text("now()")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+tiers = Table(
+    "tiers",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("weight", SmallInteger, nullable=False),
+    Column("slo_s", Float, nullable=True),
+    Column("queue", Text, nullable=False),
+    Column("pool", Text, nullable=False),
+    comment="Mirror of the tier topology, written by tierbox migrate and the relay; read by SQL functions and views.",
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("idempotency_key", Text, nullable=True),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_retries", Integer, nullable=False),
+    Column("available_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("redrive_of", UUID(as_uuid=True), nullable=True),
+    Column("redrive_count", Integer, nullable=False, server_default=text("0")),
+    CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+    CheckConstraint("attempts >= 0 AND max_retries >= 0", name="attempts"),
+    CheckConstraint(f"(finished_at IS NOT NULL) = ({_in('status', FINISHED_STATUSES)})", name="finished"),
+    CheckConstraint("status <> 'running' OR started_at IS NOT NULL", name="running_started"),
+    CheckConstraint("priority BETWEEN 0 AND 255", name="priority"),
+    Index("uq_jobs_idempotency_key", "idempotency_key", unique=True,
+          postgresql_where=text("idempotency_key IS NOT NULL")),
+    Index("ix_jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+    Index("ix_jobs_enqueued_at", "enqueued_at"),
+    comment="One row per job: the ledger, audit record and idempotency index.",
+    postgresql_with={"fillfactor": "80", "autovacuum_vacuum_scale_factor": "0.02",
+                     "autovacuum_analyze_scale_factor": "0.02"},
+)
+
+pending = Table(
+    "pending",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("tier", Text, nullable=False),
+    Column("weight", SmallInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("available_at", DateTime(timezone=True), nullable=False),
+    Column("publish_attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_publish_error", Text, nullable=True),
+    Index("ix_pending_claim_order", text("weight DESC"), text("priority DESC"), "available_at"),
+    Index("ix_pending_available_at", "available_at"),
+    comment="Jobs due to be published (the relay's hot path): inserted on enqueue/retry, deleted once confirmed.",
+    postgresql_with={"autovacuum_vacuum_scale_factor": "0", "autovacuum_vacuum_threshold": "500",
+                     "autovacuum_vacuum_cost_delay": "0"},
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("worker_id", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("error_type", Text, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    CheckConstraint(f"outcome IS NULL OR {_in('outcome', ATTEMPT_OUTCOMES)}", name="outcome"),
+    CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished"),
+    comment="One row per execution attempt, written before the handler starts.",
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("acked_early", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_leases_expires_at", "expires_at"),
+    Index("ix_leases_worker_id", "worker_id"),
+    comment="One row per running job: who runs it and until when; the reaper recovers expired ones.",
+    postgresql_with={"autovacuum_vacuum_scale_factor": "0", "autovacuum_vacuum_threshold": "500"},
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job_id", UUID(as_uuid=True), nullable=True),
+    Column("task", Text, nullable=True),
+    Column("tier", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=True),
+    Column("payload", JSONB, nullable=True),
+    Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("raw_body", LargeBinary, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("error_type", Text, nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("enqueued_at", DateTime(timezone=True), nullable=True),
+    Column("failed_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("redriven_at", DateTime(timezone=True), nullable=True),
+    Column("redriven_by", Text, nullable=True),
+    Column("redrive_reason", Text, nullable=True),
+    Column("redrive_count", Integer, nullable=False, server_default=text("0")),
+    Column("new_job_id", UUID(as_uuid=True), nullable=True),
+    Column("discarded_at", DateTime(timezone=True), nullable=True),
+    Column("discarded_by", Text, nullable=True),
+    Column("discard_reason", Text, nullable=True),
+    CheckConstraint(_in("reason", DEAD_LETTER_REASONS), name="reason"),
+    CheckConstraint("redriven_at IS NULL OR discarded_at IS NULL", name="redriven_or_discarded"),
+    CheckConstraint("(redriven_at IS NULL) = (new_job_id IS NULL)", name="redrive_lineage"),
+    Index("uq_dead_letters_job_id", "job_id", unique=True, postgresql_where=text("job_id IS NOT NULL")),
+    Index("ix_dead_letters_failed_at", "failed_at"),
+    Index("ix_dead_letters_tier_failed_at", "tier", "failed_at"),
+    comment="Every failure in one table: jobs that ran out of attempts and messages that could not be run.",
+)

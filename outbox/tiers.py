@@ -1,0 +1,158 @@
+"""The tier topology: the one place that says what each tier is.
+
+Every other part of Tierbox reads this data (the relay's claim order, the
+queue declarations, the worker pools, ``tierbox check``, the README table),
+so changing a tier here changes it everywhere. A deployment overrides it with
+a JSON file named by ``TIERBOX_TOPOLOGY_FILE`` (see :func:`load_topology`).
+
+Why these shapes:
+
+* ``weight`` orders tiers everywhere: the relay claims higher weights first and
+  a pool's local buffer starts higher weights first. It is also the AMQP
+  message priority on classic priority queues.
+* Classic queues with ``x-max-priority`` where in-queue ordering matters
+  (critical, high, calls); quorum queues, which ignore priority but replicate,
+  where it does not (normal, low, bulk).
+* ``min_share`` on a pool queue is the anti-starvation floor: strict priority
+  otherwise, but that queue gets at least this fraction of recent starts while
+  it has work waiting.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from outbox.errors import ConfigError
+
+QueueType = Literal["classic", "quorum"]
+
+#: How long RabbitMQ keeps a message in a ``<tier>.dlq`` queue (30 days).
+DLQ_MESSAGE_TTL_MS = 30 * 24 * 3600 * 1000
+
+
+class Tier(enum.StrEnum):
+    """The urgency tiers. The value is the tier's name in SQL, AMQP and config."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+    BULK = "bulk"
+    CALLS = "calls"
+
+
+class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One tier: its weight, SLO, queue shape and the pool that consumes it."""
+
+    weight: int
+    slo_s: float | None
+    queue_type: QueueType
+    max_priority: int | None = None
+    pool: str
+    queue: str | None = None
+
+    def queue_name(self, tier: str) -> str:
+        """The queue's base name (before any deployment prefix)."""
+        return self.queue or tier
+
+
+class PoolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker pool: which tiers it consumes and how hard.
+
+    ``prefetch`` is how many messages per queue may wait in the pool's local
+    buffer on top of those running, so the channel QoS is
+    ``concurrency + prefetch``.
+    """
+
+    tiers: tuple[str, ...]
+    concurrency: int = 4
+    prefetch: int = 1
+    min_share: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class Topology(msgspec.Struct, frozen=True, kw_only=True):
+    """All tiers and pools. Built once per process; validated on construction."""
+
+    tiers: dict[str, TierSpec]
+    pools: dict[str, PoolSpec]
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("topology", "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every inconsistency in the topology, as readable sentences."""
+        out: list[str] = []
+        for name, spec in self.tiers.items():
+            if spec.weight < 0 or spec.weight > 255:
+                out.append(f"tier {name!r}: weight {spec.weight} is outside 0..255")
+            if spec.pool not in self.pools:
+                out.append(f"tier {name!r}: pool {spec.pool!r} is not defined")
+            if spec.queue_type == "classic" and spec.max_priority is not None and not (
+                1 <= spec.max_priority <= 255
+            ):
+                out.append(f"tier {name!r}: max_priority must be within 1..255")
+        for name, pool in self.pools.items():
+            for tier in pool.tiers:
+                if tier not in self.tiers:
+                    out.append(f"pool {name!r}: unknown tier {tier!r}")
+            if pool.concurrency < 1 or pool.prefetch < 0:
+                out.append(f"pool {name!r}: concurrency must be >= 1 and prefetch >= 0")
+            for tier, share in pool.min_share.items():
+                if tier not in pool.tiers or not 0 <= share < 1:
+                    out.append(f"pool {name!r}: min_share for {tier!r} must name its tier, 0 <= share < 1")
+        return out
+
+    def spec(self, tier: str) -> TierSpec:
+        """The spec of ``tier``; raises KeyError for an unknown tier."""
+        return self.tiers[tier]
+
+    def ordered(self) -> list[str]:
+        """Tier names, most urgent (highest weight) first."""
+        return sorted(self.tiers, key=lambda t: -self.tiers[t].weight)
+
+    def consumed_tiers(self) -> set[str]:
+        """Tiers that at least one pool consumes."""
+        return {t for pool in self.pools.values() for t in pool.tiers}
+
+
+DEFAULT_TOPOLOGY = Topology(
+    tiers={
+        Tier.CRITICAL: TierSpec(weight=10, slo_s=5, queue_type="classic", max_priority=10, pool="urgent"),
+        Tier.HIGH: TierSpec(weight=8, slo_s=30, queue_type="classic", max_priority=10, pool="urgent"),
+        Tier.NORMAL: TierSpec(weight=5, slo_s=120, queue_type="quorum", pool="normal"),
+        Tier.LOW: TierSpec(weight=3, slo_s=600, queue_type="quorum", pool="deferred"),
+        Tier.BULK: TierSpec(weight=1, slo_s=None, queue_type="quorum", pool="deferred"),
+        Tier.CALLS: TierSpec(weight=9, slo_s=30, queue_type="classic", max_priority=10, pool="calls"),
+    },
+    pools={
+        "urgent": PoolSpec(tiers=("critical", "high"), concurrency=8, prefetch=1, min_share={"high": 0.1}),
+        "normal": PoolSpec(tiers=("normal",), concurrency=4, prefetch=4),
+        "deferred": PoolSpec(tiers=("low", "bulk"), concurrency=4, prefetch=4, min_share={"bulk": 0.1}),
+        "calls": PoolSpec(tiers=("calls",), concurrency=4, prefetch=1),
+    },
+)
+
+
+def load_topology(path: str | None) -> Topology:
+    """The default topology, or the one in the JSON file at ``path``.
+
+    The file holds ``{"tiers": {...}, "pools": {...}}`` in the shape of
+    :class:`Topology`; either key may be omitted to keep the default.
+    """
+    if not path:
+        return DEFAULT_TOPOLOGY
+    try:
+        raw = msgspec.json.decode(Path(path).read_bytes())
+        merged = {
+            "tiers": {**msgspec.to_builtins(DEFAULT_TOPOLOGY.tiers), **raw.get("tiers", {})},
+            "pools": {**msgspec.to_builtins(DEFAULT_TOPOLOGY.pools), **raw.get("pools", {})},
+        }
+        return msgspec.convert(merged, Topology)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError, AttributeError) as exc:
+        raise ConfigError("TIERBOX_TOPOLOGY_FILE", f"cannot load {path}: {exc}") from exc
