@@ -103,3 +103,11 @@ def decode_envelope(body: bytes) -> Envelope:
 def decode_payload(raw: bytes | msgspec.Raw) -> Payload:
     """The args/kwargs of an envelope's payload."""
     return _payload_decoder.decode(bytes(raw))
+
+
+def decode_headers(text: str | bytes | None) -> dict[str, Any]:
+    """Stored headers JSON back to a dict (empty for None)."""
+    if not text:
+        return {}
+    value = msgspec.json.decode(text.encode() if isinstance(text, str) else text)
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,1 @@
+"""Operator surface: the tierbox CLI (and, later, the Litestar admin API)."""

@@ -1,0 +1,168 @@
+"""The ``tierbox`` command line: one entry point for every Tierbox process and chore.
+
+Settings come from ``TIERBOX_*`` environment variables (see ``outbox.config``);
+flags override them. Failures an operator can fix (bad URL, unreachable
+service, bad topology) print one line naming what failed and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from outbox.config import Settings, redact_url
+from outbox.errors import TierboxError
+
+ENV_HELP = """
+\b
+Environment (flags override):
+  TIERBOX_DATABASE_URL  Postgres  [postgresql://postgres@127.0.0.1:5432/test]
+  TIERBOX_AMQP_URL      RabbitMQ  [amqp://guest:guest@127.0.0.1:5672/]
+  TIERBOX_REDIS_URL     Redis     [redis://127.0.0.1:6379/0]
+  TIERBOX_QUEUE_PREFIX  prefix of every queue/exchange name  [none]
+  TIERBOX_TOPOLOGY_FILE JSON file overriding the tier topology [none]
+  TIERBOX_APP           modules that register tasks (comma-separated)
+  TIERBOX_LOG_LEVEL     DEBUG, INFO, WARNING  [INFO]
+"""
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn operator-fixable failures into one line on stderr and exit code 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TierboxError as exc:
+            click.echo(f"tierbox: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            click.echo(f"tierbox: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:
+            line = _service_error(exc)
+            if line is None:
+                raise
+            click.echo(f"tierbox: {line}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def _service_error(exc: BaseException) -> str | None:
+    import psycopg
+    import sqlalchemy.exc
+
+    if isinstance(exc, (psycopg.OperationalError, sqlalchemy.exc.OperationalError)):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot reach Postgres ({first})"
+    if type(exc).__module__.startswith(("aiormq", "aio_pika")) or isinstance(exc, ConnectionError):
+        return f"cannot reach RabbitMQ ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _setup_logging() -> None:
+    import os
+
+    from outbox.logs import setup
+
+    setup(os.environ.get("TIERBOX_LOG_LEVEL", "INFO"))
+
+
+@click.group(help="Tierbox: transactional, tiered, auditable background jobs." + ENV_HELP)
+def cli() -> None:
+    """The tierbox command group."""
+
+
+@cli.command(help="Create or upgrade the outbox schema (alembic, own version table)." + ENV_HELP)
+@click.option("--database-url", help="Postgres URL (overrides TIERBOX_DATABASE_URL).")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@friendly
+def migrate(database_url: str | None, revision: str) -> None:
+    """Upgrade the schema and mirror the topology into outbox.tiers."""
+    import psycopg
+
+    import migrations
+    from outbox.maintenance import sync_tiers
+
+    settings = _settings(database_url=database_url)
+    _ping_postgres(settings)
+    migrations.upgrade(settings.database_url, revision)
+    if revision == "head":
+        with psycopg.connect(settings.psycopg_url) as conn:
+            sync_tiers(conn, settings.topology)
+    click.echo(f"outbox schema at {revision} on {redact_url(settings.database_url)}")
+
+
+@cli.command(help="Publish committed outbox rows to the tier queues until SIGTERM." + ENV_HELP)
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--amqp-url", help="RabbitMQ URL.")
+@click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
+@click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Safety-net poll, seconds [1.0].")
+@friendly
+def relay(**overrides: Any) -> None:
+    """Run the relay process."""
+    from relay.main import main
+
+    _setup_logging()
+    settings = _settings(**overrides)
+    sys.exit(main(settings))
+
+
+@cli.command(help="Check the task registry and topology; exit 1 listing every problem." + ENV_HELP)
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
+@friendly
+def check(app: str | None) -> None:
+    """Report tasks without a tier, tiers no pool consumes, duplicate names."""
+    from outbox.registry import import_app, registry
+
+    settings = _settings(app=app)
+    problems = import_app(settings.app_modules())
+    problems += registry.problems(settings.topology)
+    if not settings.app_modules():
+        problems.append("no --app given: name the modules that register your tasks")
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: {len(registry)} tasks, {len(settings.topology.tiers)} tiers, "
+               f"{len(settings.topology.pools)} pools")
+
+
+@cli.command(help="Delete finished jobs past retention, in short batches." + ENV_HELP)
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--succeeded-days", "retention_succeeded_days", type=float, help="Keep succeeded/expired jobs [7].")
+@click.option("--dead-days", "retention_dead_days", type=float, help="Keep dead/discarded jobs [30].")
+@friendly
+def prune(**overrides: Any) -> None:
+    """Prune old jobs."""
+    import psycopg
+
+    from outbox.maintenance import prune as do_prune
+
+    settings = _settings(**overrides)
+    with psycopg.connect(settings.psycopg_url) as conn:
+        n = do_prune(conn, settings.retention_succeeded_days, settings.retention_dead_days)
+    click.echo(f"pruned {n} jobs")
+
+
+def _ping_postgres(settings: Settings) -> None:
+    import psycopg
+
+    with psycopg.connect(settings.psycopg_url, connect_timeout=5):
+        pass
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="tierbox")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The ``tierbox relay`` process: run the relay forever, reconnecting, until SIGTERM/SIGINT.
+
+Each connection state change is one log line. On SIGTERM the batch in flight
+finishes (its confirms are awaited and committed), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from outbox.config import Settings, redact_url
+from outbox.logs import event
+from relay.relay import Relay
+from relay.wakeup import Waker
+
+log = logging.getLogger("tierbox.relay")
+
+#: Reconnect back-off: first wait and cap, seconds.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
+#: How often the relay logs its lag per tier, seconds.
+LAG_LOG_INTERVAL_S = 30.0
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Relay until ``stop`` is set; reconnects with capped back-off on any connection loss."""
+    waker = Waker(settings.psycopg_url)
+    waker.start()
+    delay = RECONNECT_FIRST_S
+    try:
+        while not stop.is_set():
+            try:
+                relay = await Relay.connect(settings)
+            except Exception as exc:  # noqa: BLE001 - logged as one line, then retried
+                event(log, "relay.connect_failed", logging.WARNING, error=exc, retry_in_s=delay,
+                      database=redact_url(settings.database_url), amqp=redact_url(settings.amqp_url))
+                await _sleep_or_stop(stop, delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            event(log, "relay.connected")
+            delay = RECONNECT_FIRST_S
+            try:
+                await _loop(relay, waker, settings, stop)
+            except Exception as exc:  # noqa: BLE001 - connection lost mid-batch: rows stay pending
+                event(log, "relay.disconnected", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                await relay.close()
+    finally:
+        await waker.stop()
+    event(log, "relay.stopped")
+
+
+async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event) -> None:
+    next_lag_log = time.monotonic()
+    stopper = asyncio.create_task(_poke_on_stop(stop, waker))
+    try:
+        while not stop.is_set():
+            if not relay.healthy:
+                raise ConnectionError("a connection closed")
+            waker.clear()
+            handled = await relay.run_once()
+            if time.monotonic() >= next_lag_log:
+                await _log_lag(relay)
+                next_lag_log = time.monotonic() + LAG_LOG_INTERVAL_S
+            if handled:
+                continue
+            due_in = await relay.next_due_in()
+            timeout = settings.relay_poll_interval_s if due_in is None else min(due_in, settings.relay_poll_interval_s)
+            await waker.wait(timeout)
+    finally:
+        stopper.cancel()
+
+
+async def _poke_on_stop(stop: asyncio.Event, waker: Waker) -> None:
+    await stop.wait()
+    waker.poke()
+
+
+async def _log_lag(relay: Relay) -> None:
+    for tier, (count, age_s) in sorted((await relay.lag()).items()):
+        event(log, "relay.lag", tier=tier, due=count, oldest_age_s=round(age_s, 3))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def main(settings: Settings) -> int:
+    """Run the relay process; returns the exit code."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(runner())
+    return 0

@@ -1,0 +1,216 @@
+"""The relay: publishes due outbox rows to their tier queues, with publisher confirms.
+
+One batch is one Postgres transaction:
+
+1. claim up to ``relay_batch_size`` due rows of ``outbox.pending``, most
+   urgent tier first, ``FOR UPDATE SKIP LOCKED`` (so any number of relays
+   share a backlog without blocking each other or publishing a row twice
+   concurrently);
+2. publish them all at once (pipelined), ``mandatory`` set, each awaiting
+   its own confirm;
+3. delete the confirmed rows from ``pending`` and stamp ``jobs.published_at``;
+   rows that were nacked, returned (unroutable), timed out or caught in a
+   closed channel stay pending with a short back-off;
+4. commit.
+
+Guarantee: at least once. A row leaves ``pending`` only after the broker
+confirmed it and did not return it. If the relay dies after a confirm but
+before the commit, the claim rolls back and the row is published again; the
+worker absorbs the duplicate by job id (the ledger says it already finished,
+or a lease says it is running). Rows past ``expires_at`` are marked
+``expired`` instead of being published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+import psycopg
+
+from outbox import encoding
+from outbox.config import Settings
+from outbox.logs import clip, event
+from outbox.sql import run_async
+from relay import queries
+
+log = logging.getLogger("tierbox.relay")
+
+#: Fault-injection seam for the crash tests: seconds to sleep after confirms, before commit.
+PAUSE_BEFORE_COMMIT_ENV = "TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S"
+
+
+class PublishOutcome:
+    """What happened to one batch: confirmed ids and failed ids with their error."""
+
+    __slots__ = ("confirmed", "failed")
+
+    def __init__(self) -> None:
+        self.confirmed: list[uuid.UUID] = []
+        self.failed: dict[uuid.UUID, str] = {}
+
+
+class Relay:
+    """Moves pending rows to RabbitMQ. Build with :meth:`connect`; drive with :meth:`run_once`."""
+
+    def __init__(self, settings: Settings, db: psycopg.AsyncConnection[Any],
+                 connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
+                 exchange: aio_pika.abc.AbstractExchange) -> None:
+        self.settings = settings
+        self.db = db
+        self.connection = connection
+        self.channel = channel
+        self.exchange = exchange
+        self.published_total = 0
+        self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> Relay:
+        """Open the Postgres and RabbitMQ connections and declare the topology."""
+        from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
+        from outbox.maintenance import sync_tiers_async
+
+        db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name="tierbox-relay")
+        async with db.transaction():
+            await sync_tiers_async(db, settings.topology)
+        try:
+            connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": "tierbox-relay"})
+        except BaseException:
+            await db.close()
+            raise
+        try:
+            await declare_topology(connection, settings)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
+            exchange = await channel.get_exchange(settings.exchange_name, ensure=False)
+        except BaseException:
+            await connection.close()
+            await db.close()
+            raise
+        return cls(settings, db, connection, channel, exchange)
+
+    async def close(self) -> None:
+        """Close both connections (idempotent)."""
+        if not self.connection.is_closed:
+            await self.connection.close()
+        if not self.db.closed:
+            await self.db.close()
+
+    @property
+    def healthy(self) -> bool:
+        """False once either connection is gone; the caller then reconnects."""
+        return not (self.db.closed or self.db.broken or self.connection.is_closed or self.channel.is_closed)
+
+    async def run_once(self) -> int:
+        """Claim, publish and commit one batch; returns how many rows it took off ``pending``."""
+        async with self.db.transaction():
+            rows = await run_async(self.db, queries.CLAIM, {"limit": self.settings.relay_batch_size})
+            if not rows:
+                return 0
+            expired = [r[0] for r in rows if r[9]]
+            live = [r for r in rows if not r[9]]
+            outcome = await self.publish(live)
+            if outcome.confirmed and self._pause_before_commit_s:
+                await asyncio.sleep(self._pause_before_commit_s)
+            await self._record(outcome, expired)
+        self.published_total += len(outcome.confirmed)
+        return len(outcome.confirmed) + len(expired)
+
+    async def drain(self, max_batches: int = 10_000) -> int:
+        """Run batches until nothing is due; returns the rows handled (tests, demo)."""
+        total = 0
+        for _ in range(max_batches):
+            n = await self.run_once()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    async def publish(self, rows: Sequence[Sequence[Any]]) -> PublishOutcome:
+        """Publish claimed rows concurrently; each result is a confirm, a return or an error."""
+        outcome = PublishOutcome()
+        if not rows:
+            return outcome
+        results = await asyncio.gather(*(self._publish_one(r) for r in rows), return_exceptions=True)
+        for row, result in zip(rows, results, strict=True):
+            job_id = row[0]
+            if isinstance(result, aiormq.spec.Basic.Ack):
+                outcome.confirmed.append(job_id)
+            else:
+                outcome.failed[job_id] = _describe(result)
+        return outcome
+
+    async def _publish_one(self, row: Sequence[Any]) -> Any:
+        job_id, _weight, task, tier, priority, payload, headers, attempts, enqueued_at, _ = row
+        message = build_message(job_id, task, tier, priority, payload, headers, attempts, enqueued_at)
+        return await self.exchange.publish(
+            message, routing_key=tier, mandatory=True, timeout=self.settings.relay_confirm_timeout_s
+        )
+
+    async def _record(self, outcome: PublishOutcome, expired: list[uuid.UUID]) -> None:
+        if outcome.confirmed:
+            await run_async(self.db, queries.MARK_PUBLISHED, {"ids": outcome.confirmed})
+        if expired:
+            await run_async(self.db, queries.MARK_EXPIRED, {"ids": expired})
+            event(log, "relay.expired", count=len(expired), first_job_id=expired[0])
+        for error, ids in _group(outcome.failed).items():
+            await run_async(self.db, queries.MARK_PUBLISH_FAILED,
+                            {"ids": ids, "delay_s": self.settings.relay_retry_delay_s, "error": error})
+            event(log, "relay.publish_failed", logging.WARNING, count=len(ids), first_job_id=ids[0], error=error)
+        if outcome.confirmed:
+            event(log, "relay.batch_published", logging.DEBUG, count=len(outcome.confirmed))
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest pending row is due (<= 0: due now); None if none."""
+        async with self.db.transaction():
+            rows = await run_async(self.db, queries.NEXT_DUE_IN)
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    async def lag(self) -> dict[str, tuple[int, float]]:
+        """Per tier: due rows not yet published and the age in seconds of the oldest."""
+        async with self.db.transaction():
+            rows = await run_async(self.db, queries.LAG)
+        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+
+
+def build_message(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,
+                  attempts: int, enqueued_at: dt.datetime | None) -> aio_pika.Message:
+    """The persistent AMQP message for one job (body: the versioned envelope)."""
+    user_headers: dict[str, Any] = encoding.decode_headers(headers)
+    amqp_headers: dict[str, Any] = {
+        **{k: v for k, v in user_headers.items() if k in ("traceparent", "tracestate")},
+        encoding.HEADER_TASK: task,
+        encoding.HEADER_TIER: tier,
+        encoding.HEADER_ATTEMPT: attempts + 1,
+        encoding.HEADER_ENQUEUED_AT: enqueued_at.isoformat() if enqueued_at else "",
+    }
+    return aio_pika.Message(
+        body=encoding.encode_envelope(job_id, task, tier, payload, enqueued_at),
+        content_type=encoding.CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(job_id),
+        priority=priority,
+        headers=amqp_headers,
+        timestamp=enqueued_at,
+    )
+
+
+def _describe(result: Any) -> str:
+    if isinstance(result, BaseException):
+        return clip(f"{type(result).__name__}: {result}", 200) if str(result) else type(result).__name__
+    if isinstance(result, aiormq.abc.DeliveredMessage):
+        return clip(f"returned by broker: {result.delivery.reply_text} (no queue bound for this tier)", 200)
+    return clip(f"unexpected publish result {type(result).__name__}", 200)
+
+
+def _group(failed: dict[uuid.UUID, str]) -> dict[str, list[uuid.UUID]]:
+    out: dict[str, list[uuid.UUID]] = {}
+    for job_id, error in failed.items():
+        out.setdefault(error, []).append(job_id)
+    return out

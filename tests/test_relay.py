@@ -1,0 +1,227 @@
+"""The relay against real Postgres and RabbitMQ, with a plain consumer on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import aio_pika
+import aiormq
+import msgspec
+import psycopg
+import pytest
+
+import outbox
+from outbox.config import Settings
+from outbox.encoding import HEADER_ATTEMPT, HEADER_TASK, decode_envelope, decode_payload
+from relay import Relay
+from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+from tests.helpers import Proc, wait_until, wait_until_async
+
+
+def enqueue_committed(db_url: str, task: str, n: int = 1, **kw: object) -> list[uuid.UUID]:
+    with psycopg.connect(db_url) as conn:
+        ids = [outbox.enqueue(conn, task, **kw) for _ in range(n)]  # type: ignore[arg-type]
+    return ids
+
+
+def bulk_committed(db_url: str, task: str, n: int) -> None:
+    with psycopg.connect(db_url) as conn:
+        outbox.enqueue_many(conn, [outbox.job(task, args=[i]) for i in range(n)])
+
+
+async def queue_depth(amqp: aio_pika.abc.AbstractConnection, name: str) -> int:
+    ch = await amqp.channel()
+    try:
+        q = await ch.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return 0  # not declared yet
+    count = q.declaration_result.message_count
+    await ch.close()
+    return int(count or 0)
+
+
+async def get_all(amqp: aio_pika.abc.AbstractConnection, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    ch = await amqp.channel()
+    q = await ch.declare_queue(name, passive=True)
+    out = []
+    while (m := await q.get(no_ack=True, fail=False)) is not None:
+        out.append(m)
+    await ch.close()
+    return out
+
+
+def pending_count(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute("SELECT count(*) FROM outbox.pending").fetchone()[0]  # type: ignore[index]
+
+
+async def test_commit_publishes_one_message_with_priority_and_headers(settings: Settings, amqp) -> None:
+    [job_id] = enqueue_committed(settings.database_url, "sample.otp", args=["+39 555"],
+                                 headers={"traceparent": "00-abc-def-01"})
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == 1
+    finally:
+        await relay.close()
+    [msg] = await get_all(amqp, settings.queue_name("critical"))
+    assert msg.message_id == str(job_id)
+    assert msg.priority == 10
+    assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert msg.headers[HEADER_TASK] == "sample.otp"
+    assert msg.headers[HEADER_ATTEMPT] == 1
+    assert msg.headers["traceparent"] == "00-abc-def-01"
+    env = decode_envelope(msg.body)
+    assert env.id == job_id and env.tier == "critical"
+    assert decode_payload(env.payload).args == ["+39 555"]
+    with psycopg.connect(settings.database_url) as conn:
+        status, published_at = conn.execute("SELECT status, published_at FROM outbox.jobs WHERE id = %s",
+                                            (job_id,)).fetchone()  # type: ignore[misc]
+    assert status == "published" and published_at is not None
+    assert pending_count(settings.database_url) == 0
+
+
+async def test_rollback_publishes_nothing(settings: Settings, amqp) -> None:
+    with psycopg.connect(settings.database_url) as conn:
+        outbox.enqueue(conn, "sample.otp", args=["x"])
+        conn.rollback()
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == 0
+    finally:
+        await relay.close()
+    assert await queue_depth(amqp, settings.queue_name("critical")) == 0
+
+
+async def test_calls_lane_uses_task_priority(settings: Settings, amqp) -> None:
+    enqueue_committed(settings.database_url, "sample.call_summary", args=[1])
+    enqueue_committed(settings.database_url, "sample.call_recording", args=[1])
+    relay = await Relay.connect(settings)
+    try:
+        await relay.drain()
+    finally:
+        await relay.close()
+    msgs = await get_all(amqp, settings.queue_name("calls"))
+    # The broker's priority queue hands out the recording (9) before the summary (3).
+    assert [m.priority for m in msgs] == [9, 3]
+
+
+async def test_critical_claimed_before_bulk_backlog(settings: Settings, amqp) -> None:
+    bulk_committed(settings.database_url, "sample.export", 3000)
+    [critical] = enqueue_committed(settings.database_url, "sample.otp", args=["now"])
+    relay = await Relay.connect(msgspec.structs.replace(settings, relay_batch_size=50))
+    try:
+        assert await relay.run_once() == 50
+    finally:
+        await relay.close()
+    [msg] = await get_all(amqp, settings.queue_name("critical"))
+    assert msg.message_id == str(critical)
+    assert await queue_depth(amqp, settings.queue_name("bulk")) == 49
+
+
+async def test_delayed_job_waits_until_due(settings: Settings, amqp) -> None:
+    enqueue_committed(settings.database_url, "sample.webhook", args=["e"], delay=1.5)
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == 0
+        due_in = await relay.next_due_in()
+        assert due_in is not None and 0 < due_in <= 1.5
+        await wait_until_async(relay.run_once, timeout=5, what="delayed job published")
+    finally:
+        await relay.close()
+    assert await queue_depth(amqp, settings.queue_name("high")) == 1
+
+
+async def test_expired_job_is_marked_not_published(settings: Settings, amqp) -> None:
+    past = dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=200)
+    [job_id] = enqueue_committed(settings.database_url, "sample.webhook", args=["e"], expires=past)
+    await asyncio.sleep(0.3)
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == 1
+    finally:
+        await relay.close()
+    assert await queue_depth(amqp, settings.queue_name("high")) == 0
+    with psycopg.connect(settings.database_url) as conn:
+        assert conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (job_id,)).fetchone() == ("expired",)
+
+
+async def test_unroutable_message_stays_pending(settings: Settings, amqp) -> None:
+    [job_id] = enqueue_committed(settings.database_url, "sample.invoice", args=[1])
+    relay = await Relay.connect(settings)
+    try:
+        ch = await amqp.channel()
+        queue = await ch.declare_queue(settings.queue_name("normal"), passive=True)
+        await queue.unbind(settings.exchange_name, routing_key="normal")
+        assert await relay.run_once() == 0
+        with psycopg.connect(settings.database_url) as conn:
+            attempts, error = conn.execute(
+                "SELECT publish_attempts, last_publish_error FROM outbox.pending WHERE job_id = %s", (job_id,)
+            ).fetchone()  # type: ignore[misc]
+        assert attempts == 1 and "returned" in error
+        await queue.bind(settings.exchange_name, routing_key="normal")
+        await wait_until_async(relay.run_once, timeout=5, what="republished after rebinding")
+    finally:
+        await relay.close()
+    assert await queue_depth(amqp, settings.queue_name("normal")) == 1
+
+
+async def test_two_relays_share_a_backlog(settings: Settings, amqp) -> None:
+    bulk_committed(settings.database_url, "sample.invoice", 2000)
+    small = msgspec.structs.replace(settings, relay_batch_size=100)
+    a, b = await Relay.connect(small), await Relay.connect(small)
+    try:
+        done = await asyncio.gather(a.drain(), b.drain())
+    finally:
+        await a.close()
+        await b.close()
+    assert sum(done) == 2000 and all(n > 0 for n in done)
+    assert pending_count(settings.database_url) == 0
+    msgs = await get_all(amqp, settings.queue_name("normal"))
+    assert len({m.message_id for m in msgs}) == 2000 == len(msgs)
+
+
+@pytest.mark.slow
+async def test_relay_killed_between_confirm_and_commit_republishes(settings: Settings, amqp, procs, tmp_path: Path):
+    [job_id] = enqueue_committed(settings.database_url, "sample.invoice", args=[7])
+    first = Proc(["relay"], settings, tmp_path / "relay1.log",
+                 {"TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S": "60"})
+    procs.append(first)
+    await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("normal")), timeout=20,
+                           what="confirmed publish")
+    first.kill(signal.SIGKILL)
+    first.wait()
+    assert pending_count(settings.database_url) == 1  # the claim rolled back with the dead relay
+    second = Proc(["relay"], settings, tmp_path / "relay2.log")
+    procs.append(second)
+    wait_until(lambda: pending_count(settings.database_url) == 0, timeout=20, what="second relay publishes")
+    msgs = await get_all(amqp, settings.queue_name("normal"))
+    assert [m.message_id for m in msgs] == [str(job_id), str(job_id)]  # at least once: a duplicate, no loss
+    second.kill(signal.SIGTERM)
+    assert second.wait() == 0
+
+
+@pytest.mark.slow
+async def test_relay_survives_broker_closing_connections(settings: Settings, procs, tmp_path: Path) -> None:
+    relay = Proc(["relay"], settings, tmp_path / "relay.log")
+    procs.append(relay)
+    bulk_committed(settings.database_url, "sample.export", 3000)
+    wait_until(lambda: pending_count(settings.database_url) < 3000, timeout=20, what="relay started publishing")
+    subprocess.run(["rabbitmqctl", "close_all_connections", "tierbox chaos test"], check=True,
+                   capture_output=True, timeout=60)
+    bulk_committed(settings.database_url, "sample.export", 1000)
+    wait_until(lambda: pending_count(settings.database_url) == 0, timeout=60, what="all rows published")
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        msgs = await get_all(conn, settings.queue_name("bulk"))
+    ids = {m.message_id for m in msgs}
+    with psycopg.connect(settings.database_url) as db:
+        all_ids = {str(r[0]) for r in db.execute("SELECT id FROM outbox.jobs")}
+    assert ids == all_ids  # every row arrived (duplicates allowed, none missing)
+    assert "relay.disconnected" in relay.output() or "relay.connect_failed" in relay.output()
+    relay.kill(signal.SIGTERM)
+    assert relay.wait() == 0
