@@ -18,6 +18,7 @@ from outbox.config import Settings, redact_url
 from outbox.errors import TierboxError
 
 ENV_HELP = """
+
 \b
 Environment (flags override):
   TIERBOX_DATABASE_URL  Postgres  [postgresql://postgres@127.0.0.1:5432/test]
@@ -62,6 +63,11 @@ def _service_error(exc: BaseException) -> str | None:
     if isinstance(exc, (psycopg.OperationalError, sqlalchemy.exc.OperationalError)):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"cannot reach Postgres ({first})"
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction)
+    if isinstance(cause, missing):
+        first = str(cause).strip().splitlines()[0]
+        return f"the outbox schema is missing or outdated in Postgres ({first}): run `tierbox migrate` first"
     if type(exc).__module__.startswith(("aiormq", "aio_pika")) or isinstance(exc, ConnectionError):
         return f"cannot reach RabbitMQ ({type(exc).__name__}: {exc})"
     return None
@@ -115,6 +121,33 @@ def relay(**overrides: Any) -> None:
     sys.exit(main(settings))
 
 
+@cli.command(help="Run a worker pool until SIGTERM (graceful: in-flight jobs get a grace period)." + ENV_HELP)
+@click.option("--pool", help="A pool of the topology: urgent, normal, deferred, calls.")
+@click.option("--queues", help="Ad-hoc pool over these tiers, comma-separated (e.g. critical,high).")
+@click.option("--concurrency", type=int, help="Jobs running at once [pool default].")
+@click.option("--prefetch", type=int, help="Messages waiting per queue beyond those running [pool default].")
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--amqp-url", help="RabbitMQ URL.")
+@click.option("--shutdown-grace", "shutdown_grace_s", type=float, help="Seconds in-flight jobs get after SIGTERM [30].")
+@friendly
+def worker(pool: str | None, queues: str | None, concurrency: int | None, prefetch: int | None,
+           **overrides: Any) -> None:
+    """Run one worker pool."""
+    from outbox.enqueue import configure
+    from outbox.registry import import_app, registry
+    from workers.main import main, pool_spec
+
+    _setup_logging()
+    settings = _settings(**overrides)
+    name, spec = pool_spec(settings, pool, queues, concurrency, prefetch)
+    failures = import_app(settings.app_modules())
+    if failures:
+        raise TierboxError("; ".join(failures))
+    configure(topology=settings.topology, max_payload_bytes=settings.max_payload_bytes)
+    sys.exit(main(settings, name, spec, registry))
+
+
 @cli.command(help="Check the task registry and topology; exit 1 listing every problem." + ENV_HELP)
 @click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
 @friendly
@@ -123,7 +156,8 @@ def check(app: str | None) -> None:
     from outbox.registry import import_app, registry
 
     settings = _settings(app=app)
-    problems = import_app(settings.app_modules())
+    with registry.collecting():  # report every duplicate name, not only the first one
+        problems = import_app(settings.app_modules())
     problems += registry.problems(settings.topology)
     if not settings.app_modules():
         problems.append("no --app given: name the modules that register your tasks")

@@ -92,6 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
+            if isinstance(exc.__cause__, ConfigError):  # raised by __post_init__: already names the setting
+                raise exc.__cause__ from None
             raise ConfigError(_field_env(str(exc)), str(exc)) from exc
 
     @property
@@ -102,7 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def sqlalchemy_url(self) -> str:
         """``database_url`` with the psycopg 3 driver named, for SQLAlchemy engines."""
-        scheme, _, rest = self.database_url.partition("://")
+        _, _, rest = self.database_url.partition("://")
         return f"postgresql+psycopg://{rest}"
 
     @property
@@ -160,7 +162,8 @@ def _check_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
     except ValueError as exc:
         raise ConfigError(_env(field), f"{url!r} is not a URL: {exc}") from exc
     if parts.scheme not in schemes:
-        raise ConfigError(_env(field), f"{_redact(url)!r} must start with one of {', '.join(s + '://' for s in schemes)}")
+        expected = ", ".join(s + "://" for s in schemes)
+        raise ConfigError(_env(field), f"{_redact(url)!r} must start with one of {expected}")
     if parts.scheme != "unix" and not parts.hostname and field != "database_url":
         raise ConfigError(_env(field), f"{_redact(url)!r} names no host")
 

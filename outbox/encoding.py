@@ -11,6 +11,7 @@ against it, so the body carries only what is needed to run the job.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -28,6 +29,9 @@ HEADER_ATTEMPT = "x-tierbox-attempt"
 HEADER_ENQUEUED_AT = "x-tierbox-enqueued-at"
 
 _encoder = msgspec.json.Encoder()
+
+# A JSON "\u0000" escape (NUL), not the text "\\u0000" of an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,12 +67,12 @@ def encode_payload(args: Any, kwargs: Any, max_bytes: int) -> str:
             raise PayloadEncodeError("kwargs", f"keys must be str, got {type(key).__name__} {key!r:.40}")
     for field, value in (("args", list(args)), ("kwargs", kwargs)):
         try:
-            _encoder.encode(value)
+            encoded = _encoder.encode(value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadEncodeError(field, f"cannot be encoded as JSON: {exc}") from exc
+        if _JSON_NUL.search(encoded):
+            raise PayloadEncodeError(field, "strings must not contain NUL characters (Postgres jsonb refuses them)")
     body = _encoder.encode({"args": list(args), "kwargs": kwargs})
-    if b"\\u0000" in body:
-        raise PayloadEncodeError("args", "strings must not contain NUL characters (Postgres jsonb refuses them)")
     if len(body) > max_bytes:
         raise PayloadTooLargeError("args", f"encoded payload is {len(body)} bytes, above the limit of {max_bytes}")
     return body.decode()
@@ -83,7 +87,13 @@ def encode_headers(headers: Any) -> str:
     for key, value in headers.items():
         if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
             raise PayloadEncodeError("headers", f"entry {key!r:.40} must map str to str/int/float/bool")
-    return _encoder.encode(headers).decode()
+    try:
+        body = _encoder.encode(headers)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PayloadEncodeError("headers", f"cannot be encoded as JSON: {exc}") from exc
+    if _JSON_NUL.search(body):
+        raise PayloadEncodeError("headers", "must not contain NUL characters (Postgres jsonb refuses them)")
+    return body.decode()
 
 
 def encode_envelope(job_id: uuid.UUID, task: str, tier: str, payload_json: str | bytes,

@@ -20,7 +20,7 @@ import msgspec
 from outbox import queries
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.encoding import encode_headers, encode_payload
-from outbox.errors import InvalidScheduleError, UnknownTaskError, UnknownTierError
+from outbox.errors import ConfigError, InvalidScheduleError, UnknownTaskError, UnknownTierError
 from outbox.registry import Registry, Task, registry
 from outbox.sql import run, run_async
 from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
@@ -28,6 +28,10 @@ from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
 log = logging.getLogger("tierbox.enqueue")
 
 MAX_IDEMPOTENCY_KEY_CHARS = 512
+#: Longest delay or expiry accepted (100 years): beyond it Postgres' timestamp arithmetic overflows.
+MAX_DURATION_S = 100 * 365.25 * 86400
+#: Largest max_retries accepted (``outbox.jobs.max_retries`` is an int4 column).
+MAX_RETRIES_LIMIT = 2**31 - 1
 
 
 class EnqueueOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,10 +49,13 @@ def configure(*, topology: Topology | None = None, max_payload_bytes: int | None
               registry_: Registry | None = None) -> None:
     """Set the topology and payload limit enqueue uses (entry points call this from Settings)."""
     global _options
+    if max_payload_bytes is not None and (isinstance(max_payload_bytes, bool) or max_payload_bytes <= 0):
+        raise ConfigError("max_payload_bytes", f"must be > 0, got {max_payload_bytes!r}")
+    # "is not None", not "or": an empty Registry is falsy (it has __len__) but is a valid choice.
     _options = EnqueueOptions(
-        topology=topology or _options.topology,
-        max_payload_bytes=max_payload_bytes or _options.max_payload_bytes,
-        registry=registry_ or _options.registry,
+        topology=topology if topology is not None else _options.topology,
+        max_payload_bytes=max_payload_bytes if max_payload_bytes is not None else _options.max_payload_bytes,
+        registry=registry_ if registry_ is not None else _options.registry,
     )
 
 
@@ -131,7 +138,7 @@ def enqueue_many(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
     params, alias = _batch_params(specs)
     rows = run(session, queries.ENQUEUE, params)
     missing = _missing_keys(specs, rows, alias)
-    found = dict(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
+    found = _by_key(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     return _ids(specs, rows, alias, found)
 
 
@@ -143,7 +150,7 @@ async def enqueue_many_async(session: Any, jobs: Iterable[JobSpec]) -> list[uuid
     params, alias = _batch_params(specs)
     rows = await run_async(session, queries.ENQUEUE, params)
     missing = _missing_keys(specs, rows, alias)
-    found = dict(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
+    found = _by_key(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     return _ids(specs, rows, alias, found)
 
 
@@ -165,6 +172,10 @@ def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int,
         "run_ats": "run_at", "delays_s": "delay_s", "expires_ats": "expires_at", "expires_s": "expires_s",
     }
     return {param: [getattr(s, attr) for s in unique] for param, attr in columns.items()}, alias
+
+
+def _by_key(rows: list[Any]) -> dict[str, uuid.UUID]:
+    return {str(key): job_id for key, job_id in rows}
 
 
 def _missing_keys(specs: list[JobSpec], rows: list[Any], alias: dict[int, int]) -> list[str]:
@@ -190,7 +201,7 @@ def _ids(specs: list[JobSpec], rows: list[Any], alias: dict[int, int], found: di
 
 
 def _registry() -> Registry:
-    return _options.registry or registry
+    return _options.registry if _options.registry is not None else registry
 
 
 def _resolve_task(task: Task | str) -> Task:
@@ -225,8 +236,8 @@ def _seconds(field: str, value: dt.timedelta | float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, dt.timedelta)):
         raise InvalidScheduleError(field, f"expected seconds or a timedelta, got {type(value).__name__}")
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not seconds >= 0 or seconds == float("inf"):
-        raise InvalidScheduleError(field, f"must be a finite duration >= 0, got {value!r}")
+    if not 0 <= seconds <= MAX_DURATION_S:
+        raise InvalidScheduleError(field, f"must be a duration within 0..{MAX_DURATION_S:.0f} s, got {value!r}")
     return seconds
 
 
@@ -238,7 +249,8 @@ def _aware(field: str, value: dt.datetime) -> dt.datetime:
     return value
 
 
-def _schedule(delay: dt.timedelta | float | None, run_at: dt.datetime | None) -> tuple[dt.datetime | None, float | None]:
+def _schedule(delay: dt.timedelta | float | None,
+              run_at: dt.datetime | None) -> tuple[dt.datetime | None, float | None]:
     if delay is not None and run_at is not None:
         raise InvalidScheduleError("delay", "give delay or run_at, not both")
     if run_at is not None:
@@ -250,13 +262,15 @@ def _expiry(expires: dt.timedelta | float | dt.datetime | None, run_at: dt.datet
             delay_s: float | None) -> tuple[dt.datetime | None, float | None]:
     if expires is None:
         return None, None
+    now = dt.datetime.now(dt.UTC)
+    due = max(run_at, now) if run_at is not None else now + dt.timedelta(seconds=delay_s or 0)
     if isinstance(expires, dt.datetime):
         at = _aware("expires", expires)
-        if run_at is not None and at <= run_at:
-            raise InvalidScheduleError("expires", "is not after run_at: the job would expire before it is due")
+        if at <= due:
+            raise InvalidScheduleError("expires", "is not after the job's due time: it would expire before it runs")
         return at, None
     seconds = _seconds("expires", expires)
-    if seconds == 0 or (delay_s is not None and seconds <= delay_s):
+    if seconds == 0 or now + dt.timedelta(seconds=seconds) <= due:
         raise InvalidScheduleError("expires", "must be later than the job's due time")
     return None, seconds
 
@@ -280,6 +294,6 @@ def _key(key: str | None) -> str | None:
 def _max_retries(value: int | None, t: Task) -> int:
     if value is None:
         return t.max_retries
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidScheduleError("max_retries", f"must be an int >= 0, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES_LIMIT:
+        raise InvalidScheduleError("max_retries", f"must be an int within 0..{MAX_RETRIES_LIMIT}, got {value!r}")
     return value

@@ -7,9 +7,10 @@ ever moved: renaming it strands messages already in flight.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -45,6 +46,7 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     long: bool = False
     expires_s: float | None = None
     takes_context: bool = False
+    context_first: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -65,6 +67,16 @@ class Registry:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._duplicates: list[str] = []
+        self._collect = False
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[None]:
+        """Record duplicate names instead of raising, so one import reports them all (``tierbox check``)."""
+        previous, self._collect = self._collect, True
+        try:
+            yield
+        finally:
+            self._collect = previous
 
     def add(self, task: Task) -> None:
         """Register ``task``; a second, different task under the same name is an error."""
@@ -73,7 +85,9 @@ class Registry:
             if _same_function(existing.fn, task.fn):
                 self._tasks[task.name] = task  # a module re-imported (reload, __main__)
                 return
-            self._duplicates.append(task.name)
+            self._duplicates.append(f"{task.name!r} ({_where(existing.fn)} and {_where(task.fn)})")
+            if self._collect:
+                return  # the first registration stays; problems() reports the clash
             raise RegistryError(f"task name {task.name!r} is already registered by {_where(existing.fn)}")
         self._tasks[task.name] = task
 
@@ -89,7 +103,7 @@ class Registry:
 
     def problems(self, topology: Topology) -> list[str]:
         """Everything ``tierbox check`` reports: one readable line per problem."""
-        out = [f"duplicate task name {name!r}" for name in self._duplicates]
+        out = [f"duplicate task name {clash}" for clash in self._duplicates]
         consumed = topology.consumed_tiers()
         for task in self._tasks.values():
             if task.tier is None:
@@ -129,7 +143,8 @@ def task(
     the broker's consumer timeout: their message is acked once the lease is
     recorded in Postgres, and the lease (not the broker) then protects them.
     A handler that declares a parameter named ``ctx`` receives a
-    :class:`outbox.context.TaskContext`.
+    :class:`outbox.context.TaskContext`: as the first positional argument
+    when ``ctx`` is its first parameter, otherwise as a keyword.
     """
 
     def register(f: F) -> Task:
@@ -137,14 +152,16 @@ def task(
             raise RegistryError(f"@task needs a function, got {f!r}")
         task_name = name or f"{f.__module__}.{f.__qualname__}"
         tier_name = str(Tier(tier)) if isinstance(tier, Tier) else tier
+        params = list(inspect.signature(f).parameters)
         _validate_policy(task_name, max_retries, retry_backoff_s, retry_backoff_max_s, timeout_s, priority)
         t = Task(
             name=task_name, fn=f, tier=tier_name, max_retries=max_retries, retry_backoff_s=retry_backoff_s,
             retry_backoff_max_s=retry_backoff_max_s, timeout_s=timeout_s, priority=priority,
             retry_on=tuple(retry_on), no_retry_on=tuple(no_retry_on), long=long, expires_s=expires_s,
-            takes_context="ctx" in inspect.signature(f).parameters,
+            takes_context="ctx" in params,
+            context_first=bool(params) and params[0] == "ctx",
         )
-        (registry_ or registry).add(t)
+        (registry_ if registry_ is not None else registry).add(t)  # an empty Registry is falsy
         return t
 
     return register(fn) if fn is not None else register

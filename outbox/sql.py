@@ -28,7 +28,7 @@ Row = Sequence[Any]
 class Statement:
     """One SQL statement with ``:name`` parameters, runnable on every connection kind."""
 
-    __slots__ = ("name", "sql", "_sa", "_pg")
+    __slots__ = ("_pg", "_sa", "name", "sql")
 
     def __init__(self, name: str, sql: str) -> None:
         self.name = name
@@ -61,7 +61,9 @@ def run(conn: Any, stmt: Statement, params: Mapping[str, Any] | None = None) -> 
     if isinstance(conn, psycopg.Connection):
         cur = conn.execute(stmt.pg, params, prepare=True)
         return cur.fetchall() if cur.description else []
-    raise TypeError(f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, got {type(conn).__name__}")
+    raise TypeError(
+        f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, got {type(conn).__name__}"
+    )
 
 
 async def run_async(conn: Any, stmt: Statement, params: Mapping[str, Any] | None = None) -> list[Row]:

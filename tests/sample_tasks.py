@@ -20,6 +20,7 @@ from outbox import Tier
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS public.test_effects (job_id uuid, attempt int, note text, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE IF NOT EXISTS public.test_runs (job_id uuid, attempt int, pid int, note text, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS public.test_flags (id int);
 """
 
 
@@ -155,3 +156,13 @@ def chain_second(ctx: outbox.TaskContext, n: int) -> None:
     """Second pipeline step."""
     ctx.session.execute(text("INSERT INTO public.test_effects (job_id, attempt, note) VALUES (:j, :a, :n)"),
                         {"j": ctx.job_id, "a": ctx.attempt, "n": f"chain {n}"})
+
+
+@outbox.task(tier=Tier.HIGH, name="sample.needs_flag", max_retries=0)
+def needs_flag(ctx: outbox.TaskContext) -> None:
+    """Fail until a row exists in test_flags (lets a test fix the cause, then redrive)."""
+    flagged = ctx.session.execute(text("SELECT count(*) FROM public.test_flags")).scalar()
+    if not flagged:
+        raise RuntimeError("downstream unavailable")
+    ctx.session.execute(text("INSERT INTO public.test_effects (job_id, attempt, note) VALUES (:j, :a, 'flag')"),
+                        {"j": ctx.job_id, "a": ctx.attempt})

@@ -215,6 +215,7 @@ CREATE FUNCTION outbox.redrive_where(p_task text DEFAULT NULL, p_tier text DEFAU
                                      p_limit integer DEFAULT 1000)
 RETURNS TABLE (job_id uuid, new_job_id uuid)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
     candidate uuid;
 BEGIN
@@ -233,6 +234,101 @@ BEGIN
     LOOP
         job_id := candidate;
         new_job_id := outbox.redrive(candidate, p_target_tier, p_by, p_note);
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Begin an attempt for a delivered message, or say why not. One round trip per delivery.
+-- Locks the job's pending row first (waiting out a relay that is mid-batch on it, in the
+-- same lock order as the relay), then the job row. Decisions:
+--   run       attempt counted, lease taken, attempts row written: run the handler
+--   finished  already succeeded/dead/discarded/expired: ack, do not run (a duplicate)
+--   running   another worker holds a live lease: ack, do not run; the lease protects the job
+--   not_due   a stale copy of an attempt whose retry is scheduled later: ack, do not run
+--   expired   past expires_at: marked expired, ack, do not run
+--   unknown   no such job in the ledger
+CREATE FUNCTION outbox.start_attempt(p_job_id uuid, p_worker text, p_lease_s double precision,
+                                     p_acked_early boolean DEFAULT false)
+RETURNS TABLE (decision text, attempt integer, max_retries integer, enqueued_at timestamptz, headers jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    j outbox.jobs%ROWTYPE;
+BEGIN
+    PERFORM 1 FROM outbox.pending p WHERE p.job_id = p_job_id FOR UPDATE;
+    SELECT * INTO j FROM outbox.jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown'::text, 0, 0, NULL::timestamptz, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF j.status IN ('succeeded', 'dead', 'discarded', 'expired') THEN
+        RETURN QUERY SELECT 'finished'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    IF j.status = 'running' THEN
+        RETURN QUERY SELECT 'running'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    IF j.status = 'retrying' AND j.available_at > now() THEN
+        RETURN QUERY SELECT 'not_due'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    DELETE FROM outbox.pending p WHERE p.job_id = p_job_id;  -- a stale republish candidate
+    IF j.expires_at IS NOT NULL AND j.expires_at <= now() THEN
+        UPDATE outbox.jobs SET status = 'expired', finished_at = now(), last_error = 'expired before it started'
+         WHERE id = p_job_id;
+        RETURN QUERY SELECT 'expired'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    UPDATE outbox.jobs SET status = 'running', attempts = j.attempts + 1, started_at = now()
+     WHERE id = p_job_id;
+    INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at)
+    VALUES (p_job_id, j.attempts + 1, p_worker, now());
+    INSERT INTO outbox.leases (job_id, attempt, worker_id, expires_at, acked_early)
+    VALUES (p_job_id, j.attempts + 1, p_worker, now() + make_interval(secs => p_lease_s), p_acked_early);
+    RETURN QUERY SELECT 'run'::text, j.attempts + 1, j.max_retries, j.enqueued_at, j.headers;
+END $$;
+
+-- Recover jobs whose lease expired (their worker died or lost Postgres): the attempt is
+-- recorded as crashed and the job is due again at once, or dead-lettered (reason crashed)
+-- when its attempts are spent. Safe to run in every worker at once (SKIP LOCKED).
+CREATE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
+RETURNS TABLE (job_id uuid, decision text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    l outbox.leases%ROWTYPE;
+    j outbox.jobs%ROWTYPE;
+    w smallint;
+    msg text := 'lease expired: the worker died or lost its database connection';
+BEGIN
+    FOR l IN
+        SELECT * FROM outbox.leases le WHERE le.expires_at < now()
+        ORDER BY le.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+    LOOP
+        DELETE FROM outbox.leases le WHERE le.job_id = l.job_id;
+        UPDATE outbox.attempts a
+           SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg
+         WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
+        SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id AND attempts = l.attempt AND status = 'running'
+           FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        IF j.attempts >= j.max_retries + 1 THEN
+            UPDATE outbox.jobs SET status = 'dead', finished_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                             error_message, attempts, enqueued_at, redrive_count)
+            VALUES (j.id, j.task, j.tier, j.priority, j.payload, j.headers, 'crashed', 'WorkerLost', msg,
+                    j.attempts, j.enqueued_at, j.redrive_count)
+            ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING;
+            job_id := j.id; decision := 'dead';
+        ELSE
+            SELECT t.weight INTO w FROM outbox.tiers t WHERE t.name = j.tier;
+            UPDATE outbox.jobs SET status = 'retrying', available_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+            VALUES (j.id, j.tier, COALESCE(w, 5), j.priority, now())
+            ON CONFLICT ON CONSTRAINT pk_pending DO NOTHING;
+            job_id := j.id; decision := 'retry';
+        END IF;
         RETURN NEXT;
     END LOOP;
 END $$;
@@ -269,7 +365,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Drop everything the outbox schema holds except alembic's version table."""
-    for name in ("redrive_where(text, text, text, timestamptz, timestamptz, text, text, text, integer)",
+    for name in ("start_attempt(uuid, text, double precision, boolean)", "reap(integer)",
+                 "redrive_where(text, text, text, timestamptz, timestamptz, text, text, text, integer)",
                  "redrive(uuid, text, text, text)", "discard(uuid, text, text)"):
         op.execute(f"DROP FUNCTION outbox.{name}")
     for table in ("dead_letters", "leases", "attempts", "pending", "jobs", "tiers"):

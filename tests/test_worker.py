@@ -1,0 +1,355 @@
+"""Workers end to end: real relay and worker processes, real RabbitMQ and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import msgspec
+import psycopg
+import pytest
+
+import outbox
+from outbox.config import Settings
+from relay import Relay
+from tests import sample_tasks
+from tests.helpers import Proc, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@outbox.task(tier=outbox.Tier.HIGH, name="tests.only_here")
+def only_here() -> None:
+    """Registered in the test process but not in the worker's app: the worker cannot run it."""
+
+
+class System:
+    """Starts relays and workers for one test and reads the ledger."""
+
+    def __init__(self, settings: Settings, procs: list[Proc], tmp_path: Path) -> None:
+        self.settings = settings
+        self.procs = procs
+        self.tmp_path = tmp_path
+        self.n = 0
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(sample_tasks.EFFECTS_DDL)
+
+    def start(self, *args: str, env: dict[str, str] | None = None, settings: Settings | None = None) -> Proc:
+        self.n += 1
+        proc = Proc(list(args), settings or self.settings, self.tmp_path / f"{args[0]}{self.n}.log", env)
+        self.procs.append(proc)
+        return proc
+
+    def relay(self) -> Proc:
+        proc = self.start("relay")
+        self.wait(lambda: "relay.connected" in proc.output(), what="relay connected")
+        return proc
+
+    def worker(self, *args: str, ready: bool = True, **kw: Any) -> Proc:
+        proc = self.start("worker", *(args or ("--pool", "urgent")), **kw)
+        if ready:
+            self.wait(lambda: "worker.started" in proc.output() or not proc.alive(), what="worker started")
+        return proc
+
+    def enqueue(self, task: str, *args: Any, **kw: Any) -> uuid.UUID:
+        with psycopg.connect(self.settings.database_url) as conn:
+            return outbox.enqueue(conn, task, args=list(args), **kw)
+
+    def q(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.settings.database_url) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def wait(self, predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+        try:
+            return wait_until(predicate, timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; logs:\n{self.logs()[-5000:]}") from None
+
+    def status(self, job_id: uuid.UUID) -> str:
+        rows = self.q("SELECT status FROM outbox.jobs WHERE id = %s", job_id)
+        return rows[0][0] if rows else "missing"
+
+    def wait_status(self, job_id: uuid.UUID, status: str, timeout: float = 30) -> None:
+        try:
+            wait_until(lambda: self.status(job_id) == status, timeout=timeout, what=f"job {job_id} {status}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (now {self.status(job_id)}); logs:\n{self.logs()[-4000:]}") from None
+
+    def outcomes(self, job_id: uuid.UUID) -> list[str | None]:
+        return [r[0] for r in self.q("SELECT outcome FROM outbox.attempts WHERE job_id = %s ORDER BY attempt", job_id)]
+
+    def effects(self, job_id: uuid.UUID) -> list[tuple[Any, ...]]:
+        return self.q("SELECT attempt, note FROM public.test_effects WHERE job_id = %s ORDER BY at", job_id)
+
+    def runs(self, job_id: uuid.UUID) -> int:
+        return self.q("SELECT count(*) FROM public.test_runs WHERE job_id = %s", job_id)[0][0]
+
+    def dead_letter(self, job_id: uuid.UUID) -> dict[str, Any]:
+        with psycopg.connect(self.settings.database_url) as conn:
+            cur = conn.execute("SELECT * FROM outbox.dead_letters WHERE job_id = %s", (job_id,))
+            row = cur.fetchone()
+            assert row is not None, f"no dead letter for {job_id}"
+            return dict(zip([d.name for d in cur.description or []], row, strict=True))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.args}\n{p.output()}" for p in self.procs)
+
+    async def publish_raw(self, tier: str, body: bytes, **props: Any) -> None:
+        conn = await aio_pika.connect(self.settings.amqp_url)
+        async with conn:
+            ch = await conn.channel()
+            await ch.default_exchange.publish(aio_pika.Message(body=body, **props),
+                                              routing_key=self.settings.queue_name(tier))
+
+
+@pytest.fixture
+def system(settings: Settings, procs: list[Proc], tmp_path: Path) -> Iterator[System]:
+    yield System(settings, procs, tmp_path)
+
+
+def test_commit_runs_once_and_ledger_says_succeeded(system: System) -> None:
+    system.relay()
+    system.worker()
+    job = system.enqueue("sample.effect", "hello")
+    ajob = system.enqueue("sample.async_effect", "async")
+    system.wait_status(job, "succeeded")
+    system.wait_status(ajob, "succeeded")
+    assert system.effects(job) == [(1, "hello")]
+    assert system.effects(ajob) == [(1, "async")]
+    assert system.runs(job) == 1
+    assert system.outcomes(job) == ["succeeded"]
+    assert system.q("SELECT count(*) FROM outbox.leases") == [(0,)]
+
+
+async def test_same_message_delivered_twice_runs_once(system: System) -> None:
+    job = system.enqueue("sample.effect", "dup")
+    relay = await Relay.connect(system.settings)
+    try:
+        await relay.drain()
+        await relay.exchange.publish(relay_message(system, job), routing_key="high", mandatory=True)
+    finally:
+        await relay.close()
+    worker = system.worker()
+    system.wait_status(job, "succeeded")
+    await asyncio.sleep(1.0)  # let the second copy arrive and be absorbed
+    out = stop_and_read(worker)
+    assert "skipped_finished=1" in out or "skipped_running=1" in out, out[-2000:]
+    assert system.runs(job) == 1 and len(system.effects(job)) == 1
+
+
+def relay_message(system: System, job: uuid.UUID) -> aio_pika.Message:
+    from relay.relay import build_message
+
+    row = system.q("SELECT task, tier, priority, payload::text, headers::text, attempts, enqueued_at "
+                   "FROM outbox.jobs WHERE id = %s", job)[0]
+    return build_message(job, *row)
+
+
+def stop_and_read(proc: Proc) -> str:
+    if proc.alive():
+        proc.kill(signal.SIGTERM)
+        proc.wait(30)
+    return proc.output()
+
+
+def test_sigkill_mid_handler_is_recovered_with_one_crashed_attempt(system: System) -> None:
+    system.relay()
+    first = system.worker()
+    job = system.enqueue("sample.sleep", 30)
+    system.wait(lambda: system.runs(job) == 1, timeout=20, what="handler started")
+    first.kill(signal.SIGKILL)
+    first.wait()
+    system.worker()
+    # The lease (2 s in tests) expires, the reaper makes the job due again, it runs to completion.
+    with psycopg.connect(system.settings.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE outbox.jobs SET payload = '{\"args\": [0.1], \"kwargs\": {}}' WHERE id = %s", (job,))
+    system.wait_status(job, "succeeded", timeout=40)
+    assert system.outcomes(job) == ["crashed", "succeeded"]
+    assert len(system.effects(job)) == 1
+
+
+def test_db_effect_exactly_once_when_killed_before_commit(system: System) -> None:
+    system.relay()
+    system.worker()
+    job = system.enqueue("sample.effect_then_die")
+    system.wait(lambda: system.runs(job) == 1, timeout=20, what="first attempt ran")
+    system.wait(lambda: not system.procs[1].alive(), timeout=10, what="worker died")
+    system.worker()
+    system.wait_status(job, "succeeded", timeout=40)
+    assert system.effects(job) == [(2, "x")]  # the first attempt's insert died with its transaction
+    assert system.outcomes(job) == ["crashed", "succeeded"]
+
+
+def test_job_that_always_kills_its_worker_is_dead_lettered_crashed(system: System) -> None:
+    system.relay()
+    job = system.enqueue("sample.always_die")  # max_retries=1: two attempts
+    for _ in range(4):
+        if system.status(job) == "dead":
+            break
+        w = system.worker()
+        system.wait(lambda w=w: not w.alive() or system.status(job) == "dead", timeout=30, what="worker died")
+        w.stop()
+    if system.status(job) != "dead":
+        system.worker()  # its reaper dead-letters the spent job
+    system.wait_status(job, "dead", timeout=30)
+    assert system.runs(job) == 2
+    dl = system.dead_letter(job)
+    assert dl["reason"] == "crashed" and dl["attempts"] == 2
+    assert system.outcomes(job) == ["crashed", "crashed"]
+
+
+def test_failing_handler_retries_with_backoff_then_dead_letter_with_payload(system: System) -> None:
+    system.relay()
+    system.worker()
+    job = system.enqueue("sample.flaky", kwargs={"fail_times": 99}, headers={"tenant": "acme"})
+    system.wait_status(job, "dead", timeout=30)
+    assert system.outcomes(job) == ["failed", "failed", "failed"]  # 1 + max_retries(2)
+    gaps = system.q("""SELECT EXTRACT(EPOCH FROM (b.started_at - a.finished_at)) FROM outbox.attempts a
+                       JOIN outbox.attempts b ON b.job_id = a.job_id AND b.attempt = a.attempt + 1
+                       WHERE a.job_id = %s ORDER BY a.attempt""", job)
+    caps = [0.2, 0.4]  # full jitter: uniform(0, base * 2**(n-1)), plus relay/worker latency
+    assert len(gaps) == 2 and all(float(g[0]) <= cap + 1.5 for g, cap in zip(gaps, caps, strict=True))
+    dl = system.dead_letter(job)
+    assert dl["reason"] == "failed" and dl["task"] == "sample.flaky"
+    assert dl["payload"] == {"args": [], "kwargs": {"fail_times": 99}}
+    assert dl["headers"] == {"tenant": "acme"}
+    assert dl["error_type"] == "RuntimeError" and "attempt 3" in dl["error_message"]
+    assert "Traceback" in dl["traceback"]
+
+
+def test_redrive_via_sql_function_runs_and_succeeds(system: System) -> None:
+    system.relay()
+    system.worker()
+    job = system.enqueue("sample.needs_flag")
+    system.wait_status(job, "dead")
+    with psycopg.connect(system.settings.database_url) as conn:
+        conn.execute("INSERT INTO public.test_flags VALUES (1)")
+        new_id = conn.execute("SELECT outbox.redrive(%s)", (job,)).fetchone()[0]  # type: ignore[index]
+    system.wait_status(new_id, "succeeded")
+    assert len(system.effects(new_id)) == 1
+    dl = system.dead_letter(job)
+    assert dl["new_job_id"] == new_id and dl["redriven_at"] is not None
+    assert system.q("SELECT redrive_of, redrive_count FROM outbox.jobs WHERE id = %s", new_id) == [(job, 1)]
+    with psycopg.connect(system.settings.database_url) as conn, pytest.raises(outbox.RedriveError, match="already"):
+        outbox.redrive(conn, job)
+
+
+def test_timeout_and_non_retryable_are_dead_lettered(system: System) -> None:
+    system.relay()
+    system.worker()
+    slow = system.enqueue("sample.slow_async")
+    rejected = system.enqueue("sample.reject")
+    system.wait_status(slow, "dead")
+    system.wait_status(rejected, "dead")
+    assert system.dead_letter(slow)["reason"] == "timeout"
+    assert system.outcomes(slow) == ["timeout"]
+    assert system.dead_letter(rejected)["reason"] == "non_retryable"
+    assert system.runs(rejected) == 1
+
+
+async def test_poison_message_is_dead_lettered_and_worker_keeps_going(system: System) -> None:
+    system.relay()
+    system.worker()
+    await system.publish_raw("high", b"\x00\xffnot json at all", content_type="text/plain")
+    await system.publish_raw("high", b'{"v": 1, "id": "not-a-uuid"}')
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.dead_letters WHERE reason = 'undecodable'") == [(2,)],
+               timeout=20, what="poison dead-lettered")
+    raw = system.q("SELECT raw_body FROM outbox.dead_letters WHERE reason = 'undecodable' ORDER BY id")
+    assert bytes(raw[0][0]) == b"\x00\xffnot json at all"
+    job = system.enqueue("sample.effect", "after poison")
+    system.wait_status(job, "succeeded")
+
+
+def test_unknown_task_is_dead_lettered(system: System) -> None:
+    system.relay()
+    system.worker()
+    job = system.enqueue("tests.only_here")
+    system.wait_status(job, "dead")
+    assert system.dead_letter(job)["reason"] == "unknown_task"
+
+
+async def test_message_rejected_into_dlq_is_swept_into_dead_letters(system: System) -> None:
+    job = system.enqueue("sample.effect", "to reject")
+    relay = await Relay.connect(system.settings)
+    try:
+        await relay.drain()
+    finally:
+        await relay.close()
+    conn = await aio_pika.connect(system.settings.amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        queue = await ch.get_queue(system.settings.queue_name("high"))
+        msg = await queue.get(timeout=5)
+        await msg.reject(requeue=False)
+    system.worker()
+    system.wait_status(job, "dead")
+    dl = system.dead_letter(job)
+    assert dl["reason"] == "rejected" and dl["task"] == "sample.effect"
+    assert system.runs(job) == 0
+
+
+def test_sigterm_with_in_flight_work_loses_nothing(system: System) -> None:
+    system.relay()
+    worker = system.worker("--pool", "urgent", "--concurrency", "2")
+    jobs = [system.enqueue("sample.sleep", 1.0, str(i)) for i in range(6)]
+    system.wait(lambda: sum(system.runs(j) for j in jobs) >= 2, timeout=20, what="two jobs running")
+    worker.kill(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert "worker.stopped" in worker.output()
+    system.worker()
+    for j in jobs:
+        system.wait_status(j, "succeeded", timeout=40)
+    assert all(len(system.effects(j)) == 1 for j in jobs)
+
+
+def test_grace_period_over_releases_job_back_to_outbox(system: System) -> None:
+    system.relay()
+    short = msgspec.structs.replace(system.settings, shutdown_grace_s=0.5)
+    worker = system.worker(settings=short)
+    job = system.enqueue("sample.sleep", 3.0)
+    system.wait(lambda: system.runs(job) == 1, timeout=20, what="job running")
+    worker.kill(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert "worker.released" in worker.output()
+    assert system.status(job) in ("retrying", "published")
+    with psycopg.connect(system.settings.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE outbox.jobs SET payload = '{\"args\": [0.1], \"kwargs\": {}}' WHERE id = %s", (job,))
+    system.worker()
+    system.wait_status(job, "succeeded", timeout=30)
+    assert system.outcomes(job) == ["crashed", "succeeded"]
+
+
+def test_critical_starts_in_next_free_slot_during_high_flood(system: System) -> None:
+    system.relay()
+    system.worker("--pool", "urgent", "--concurrency", "2")
+    flood = [system.enqueue("sample.sleep", 0.4, "high") for _ in range(20)]
+    system.wait(lambda: sum(system.runs(j) for j in flood) >= 2, timeout=20, what="flood running")
+    critical = system.enqueue("sample.critical_effect", "critical")
+    system.wait_status(critical, "succeeded", timeout=20)
+    started = system.q("SELECT started_at FROM outbox.attempts WHERE job_id = %s", critical)[0][0]
+    enqueued = system.q("SELECT enqueued_at FROM outbox.jobs WHERE id = %s", critical)[0][0]
+    high_between = system.q("""SELECT count(*) FROM outbox.attempts a JOIN outbox.jobs j ON j.id = a.job_id
+                               WHERE j.task = 'sample.sleep' AND a.started_at > %s AND a.started_at < %s""",
+                            enqueued, started)[0][0]
+    # Two slots were busy; at most those two finishing HIGH jobs' successors could slip in while the
+    # critical message travelled relay -> broker -> buffer.
+    assert high_between <= 2, high_between
+    assert sum(1 for j in flood if system.status(j) != "succeeded") > 5  # the flood was still going
+
+
+def test_pipeline_step_enqueues_next_atomically(system: System) -> None:
+    system.relay()
+    system.worker("--pool", "normal")
+    first = system.enqueue("sample.chain_first", 1)
+    system.wait_status(first, "succeeded")
+    system.wait(lambda: system.q("SELECT count(*) FROM public.test_effects WHERE note = 'chain 2'") == [(1,)],
+               timeout=20, what="second step ran")
+
+
+def run(coro: Callable[[], Any]) -> Any:
+    return asyncio.run(coro())

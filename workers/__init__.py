@@ -1,0 +1,1 @@
+"""Worker pools: consume tier queues, run handlers, record every outcome in Postgres."""

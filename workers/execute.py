@@ -1,0 +1,131 @@
+"""Running one attempt of a handler, with its time limit and its transaction.
+
+Every attempt runs inside a database transaction that also marks the job
+succeeded (the ``SUCCEED`` statement, fenced on the attempt number): the
+handler's writes through ``ctx.session`` and the success commit together or
+not at all.
+
+What a timeout can interrupt:
+
+* ``async def`` handlers are cancelled at the limit (``CancelledError`` is
+  raised at their next ``await``); their transaction rolls back.
+* ``def`` handlers run in the pool's thread pool and cannot be interrupted
+  from outside: at the limit the attempt is recorded as ``timeout`` and the
+  thread is abandoned. It keeps its slot in the thread pool until it returns,
+  and when it does, its transaction is rolled back (the flag below, and the
+  fence, see to that), so a late finish changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from outbox.context import TaskContext
+from outbox.encoding import Payload
+from outbox.registry import Task
+from outbox.sql import run, run_async
+from workers import queries
+
+
+class Result(enum.Enum):
+    """How an attempt ended, when it did not raise."""
+
+    SUCCEEDED = "succeeded"
+    FENCED = "fenced"  # the ledger moved on (reaped, redriven): nothing was committed
+    ABANDONED = "abandoned"  # a sync handler finished after its timeout: rolled back
+
+
+class AttemptTimeout(Exception):  # noqa: N818 - reads as the outcome it records
+    """The attempt exceeded the task's ``timeout_s``."""
+
+
+class Executor:
+    """Runs attempts on the event loop (async handlers) or in a bounded thread pool (sync)."""
+
+    def __init__(self, async_engine: AsyncEngine, sync_engine: Engine, threads: int) -> None:
+        self.async_engine = async_engine
+        self.sync_engine = sync_engine
+        self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierbox-handler")
+
+    async def run(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
+        """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`."""
+        if task.is_async:
+            return await self._run_async(task, payload, ctx)
+        return await self._run_sync(task, payload, ctx)
+
+    async def _run_async(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
+        async with AsyncSession(self.async_engine) as session:
+            ctx.session = session
+            try:
+                await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
+            except TimeoutError as exc:
+                raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
+            rows = await run_async(session, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
+            if rows[0][0] != 1:
+                await session.rollback()
+                return Result.FENCED
+            await session.commit()
+            return Result.SUCCEEDED
+
+    async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
+        abandoned = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            self.threads, _sync_attempt, self.sync_engine, task, payload, ctx, abandoned
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), task.timeout_s)
+        except TimeoutError as exc:
+            abandoned.set()
+            raise AttemptTimeout(
+                f"{task.name} exceeded its timeout of {task.timeout_s}s (sync handler abandoned, still running)"
+            ) from exc
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    def shutdown(self) -> None:
+        """Stop accepting work; running threads are not waited for."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext,
+                  abandoned: threading.Event) -> Result:
+    with Session(engine) as session:
+        ctx.session = session
+        _call_sync(task, payload, ctx)
+        if abandoned.is_set():
+            session.rollback()
+            return Result.ABANDONED
+        rows = run(session, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
+        if rows[0][0] != 1:
+            session.rollback()
+            return Result.FENCED
+        session.commit()
+        return Result.SUCCEEDED
+
+
+def _arguments(task: Task, payload: Payload, ctx: TaskContext) -> tuple[list[Any], dict[str, Any]]:
+    """Handler arguments: ``ctx`` goes first when it is the first parameter, else by keyword."""
+    if not task.takes_context:
+        return payload.args, payload.kwargs
+    if task.context_first:
+        return [ctx, *payload.args], payload.kwargs
+    return payload.args, {**payload.kwargs, "ctx": ctx}
+
+
+async def _call(task: Task, payload: Payload, ctx: TaskContext) -> Any:
+    args, kwargs = _arguments(task, payload, ctx)
+    return await task.fn(*args, **kwargs)
+
+
+def _call_sync(task: Task, payload: Payload, ctx: TaskContext) -> Any:
+    args, kwargs = _arguments(task, payload, ctx)
+    return task.fn(*args, **kwargs)

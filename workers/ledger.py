@@ -1,0 +1,109 @@
+"""The worker's side of the Postgres ledger: each method is one short transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import traceback as tb
+import uuid
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox.logs import clip
+from outbox.sql import run_async
+from workers import queries
+
+MAX_ERROR_MESSAGE_CHARS = 2000
+MAX_TRACEBACK_CHARS = 16000
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    """An exception, bounded in size for the attempts and dead_letters tables."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        """Capture ``exc`` with its traceback."""
+        text = "".join(tb.format_exception(exc))
+        if len(text) > MAX_TRACEBACK_CHARS:
+            text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
+        return cls(type(exc).__qualname__, clip(str(exc) or type(exc).__name__, MAX_ERROR_MESSAGE_CHARS), text)
+
+    def params(self) -> dict[str, Any]:
+        """As statement parameters."""
+        return {"error_type": self.type, "error_message": self.message, "traceback": self.traceback}
+
+
+class StartResult(msgspec.Struct, frozen=True):
+    """What ``outbox.start_attempt`` decided for a delivery."""
+
+    decision: str
+    attempt: int
+    max_retries: int
+    enqueued_at: dt.datetime | None
+    headers: dict[str, Any]
+
+
+class Ledger:
+    """Ledger operations of one worker process."""
+
+    def __init__(self, engine: AsyncEngine, worker_id: str, lease_s: float) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+
+    async def _one(self, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        async with self.engine.begin() as conn:
+            return await run_async(conn, stmt, params)
+
+    async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
+        """Count the attempt and take the lease, or learn why the delivery must not run."""
+        rows = await self._one(queries.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
+                                                       "lease_s": self.lease_s, "acked_early": acked_early})
+        decision, attempt, max_retries, enqueued_at, headers = rows[0]
+        return StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
+
+    async def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, outcome: str, error: ErrorInfo) -> bool:
+        """Schedule the next attempt through the outbox; False if fenced out."""
+        rows = await self._one(queries.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
+                                               "outcome": outcome, **error.params()})
+        return bool(rows[0][0])
+
+    async def dead(self, job_id: uuid.UUID, attempt: int, reason: str, outcome: str, error: ErrorInfo) -> bool:
+        """Dead-letter after the final attempt; False if fenced out."""
+        rows = await self._one(queries.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
+                                              "outcome": outcome, **error.params()})
+        return bool(rows[0][0])
+
+    async def dead_without_attempt(self, job_id: uuid.UUID, reason: str, error: ErrorInfo) -> bool:
+        """Dead-letter a job that will not run (e.g. the broker dead-lettered it)."""
+        rows = await self._one(queries.DEAD_WITHOUT_ATTEMPT, {"job_id": job_id, "reason": reason,
+                                                              "error_type": error.type,
+                                                              "error_message": error.message})
+        return bool(rows[0][0])
+
+    async def dead_message(self, *, tier: str, reason: str, error: ErrorInfo, raw_body: bytes | None,
+                           headers: dict[str, Any], job_id: uuid.UUID | None = None, task: str | None = None,
+                           payload: bytes | None = None, priority: int | None = None) -> None:
+        """Record a message that names no job we can run, keeping its body."""
+        await self._one(queries.DEAD_MESSAGE, {
+            "job_id": job_id, "task": task, "tier": tier, "priority": priority,
+            "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),
+            "raw_body": raw_body, "reason": reason, "error_type": error.type, "error_message": error.message,
+        })
+
+    async def job_exists(self, job_id: uuid.UUID) -> bool:
+        """Whether the ledger holds ``job_id``."""
+        return bool(await self._one(queries.JOB_EXISTS, {"job_id": job_id}))
+
+    async def heartbeat(self) -> None:
+        """Extend every lease this worker holds."""
+        await self._one(queries.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s})
+
+    async def reap(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
+        """Recover expired leases: retry or dead-letter (crashed); returns (job_id, decision)."""
+        return [(r[0], r[1]) for r in await self._one(queries.REAP, {"limit": limit})]

@@ -1,0 +1,52 @@
+"""The ``tierbox worker`` process: one pool, until SIGTERM/SIGINT, then a graceful stop (exit 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+
+from outbox.config import Settings
+from outbox.errors import ConfigError
+from outbox.registry import Registry
+from outbox.tiers import PoolSpec
+from workers.pool import Pool
+
+
+def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurrency: int | None,
+              prefetch: int | None) -> tuple[str, PoolSpec]:
+    """The pool to run: a named pool of the topology, or an ad-hoc one from ``--queues``."""
+    topology = settings.topology
+    if queues:
+        tiers = tuple(q.strip() for q in queues.split(",") if q.strip())
+        unknown = [t for t in tiers if t not in topology.tiers]
+        if unknown or not tiers:
+            raise ConfigError("--queues", f"unknown tier(s) {unknown or queues!r}; known: {', '.join(topology.tiers)}")
+        base = PoolSpec(tiers=tiers)
+        name = pool or "adhoc-" + "-".join(tiers)
+    else:
+        if not pool or pool not in topology.pools:
+            raise ConfigError("--pool", f"{pool!r} is not a pool; known: {', '.join(topology.pools)} (or --queues)")
+        base, name = topology.pools[pool], pool
+    spec = PoolSpec(tiers=base.tiers, concurrency=concurrency or base.concurrency,
+                    prefetch=base.prefetch if prefetch is None else prefetch, min_share=base.min_share)
+    if spec.concurrency < 1 or spec.prefetch < 0:
+        raise ConfigError("--concurrency", "concurrency must be >= 1 and prefetch >= 0")
+    return name, spec
+
+
+def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry) -> int:
+    """Run the pool; returns the exit code."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Pool(settings, name, spec, registry).run(stop)
+
+    asyncio.run(runner())
+    if threading.active_count() > 1:
+        # Abandoned sync handlers (timeouts, grace period over) would hold the interpreter open.
+        os._exit(0)
+    return 0

@@ -1,0 +1,284 @@
+"""A worker pool: consumes its tier queues, runs jobs, records every outcome, then acks.
+
+Acknowledgement is late: a message is acked only after its outcome (success,
+scheduled retry, dead letter, or "duplicate, not run") is committed in
+Postgres. A crash before that leaves it unacked, so RabbitMQ redelivers it.
+Tasks declared ``long=True`` are the exception: they are acked as soon as
+their lease is committed, so the broker's consumer timeout cannot cancel an
+hours-long job; from then on the lease and the reaper protect them.
+
+Ordering between the pool's queues is decided by :mod:`workers.buffer`.
+Leases are renewed by a heartbeat every ``lease_s / 3``; any worker's reaper
+recovers leases that expire (worker killed, Postgres connection lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from typing import Any
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from outbox import encoding
+from outbox.config import Settings
+from outbox.context import TaskContext
+from outbox.logs import event
+from outbox.registry import Registry, Task
+from outbox.tiers import PoolSpec
+from workers.buffer import PriorityBuffer
+from workers.dlq import DlqSweeper, safe_headers
+from workers.execute import AttemptTimeout, Executor, Result
+from workers.ledger import ErrorInfo, Ledger, StartResult
+
+log = logging.getLogger("tierbox.worker")
+
+#: Back-off after a Postgres failure before the message is handed back to the broker.
+INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def new_worker_id() -> str:
+    """Unique per process start: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def retry_delay_s(task: Task, attempt: int) -> float:
+    """Exponential back-off with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
+    ceiling = min(task.retry_backoff_max_s, task.retry_backoff_s * (2 ** max(attempt - 1, 0)))
+    return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class Pool:
+    """One pool of worker slots over one or more tier queues."""
+
+    def __init__(self, settings: Settings, name: str, spec: PoolSpec, registry: Registry) -> None:
+        self.settings = settings
+        self.name = name
+        self.spec = spec
+        self.registry = registry
+        self.worker_id = new_worker_id()
+        weights = {t: settings.topology.spec(t).weight for t in spec.tiers}
+        self.buffer = PriorityBuffer(weights, spec.min_share)
+        self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.concurrency + 3,
+                                                max_overflow=spec.concurrency, pool_pre_ping=True)
+        self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.concurrency,
+                                         max_overflow=spec.concurrency, pool_pre_ping=True)
+        self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
+        self.executor = Executor(self.async_engine, self.sync_engine, spec.concurrency)
+        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._running: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]] = {}
+        self._busy = 0
+        self._stopping = False
+        self.counts: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Connect, declare the pool's queues and start consuming."""
+        from outbox.amqp import declare_topology
+
+        self.connection = await aio_pika.connect_robust(
+            self.settings.amqp_url, client_properties={"connection_name": f"tierbox-worker {self.name} {self.worker_id}"}
+        )
+        await declare_topology(self.connection, self.settings, list(self.spec.tiers))
+        qos = self.spec.concurrency + self.spec.prefetch
+        for tier in self.spec.tiers:
+            channel = await self.connection.channel()
+            await channel.set_qos(prefetch_count=qos)
+            queue = await channel.get_queue(self.settings.queue_name(tier), ensure=False)
+            tag = await queue.consume(self._receiver(tier))
+            self._consumers.append((queue, tag))
+        self.sweeper = DlqSweeper(self.settings, self.connection, self.ledger, list(self.spec.tiers))
+        await self.sweeper.start()
+        event(log, "worker.started", pool=self.name, worker_id=self.worker_id, tiers=",".join(self.spec.tiers),
+              concurrency=self.spec.concurrency, qos=qos)
+
+    def _receiver(self, tier: str) -> Any:
+        async def receive(message: AbstractIncomingMessage) -> None:
+            await self.buffer.put(tier, message.priority or 0, message)
+        return receive
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, work until ``stop`` is set, then shut down gracefully."""
+        await self.start()
+        slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
+        chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self.ledger.heartbeat, "heartbeat")),
+                  asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap"))]
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown(slots, chores)
+
+    async def _slot(self) -> None:
+        while not self._stopping:
+            tier, message = await self.buffer.get()
+            self._busy += 1
+            try:
+                await self.process(tier, message)
+            finally:
+                self._busy -= 1
+
+    async def shutdown(self, slots: list[asyncio.Task[None]], chores: list[asyncio.Task[None]]) -> None:
+        """Stop consuming, let in-flight jobs finish within the grace period, release the rest."""
+        self._stopping = True
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        await self.sweeper.stop()
+        idle = [s for s in slots if not s.done()]
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+        while self._busy and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        unfinished = dict(self._running)
+        for s in idle:
+            s.cancel()
+        await asyncio.gather(*idle, return_exceptions=True)
+        await self._release(unfinished)
+        for c in chores:
+            c.cancel()
+        await asyncio.gather(*chores, return_exceptions=True)
+        self.executor.shutdown()
+        if self.connection and not self.connection.is_closed:
+            await self.connection.close()  # unacked (buffered, unstarted) messages go back to their queues
+        await self.async_engine.dispose()
+        self.sync_engine.dispose()
+        event(log, "worker.stopped", pool=self.name, released=len(unfinished), **self.counts)
+
+    async def _release(self, unfinished: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]]) -> None:
+        """Hand jobs still running after the grace period back to the outbox, then ack them."""
+        error = ErrorInfo("WorkerShutdown", "worker stopped before the job finished (grace period over)")
+        for job_id, (attempt, message) in unfinished.items():
+            try:
+                await self.ledger.retry(job_id, attempt, 0.0, "crashed", error)
+                if message is not None:
+                    await message.ack()
+                event(log, "worker.released", job_id=job_id, attempt=attempt)
+            except Exception as exc:  # noqa: BLE001 - the lease expires and the reaper recovers it
+                event(log, "worker.release_failed", logging.WARNING, job_id=job_id, error=exc)
+
+    async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
+        """Handle one delivery end to end; never raises (failures are recorded or retried)."""
+        for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
+            try:
+                await self._handle(tier, message)
+                return
+            except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
+                event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
+                      error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
+                if backoff is None or self._stopping:
+                    break
+                await asyncio.sleep(backoff)
+        with contextlib.suppress(Exception):
+            await message.nack(requeue=True)
+
+    async def _handle(self, tier: str, message: AbstractIncomingMessage) -> None:
+        try:
+            env = encoding.decode_envelope(message.body)
+            payload = encoding.decode_payload(env.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_message(tier, message, "undecodable", exc)
+            return
+        task = self.registry.get(env.task)
+        start = await self.ledger.start(env.id, acked_early=bool(task and task.long))
+        if start.decision == "unknown":
+            await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
+                                     env=env)
+            return
+        if start.decision != "run":
+            self._count(f"skipped_{start.decision}")
+            event(log, "worker.duplicate_absorbed", logging.DEBUG, job_id=env.id, decision=start.decision)
+            await _ack(message)
+            return
+        if task is None:
+            await self.ledger.dead(env.id, start.attempt, "unknown_task", "failed",
+                                   ErrorInfo("UnknownTask", f"no handler registered as {env.task!r} in pool {self.name}"))
+            self._count("dead")
+            event(log, "worker.dead_lettered", logging.WARNING, job_id=env.id, reason="unknown_task", task=env.task)
+            await _ack(message)
+            return
+        await self._run(task, env, payload, start, message)
+
+    async def _run(self, task: Task, env: encoding.Envelope, payload: encoding.Payload, start: StartResult,
+                   message: AbstractIncomingMessage) -> None:
+        if task.long:
+            await _ack(message)
+        self._running[env.id] = (start.attempt, None if task.long else message)
+        ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
+                          max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
+        try:
+            result = await self.executor.run(task, payload, ctx)
+        except AttemptTimeout as exc:
+            await self._failed(task, env, start, exc, "timeout")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger
+            await self._failed(task, env, start, exc, "failed")
+        else:
+            self._count(result.value)
+            if result is not Result.SUCCEEDED:
+                event(log, "worker.fenced", logging.WARNING, job_id=env.id, attempt=start.attempt, result=result.value)
+        finally:
+            self._running.pop(env.id, None)
+        if not task.long:
+            await _ack(message)
+
+    async def _failed(self, task: Task, env: encoding.Envelope, start: StartResult, exc: BaseException,
+                      outcome: str) -> None:
+        error = ErrorInfo.of(exc)
+        retryable = task.retryable(exc) if outcome == "failed" else True
+        if retryable and start.attempt < start.max_retries + 1:
+            delay = retry_delay_s(task, start.attempt)
+            await self.ledger.retry(env.id, start.attempt, delay, outcome, error)
+            self._count("retried")
+            event(log, "worker.retry_scheduled", job_id=env.id, attempt=start.attempt, delay_s=round(delay, 3),
+                  error_type=error.type, error=error.message[:200])
+            return
+        reason = "non_retryable" if not retryable else ("timeout" if outcome == "timeout" else "failed")
+        await self.ledger.dead(env.id, start.attempt, reason, outcome, error)
+        self._count("dead")
+        event(log, "worker.dead_lettered", logging.WARNING, job_id=env.id, reason=reason, error_type=error.type,
+              error=error.message[:200])
+
+    async def _dead_message(self, tier: str, message: AbstractIncomingMessage, reason: str, exc: BaseException,
+                            env: encoding.Envelope | None = None) -> None:
+        await self.ledger.dead_message(
+            tier=tier, reason=reason, error=ErrorInfo(type(exc).__name__, str(exc)[:2000]), raw_body=message.body,
+            headers=safe_headers(message), job_id=env.id if env else None, task=env.task if env else None,
+            payload=bytes(env.payload) if env else None, priority=message.priority,
+        )
+        self._count("dead")
+        event(log, "worker.dead_lettered", logging.WARNING, reason=reason, tier=tier, message_id=message.message_id,
+              body_bytes=len(message.body))
+        await _ack(message)
+
+    async def _reap(self) -> None:
+        for job_id, decision in await self.ledger.reap():
+            self._count(f"reaped_{decision}")
+            event(log, "worker.reaped", logging.WARNING, job_id=job_id, decision=decision)
+
+    async def _every(self, interval_s: float, fn: Any, name: str) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await fn()
+            except Exception as exc:  # noqa: BLE001 - a chore failing must not kill the pool
+                event(log, f"worker.{name}_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+
+    def _count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.ack()
+    except Exception as exc:  # noqa: BLE001 - channel gone: the outcome is committed; a redelivery is absorbed
+        event(log, "worker.ack_failed", logging.WARNING, message_id=message.message_id, error=exc)
+
