@@ -186,6 +186,17 @@ def prune(**overrides: Any) -> None:
     click.echo(f"pruned {n} jobs")
 
 
+@cli.command(help="Run the relay and the four pools, enqueue sample jobs in every tier, print the ledger." + ENV_HELP)
+@friendly
+def demo() -> None:
+    """The narrated end-to-end demo (run `tierbox migrate` first)."""
+    from api.demo import run
+
+    settings = _settings()
+    _ping_postgres(settings)
+    sys.exit(run(settings))
+
+
 def _ping_postgres(settings: Settings) -> None:
     import psycopg
 

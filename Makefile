@@ -1,0 +1,35 @@
+# Tierbox: every target here is called by CI or by the README. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help demo test lint typecheck check bench clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample jobs, print what happened
+	$(BIN)/tierbox migrate
+	$(BIN)/tierbox demo
+
+test: $(STAMP) lint typecheck  ## Lint, type-check, then the full test suite against the live services
+	$(BIN)/pytest -q
+
+lint: $(STAMP)  ## ruff on every package
+	$(BIN)/ruff check outbox relay workers api migrations tests
+
+typecheck: $(STAMP)  ## mypy --strict on outbox/
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## Benchmarks (not part of `make test`)
+	$(BIN)/python -m bench
+
+clean:  ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
