@@ -60,12 +60,13 @@ def _wait_for_consumers(settings: Settings) -> None:
 
 def _enqueue_samples(conn: psycopg.Connection[Any]) -> dict[str, uuid.UUID]:
     jobs: dict[str, uuid.UUID] = {}
+    event_key = f"stripe:evt_{uuid.uuid4().hex[:8]}"  # unique per run: a rerun is a new webhook
     with conn.transaction():  # the business transaction: commit => jobs exist
         jobs["otp"] = outbox.enqueue(conn, demo_tasks.send_otp, args=["+39 333 000 0000"], expires=60)
         jobs["webhook"] = outbox.enqueue(conn, demo_tasks.payment_webhook, args=["evt_1"],
-                                         idempotency_key="stripe:evt_1")
+                                         idempotency_key=event_key)
         jobs["webhook (same key)"] = outbox.enqueue(conn, demo_tasks.payment_webhook, args=["evt_1"],
-                                                    idempotency_key="stripe:evt_1")
+                                                    idempotency_key=event_key)
         jobs["invoice"] = outbox.enqueue(conn, demo_tasks.generate_invoice, args=[42])
         jobs["calendar"] = outbox.enqueue(conn, demo_tasks.sync_calendar, args=[7])
         jobs["export"] = outbox.enqueue(conn, demo_tasks.export_contacts, args=[50_000])
