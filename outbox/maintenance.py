@@ -42,7 +42,7 @@ def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE
     params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
     while True:
         cur = conn.execute(queries.PRUNE_BATCH.pg, params)
-        deleted = cur.rowcount
+        deleted: int = cur.rowcount
         conn.execute(queries.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
         conn.commit()
         total += max(deleted, 0)

@@ -69,8 +69,10 @@ PRUNE_BATCH = Statement("prune_batch", """
 WITH doomed AS (
     SELECT id FROM outbox.jobs
     WHERE finished_at IS NOT NULL
-      AND ((status IN ('succeeded', 'expired') AND finished_at < now() - make_interval(secs => CAST(:succeeded_days AS float8) * 86400))
-        OR (status IN ('dead', 'discarded') AND finished_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)))
+      AND ((status IN ('succeeded', 'expired')
+            AND finished_at < now() - make_interval(secs => CAST(:succeeded_days AS float8) * 86400))
+        OR (status IN ('dead', 'discarded')
+            AND finished_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)))
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
 )
@@ -86,4 +88,96 @@ WHERE id IN (
       AND failed_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)
     LIMIT :batch
 )
+""")
+
+# --- Ledger transitions, shared by the workers and outbox.testing. Completion is fenced on the
+# attempt number: a stale worker finishing late changes nothing.
+
+# Decide whether a delivery runs; if so, count the attempt and take the lease (see the SQL function).
+START_ATTEMPT = Statement("ledger.start_attempt", """
+SELECT decision, attempt, max_retries, enqueued_at, headers
+FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean))
+""")
+
+
+# Success, fenced on the attempt; runs in the handler's own transaction.
+SUCCEED = Statement("ledger.succeed", """
+WITH j AS (
+    UPDATE outbox.jobs SET status = 'succeeded', finished_at = clock_timestamp(), last_error = NULL
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    RETURNING id
+), a AS (
+    UPDATE outbox.attempts SET finished_at = clock_timestamp(), outcome = 'succeeded'
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+)
+SELECT count(*) FROM j
+""")
+
+
+# Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
+RETRY = Statement("ledger.retry", """
+WITH j AS (
+    UPDATE outbox.jobs
+    SET status = 'retrying', available_at = clock_timestamp() + make_interval(secs => CAST(:delay_s AS float8)),
+        last_error = :error_message
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    RETURNING id, tier, priority, available_at
+), a AS (
+    UPDATE outbox.attempts
+    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
+        error_message = :error_message, traceback = :traceback
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+), p AS (
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
+    FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
+)
+SELECT count(*) FROM j
+""")
+
+
+# Final failure: mark dead and copy everything a redrive needs into dead_letters.
+DEAD = Statement("ledger.dead", """
+WITH j AS (
+    UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    RETURNING *
+), a AS (
+    UPDATE outbox.attempts
+    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
+        error_message = :error_message, traceback = :traceback
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+), d AS (
+    INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                     error_message, traceback, attempts, enqueued_at, redrive_count)
+    SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message, :traceback,
+           attempts, enqueued_at, redrive_count
+    FROM j
+    ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+)
+SELECT count(*) FROM j
+""")
+
+
+# Due pending jobs visible to the caller's transaction, for outbox.testing.drain (no broker).
+TESTING_DUE = Statement("testing.due", """
+SELECT p.job_id, j.task, j.tier, j.payload::text
+FROM outbox.pending AS p JOIN outbox.jobs AS j ON j.id = p.job_id
+WHERE p.available_at <= clock_timestamp() AND NOT (p.job_id = ANY(CAST(:skip AS uuid[])))
+ORDER BY p.weight DESC, p.priority DESC, p.available_at
+LIMIT :limit
+""")
+
+# Jobs visible to the caller's transaction, newest first, for outbox.testing assertions.
+TESTING_JOBS = Statement("testing.jobs", """
+SELECT id, task, tier, payload::text, status, idempotency_key
+FROM outbox.jobs
+WHERE (CAST(:task AS text) IS NULL OR task = :task)
+ORDER BY enqueued_at DESC, id
 """)

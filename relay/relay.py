@@ -81,7 +81,8 @@ class Relay:
         async with db.transaction():
             await sync_tiers_async(db, settings.topology)
         try:
-            connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": "tierbox-relay"})
+            connection = await aio_pika.connect(settings.amqp_url,
+                                                client_properties={"connection_name": "tierbox-relay"})
         except BaseException:
             await db.close()
             raise

@@ -172,7 +172,7 @@ def prefix(request: pytest.FixtureRequest, service_urls: dict[str, str]) -> Iter
                     ch = await conn.channel()
                     try:
                         await ch.queue_delete(q)
-                    except Exception:  # noqa: BLE001,S110 - absent is fine
+                    except Exception:  # noqa: BLE001 - absent is fine
                         pass
                     if not ch.is_closed:
                         await ch.close()
@@ -180,7 +180,7 @@ def prefix(request: pytest.FixtureRequest, service_urls: dict[str, str]) -> Iter
                 ch = await conn.channel()
                 try:
                     await ch.exchange_delete(ex)
-                except Exception:  # noqa: BLE001,S110
+                except Exception:  # noqa: BLE001
                     pass
                 if not ch.is_closed:
                     await ch.close()

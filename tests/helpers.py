@@ -62,7 +62,7 @@ class Proc:
         self.log_path = log_path
         env = settings_env(settings)
         env.update(extra_env or {})
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )

@@ -54,7 +54,7 @@ def new_worker_id() -> str:
 def retry_delay_s(task: Task, attempt: int) -> float:
     """Exponential back-off with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
     ceiling = min(task.retry_backoff_max_s, task.retry_backoff_s * (2 ** max(attempt - 1, 0)))
-    return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+    return random.uniform(0, ceiling)
 
 
 class Pool:
@@ -78,6 +78,7 @@ class Pool:
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._running: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]] = {}
         self._busy = 0
+        self._idle = asyncio.Event()
         self._stopping = False
         self.counts: dict[str, int] = {}
 
@@ -85,9 +86,9 @@ class Pool:
         """Connect, declare the pool's queues and start consuming."""
         from outbox.amqp import declare_topology
 
-        self.connection = await aio_pika.connect_robust(
-            self.settings.amqp_url, client_properties={"connection_name": f"tierbox-worker {self.name} {self.worker_id}"}
-        )
+        name = f"tierbox-worker {self.name} {self.worker_id}"
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_url,
+                                                        client_properties={"connection_name": name})
         await declare_topology(self.connection, self.settings, list(self.spec.tiers))
         qos = self.spec.concurrency + self.spec.prefetch
         for tier in self.spec.tiers:
@@ -121,10 +122,13 @@ class Pool:
         while not self._stopping:
             tier, message = await self.buffer.get()
             self._busy += 1
+            self._idle.clear()
             try:
                 await self.process(tier, message)
             finally:
                 self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
 
     async def shutdown(self, slots: list[asyncio.Task[None]], chores: list[asyncio.Task[None]]) -> None:
         """Stop consuming, let in-flight jobs finish within the grace period, release the rest."""
@@ -134,9 +138,9 @@ class Pool:
                 await queue.cancel(tag)
         await self.sweeper.stop()
         idle = [s for s in slots if not s.done()]
-        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
-        while self._busy and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        if self._busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
         unfinished = dict(self._running)
         for s in idle:
             s.cancel()
@@ -198,8 +202,8 @@ class Pool:
             await _ack(message)
             return
         if task is None:
-            await self.ledger.dead(env.id, start.attempt, "unknown_task", "failed",
-                                   ErrorInfo("UnknownTask", f"no handler registered as {env.task!r} in pool {self.name}"))
+            error = ErrorInfo("UnknownTask", f"no handler registered as {env.task!r} in pool {self.name}")
+            await self.ledger.dead(env.id, start.attempt, "unknown_task", "failed", error)
             self._count("dead")
             event(log, "worker.dead_lettered", logging.WARNING, job_id=env.id, reason="unknown_task", task=env.task)
             await _ack(message)

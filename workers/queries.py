@@ -8,75 +8,11 @@ nothing and its handler's writes are rolled back.
 
 from __future__ import annotations
 
+from outbox.queries import DEAD, RETRY, START_ATTEMPT, SUCCEED
 from outbox.sql import Statement
 
-# Decide whether a delivery runs; if so, count the attempt and take the lease (see the SQL function).
-START_ATTEMPT = Statement("worker.start_attempt", """
-SELECT decision, attempt, max_retries, enqueued_at, headers
-FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean))
-""")
-
-# Success, fenced on the attempt; runs in the handler's own transaction.
-SUCCEED = Statement("worker.succeed", """
-WITH j AS (
-    UPDATE outbox.jobs SET status = 'succeeded', finished_at = clock_timestamp(), last_error = NULL
-    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
-    RETURNING id
-), a AS (
-    UPDATE outbox.attempts SET finished_at = clock_timestamp(), outcome = 'succeeded'
-    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
-), l AS (
-    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
-)
-SELECT count(*) FROM j
-""")
-
-# Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
-RETRY = Statement("worker.retry", """
-WITH j AS (
-    UPDATE outbox.jobs
-    SET status = 'retrying', available_at = clock_timestamp() + make_interval(secs => CAST(:delay_s AS float8)),
-        last_error = :error_message
-    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
-    RETURNING id, tier, priority, available_at
-), a AS (
-    UPDATE outbox.attempts
-    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
-        error_message = :error_message, traceback = :traceback
-    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
-), l AS (
-    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
-), p AS (
-    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
-    SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
-    FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
-)
-SELECT count(*) FROM j
-""")
-
-# Final failure: mark dead and copy everything a redrive needs into dead_letters.
-DEAD = Statement("worker.dead", """
-WITH j AS (
-    UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
-    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
-    RETURNING *
-), a AS (
-    UPDATE outbox.attempts
-    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
-        error_message = :error_message, traceback = :traceback
-    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
-), l AS (
-    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
-), d AS (
-    INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
-                                     error_message, traceback, attempts, enqueued_at, redrive_count)
-    SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message, :traceback,
-           attempts, enqueued_at, redrive_count
-    FROM j
-    ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
-)
-SELECT count(*) FROM j
-""")
+__all__ = ["DEAD", "DEAD_MESSAGE", "DEAD_WITHOUT_ATTEMPT", "HEARTBEAT", "JOB_EXISTS", "REAP", "RETRY",
+           "START_ATTEMPT", "SUCCEED"]
 
 # A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
 DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", """

@@ -1,0 +1,162 @@
+"""Helpers for your own test suite: run enqueued jobs in-process, assert what was enqueued.
+
+No broker and no worker process are needed. Both helpers work inside the
+transaction you pass, so they fit the usual "roll back after each test"
+fixture: jobs your code enqueued (committed or not) are visible to them.
+
+::
+
+    def test_checkout_sends_receipt(session):          # a SQLAlchemy Session
+        checkout(session, order_id=7)                  # your code calls outbox.enqueue
+        outbox.testing.assert_enqueued(session, "shop.send_receipt", args=[7])
+        results = outbox.testing.drain(session)        # runs the handlers here
+        assert [r.status for r in results] == ["succeeded"]
+
+``drain`` goes through the same ledger transitions as a worker (the
+``outbox.start_attempt`` SQL function, then the fenced success, retry or
+dead-letter statements), each job in a savepoint so a failing handler's
+writes are rolled back alone. ``ctx.session`` is the session you passed, so
+pass a SQLAlchemy ``Session`` when handlers use it. Retries are recorded
+(status ``retrying``) but not run again within one drain; jobs a handler
+enqueues are run in the same drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import psycopg
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from outbox import queries
+from outbox.context import TaskContext
+from outbox.encoding import decode_payload
+from outbox.registry import Registry, Task, registry
+from outbox.sql import run
+
+TESTING_WORKER_ID = "outbox.testing"
+
+
+class DrainedJob(msgspec.Struct, frozen=True):
+    """One job :func:`drain` ran: its final status and, if it failed, the error."""
+
+    job_id: uuid.UUID
+    task: str
+    status: str
+    error: str | None = None
+
+
+class EnqueuedJob(msgspec.Struct, frozen=True):
+    """A job visible to the session, as :func:`enqueued` returns it."""
+
+    job_id: uuid.UUID
+    task: str
+    tier: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    status: str
+    idempotency_key: str | None
+
+
+def enqueued(session: Any, task: Task | str | None = None) -> list[EnqueuedJob]:
+    """Jobs visible to ``session``'s transaction (optionally of one task), newest first."""
+    name = task.name if isinstance(task, Task) else task
+    out = []
+    for job_id, task_name, tier, payload, status, key in run(session, queries.TESTING_JOBS, {"task": name}):
+        p = decode_payload(payload.encode())
+        out.append(EnqueuedJob(job_id, task_name, tier, p.args, p.kwargs, status, key))
+    return out
+
+
+def assert_enqueued(session: Any, task: Task | str, *, args: Sequence[Any] | None = None,
+                    kwargs: dict[str, Any] | None = None, tier: str | None = None) -> EnqueuedJob:
+    """Assert ``session``'s transaction enqueued ``task`` (with these args/kwargs/tier); returns the job."""
+    candidates = enqueued(session, task)
+    for job in candidates:
+        if ((args is None or job.args == list(args)) and (kwargs is None or job.kwargs == kwargs)
+                and (tier is None or job.tier == str(tier))):
+            return job
+    name = task.name if isinstance(task, Task) else task
+    seen = [(j.args, j.kwargs, j.tier) for j in candidates] or "no jobs of that task"
+    raise AssertionError(f"expected {name} enqueued with args={args} kwargs={kwargs} tier={tier}; found {seen}")
+
+
+def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = None) -> list[DrainedJob]:
+    """Run every due job visible to ``session``, in-process, until none is left; never commits."""
+    reg = registry_ or registry
+    results: list[DrainedJob] = []
+    seen: list[uuid.UUID] = []
+    while len(results) < max_jobs:
+        rows = run(session, queries.TESTING_DUE, {"skip": seen, "limit": 100})
+        if not rows:
+            break
+        for job_id, task_name, tier, payload in rows:
+            seen.append(job_id)
+            results.append(_run_one(session, reg, job_id, task_name, tier, payload))
+    return results
+
+
+def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tier: str, payload: str) -> DrainedJob:
+    start = run(session, queries.START_ATTEMPT, {"job_id": job_id, "worker_id": TESTING_WORKER_ID,
+                                                  "lease_s": 3600.0, "acked_early": False})[0]
+    decision, attempt, max_retries, enqueued_at, headers = start
+    if decision != "run":
+        return DrainedJob(job_id, task_name, decision)
+    task = reg.get(task_name)
+    ctx = TaskContext(job_id=job_id, task=task_name, tier=tier, attempt=attempt, max_retries=max_retries,
+                      enqueued_at=enqueued_at, headers=headers or {}, session=session)
+    try:
+        if task is None:
+            raise LookupError(f"no handler registered as {task_name!r}")
+        with _savepoint(session):
+            _call(task, decode_payload(payload.encode()), ctx)
+            run(session, queries.SUCCEED, {"job_id": job_id, "attempt": attempt})
+        return DrainedJob(job_id, task_name, "succeeded")
+    except Exception as exc:  # noqa: BLE001 - recorded in the ledger like a worker would
+        return _fail(session, task, job_id, task_name, attempt, max_retries, exc)
+
+
+def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, attempt: int, max_retries: int,
+          exc: Exception) -> DrainedJob:
+    error = {"error_type": type(exc).__qualname__, "error_message": str(exc)[:2000], "traceback": None}
+    retryable = task is not None and task.retryable(exc)
+    if retryable and attempt < max_retries + 1:
+        run(session, queries.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",
+                                     **error})
+        return DrainedJob(job_id, task_name, "retrying", f"{type(exc).__name__}: {exc}")
+    reason = "unknown_task" if task is None else ("failed" if retryable else "non_retryable")
+    run(session, queries.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason, "outcome": "failed",
+                                **error})
+    return DrainedJob(job_id, task_name, "dead", f"{type(exc).__name__}: {exc}")
+
+
+def _call(task: Task, payload: Any, ctx: TaskContext) -> None:
+    args = list(payload.args)
+    kwargs = dict(payload.kwargs)
+    if task.takes_context:
+        if task.context_first:
+            args.insert(0, ctx)
+        else:
+            kwargs["ctx"] = ctx
+    result = task.fn(*args, **kwargs)
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+
+
+@contextlib.contextmanager
+def _savepoint(session: Any) -> Iterator[None]:
+    if isinstance(session, psycopg.Connection):
+        with session.transaction():
+            yield
+    elif isinstance(session, (Session, Connection)):
+        with session.begin_nested():
+            yield
+    else:
+        raise TypeError(f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, "
+                        f"got {type(session).__name__}")
