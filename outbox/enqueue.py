@@ -88,7 +88,11 @@ def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any]
     spec = _options.topology.spec(tier_name)
     payload = encode_payload(args, {} if kwargs is None else kwargs, _options.max_payload_bytes)
     run_at, delay_s = _schedule(delay, run_at)
-    expires_at, expires_s = _expiry(expires if expires is not None else t.expires_s, run_at, delay_s)
+    if expires is None and t.expires_s is not None:
+        # A task's default lifetime counts from when the job is due, so a delayed job keeps all of it.
+        expires = (run_at + dt.timedelta(seconds=t.expires_s) if run_at is not None
+                   else t.expires_s + (delay_s or 0.0))
+    expires_at, expires_s = _expiry(expires, run_at, delay_s)
     return JobSpec(
         id=uuid.uuid4(), task=t.name, tier=tier_name, weight=spec.weight,
         priority=_priority(priority, t, spec.weight, spec.max_priority), payload=payload,

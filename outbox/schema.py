@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -178,7 +179,7 @@ leases = Table(
 dead_letters = Table(
     "dead_letters",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
     Column("job_id", UUID(as_uuid=True), nullable=True),
     Column("task", Text, nullable=True),
     Column("tier", Text, nullable=False),

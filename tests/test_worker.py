@@ -259,8 +259,8 @@ async def test_poison_message_is_dead_lettered_and_worker_keeps_going(system: Sy
     await system.publish_raw("high", b'{"v": 1, "id": "not-a-uuid"}')
     system.wait(lambda: system.q("SELECT count(*) FROM outbox.dead_letters WHERE reason = 'undecodable'") == [(2,)],
                timeout=20, what="poison dead-lettered")
-    raw = system.q("SELECT raw_body FROM outbox.dead_letters WHERE reason = 'undecodable' ORDER BY id")
-    assert bytes(raw[0][0]) == b"\x00\xffnot json at all"
+    raw = {bytes(r[0]) for r in system.q("SELECT raw_body FROM outbox.dead_letters WHERE reason = 'undecodable'")}
+    assert raw == {b"\x00\xffnot json at all", b'{"v": 1, "id": "not-a-uuid"}'}
     job = system.enqueue("sample.effect", "after poison")
     system.wait_status(job, "succeeded")
 

@@ -1,0 +1,193 @@
+"""The alembic migrations against real Postgres: they build exactly ``outbox.metadata`` and nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine
+
+import migrations
+import outbox
+from outbox.schema import SCHEMA
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def scratch_url(service_urls: dict[str, str]) -> Iterator[str]:
+    """An empty database of this test's own, dropped afterwards."""
+    admin = service_urls["postgres"]
+    name = f"tierbox_mig_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_db(admin, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(migrations.alembic_config("postgresql://unused@localhost/unused"))
+
+
+def revisions_base_to_head() -> list[str]:
+    """Every revision, oldest first."""
+    return [r.revision for r in reversed(list(script().walk_revisions("base", "heads")))]
+
+
+def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    if type_ == "schema":
+        return name == SCHEMA
+    if type_ == "table":
+        return name != migrations.VERSION_TABLE
+    return True
+
+
+def _include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    if type_ == "table":
+        return obj.schema == SCHEMA and name != migrations.VERSION_TABLE
+    table = getattr(obj, "table", None)
+    return table is None or (table.schema == SCHEMA and table.name != migrations.VERSION_TABLE)
+
+
+def schema_diff(url: str) -> list[Any]:
+    """What alembic autogenerate would change to make the database match ``outbox.metadata``."""
+    engine = create_engine("postgresql+psycopg://" + url.partition("://")[2])
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={
+                "include_schemas": True, "include_name": _include_name, "include_object": _include_object,
+                "compare_type": True, "compare_server_default": True,
+            })
+            return list(compare_metadata(ctx, outbox.metadata))
+    finally:
+        engine.dispose()
+
+
+NS = "(SELECT oid FROM pg_namespace WHERE nspname = %(s)s)"
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    """Everything in the outbox schema that a migration could change, plus alembic's version."""
+    with psycopg.connect(url) as conn:
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return conn.execute(sql, {"s": SCHEMA} if "%(s)s" in sql else None).fetchall()
+
+        def ours(sql: str) -> list[tuple[Any, ...]]:
+            # alembic's version table is created by env.py before any revision runs: compared via "version".
+            return [r for r in rows(sql) if migrations.VERSION_TABLE not in str(r[0])]
+
+        def exists(table: str) -> bool:
+            return rows(f"SELECT to_regclass('{table}')")[0][0] is not None
+
+        return {
+            "columns": ours("SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity "
+                            "FROM information_schema.columns WHERE table_schema = %(s)s ORDER BY 1, 2"),
+            "constraints": ours("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                                f"FROM pg_constraint WHERE connamespace = {NS} ORDER BY 1, 2"),
+            "indexes": ours("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %(s)s ORDER BY 1"),
+            "functions": rows("SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc) "
+                              f"FROM pg_proc p WHERE p.pronamespace = {NS} ORDER BY 1, 2"),
+            "triggers": rows("SELECT tgrelid::regclass::text, tgname FROM pg_trigger t JOIN pg_class c "
+                             f"ON c.oid = t.tgrelid WHERE c.relnamespace = {NS} AND NOT t.tgisinternal ORDER BY 1, 2"),
+            "relations": ours(f"SELECT relname, relkind, reloptions FROM pg_class WHERE relnamespace = {NS} "
+                              "ORDER BY 1"),
+            "comments": ours("SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+                             f"WHERE c.relnamespace = {NS} AND c.relkind = 'r' ORDER BY 1"),
+            "tiers": rows("SELECT * FROM outbox.tiers ORDER BY name") if exists("outbox.tiers") else [],
+            "version": rows("SELECT version_num FROM outbox.alembic_version ORDER BY 1")
+            if exists("outbox.alembic_version") else [],
+        }
+
+
+def outbox_objects(url: str) -> dict[str, list[str]]:
+    """Tables, functions and types left in the outbox schema."""
+    with psycopg.connect(url) as conn:
+        return {
+            "tables": [r[0] for r in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'outbox'::regnamespace AND relkind IN "
+                "('r', 'p', 'v', 'm', 'S') ORDER BY 1")],
+            "functions": [r[0] for r in conn.execute(
+                "SELECT proname FROM pg_proc WHERE pronamespace = 'outbox'::regnamespace ORDER BY 1")],
+        }
+
+
+def test_exactly_one_head() -> None:
+    heads = script().get_heads()
+    assert len(heads) == 1, f"several heads, merge them: {heads}"
+    assert revisions_base_to_head()[-1] == heads[0]
+
+
+def test_upgraded_database_matches_metadata(db_url: str) -> None:
+    """db_url is cloned from a database upgraded to head."""
+    diff = schema_diff(db_url)
+    assert diff == [], "migrations and outbox/schema.py disagree:\n" + "\n".join(map(repr, diff))
+
+
+def test_table_storage_options_match_metadata(db_url: str) -> None:
+    # Autogenerate does not compare WITH (...) options; the hot-path tables depend on them.
+    reloptions = {name: options for name, kind, options in snapshot(db_url)["relations"] if kind == "r"}
+    for table in outbox.metadata.sorted_tables:
+        expected = {k: str(v) for k, v in table.dialect_options["postgresql"]["with"].items()} \
+            if table.dialect_options["postgresql"].get("with") else {}
+        actual = dict(opt.split("=", 1) for opt in reloptions.get(table.name) or [])
+        assert actual == expected, table.name
+    assert set(reloptions) == {t.name for t in outbox.metadata.sorted_tables}
+
+
+def test_every_revision_goes_up_down_up(scratch_url: str) -> None:
+    revisions = revisions_base_to_head()
+    assert revisions, "no revisions found"
+    previous = "base"
+    for rev in revisions:
+        before = snapshot(scratch_url)
+        migrations.upgrade(scratch_url, rev)
+        after = snapshot(scratch_url)
+        assert after["version"] == [(rev,)]
+        migrations.downgrade(scratch_url, previous)
+        assert snapshot(scratch_url) == before, f"downgrade of {rev} did not restore {previous}"
+        migrations.upgrade(scratch_url, rev)
+        assert snapshot(scratch_url) == after, f"re-upgrade to {rev} differs from the first upgrade"
+        previous = rev
+
+    # Down to base leaves nothing of ours but alembic's (empty) version table.
+    migrations.downgrade(scratch_url, "base")
+    assert outbox_objects(scratch_url) == {"tables": [migrations.VERSION_TABLE], "functions": []}
+    with psycopg.connect(scratch_url) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox.alembic_version").fetchone() == (0,)
+
+
+def test_migrating_twice_is_a_no_op(scratch_url: str) -> None:
+    migrations.upgrade(scratch_url)
+    first = snapshot(scratch_url)
+    migrations.upgrade(scratch_url)
+    assert snapshot(scratch_url) == first
+    assert first["version"] == [(script().get_current_head(),)]
+
+
+def test_applications_own_alembic_version_is_untouched(scratch_url: str) -> None:
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)")
+        conn.execute("INSERT INTO public.alembic_version VALUES ('app_rev_42')")
+    migrations.upgrade(scratch_url)
+    with psycopg.connect(scratch_url) as conn:
+        assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [("app_rev_42",)]
+        assert conn.execute("SELECT version_num FROM outbox.alembic_version").fetchall() == \
+            [(script().get_current_head(),)]
+    migrations.downgrade(scratch_url, "base")
+    with psycopg.connect(scratch_url) as conn:
+        assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [("app_rev_42",)]
+        # Nothing of the outbox landed in public either.
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+                            "AND relkind = 'r'").fetchone() == (1,)
