@@ -31,6 +31,7 @@ import redis
 import migrations
 from outbox.config import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from tests.helpers import Proc
+from tests.system import System
 
 START_HINTS = {
     "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
@@ -213,3 +214,9 @@ def procs(tmp_path: Path) -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def system(settings: Settings, procs: list[Proc], tmp_path: Path) -> Iterator[System]:
+    """Relay/worker processes for one test, on its own database and queues."""
+    yield System(settings, procs, tmp_path)

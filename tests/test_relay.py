@@ -225,3 +225,10 @@ async def test_relay_survives_broker_closing_connections(settings: Settings, pro
     assert "relay.disconnected" in relay.output() or "relay.connect_failed" in relay.output()
     relay.kill(signal.SIGTERM)
     assert relay.wait() == 0
+
+
+async def test_topology_mismatch_is_reported_with_the_fix(settings: Settings, amqp) -> None:
+    ch = await amqp.channel()
+    await ch.declare_queue(settings.queue_name("critical"), durable=True, arguments={"x-queue-type": "quorum"})
+    with pytest.raises(outbox.TopologyMismatchError, match="rabbitmqctl delete_queue"):
+        await Relay.connect(settings)

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from outbox import encoding
 from outbox.config import Settings
 from outbox.context import TaskContext
+from outbox.errors import TopologyMismatchError
 from outbox.logs import event
 from outbox.registry import Registry, Task
 from outbox.tiers import PoolSpec
@@ -42,6 +43,9 @@ from workers.ledger import ErrorInfo, Ledger, StartResult
 
 log = logging.getLogger("tierbox.worker")
 
+#: Broker reconnect back-off: first wait and cap, seconds.
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
 #: Back-off after a Postgres failure before the message is handed back to the broker.
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
@@ -74,7 +78,8 @@ class Pool:
                                          max_overflow=spec.concurrency, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.concurrency)
-        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self.connection: aio_pika.abc.AbstractConnection | None = None
+        self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._running: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]] = {}
         self._busy = 0
@@ -82,17 +87,20 @@ class Pool:
         self._stopping = False
         self.counts: dict[str, int] = {}
 
-    async def start(self) -> None:
-        """Connect, declare the pool's queues and start consuming."""
+    async def start(self) -> asyncio.Event:
+        """Connect, declare the pool's queues and start consuming; the event is set if the connection drops."""
         from outbox.amqp import declare_topology
 
         name = f"tierbox-worker {self.name} {self.worker_id}"
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url,
-                                                        client_properties={"connection_name": name})
+        lost = asyncio.Event()
+        self.connection = await aio_pika.connect(self.settings.amqp_url, client_properties={"connection_name": name})
+        self.connection.close_callbacks.add(lambda *_: lost.set())
+        self._consumers = []
         await declare_topology(self.connection, self.settings, list(self.spec.tiers))
         qos = self.spec.concurrency + self.spec.prefetch
         for tier in self.spec.tiers:
             channel = await self.connection.channel()
+            channel.close_callbacks.add(lambda *_: lost.set())
             await channel.set_qos(prefetch_count=qos)
             queue = await channel.get_queue(self.settings.queue_name(tier), ensure=False)
             tag = await queue.consume(self._receiver(tier))
@@ -101,6 +109,38 @@ class Pool:
         await self.sweeper.start()
         event(log, "worker.started", pool=self.name, worker_id=self.worker_id, tiers=",".join(self.spec.tiers),
               concurrency=self.spec.concurrency, qos=qos)
+        return lost
+
+    async def _connected(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop``: reconnect with capped back-off whenever the broker connection drops.
+
+        Messages buffered from a dead connection are forgotten (RabbitMQ redelivers them); jobs already
+        running finish and record their outcome, and their failed ack is absorbed by the ledger later.
+        """
+        delay = RECONNECT_FIRST_S
+        while not stop.is_set():
+            try:
+                lost = await self.start()
+            except TopologyMismatchError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged as one line, then retried
+                event(log, "worker.connect_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}",
+                      retry_in_s=delay)
+                await self._close_connection()
+                await _wait_any(stop, asyncio.Event(), delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = RECONNECT_FIRST_S
+            await _wait_any(stop, lost, None)
+            if not stop.is_set():
+                dropped = len(self.buffer.drain())
+                event(log, "worker.disconnected", logging.WARNING, buffered_dropped=dropped)
+                await self._close_connection()
+
+    async def _close_connection(self) -> None:
+        if self.connection is not None and not self.connection.is_closed:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
 
     def _receiver(self, tier: str) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
@@ -108,13 +148,12 @@ class Pool:
         return receive
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start, work until ``stop`` is set, then shut down gracefully."""
-        await self.start()
+        """Work until ``stop`` is set (reconnecting as needed), then shut down gracefully."""
         slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
         chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self.ledger.heartbeat, "heartbeat")),
                   asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap"))]
         try:
-            await stop.wait()
+            await self._connected(stop)
         finally:
             await self.shutdown(slots, chores)
 
@@ -136,7 +175,8 @@ class Pool:
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
-        await self.sweeper.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         idle = [s for s in slots if not s.done()]
         if self._busy:
             with contextlib.suppress(TimeoutError):
@@ -150,8 +190,7 @@ class Pool:
             c.cancel()
         await asyncio.gather(*chores, return_exceptions=True)
         self.executor.shutdown()
-        if self.connection and not self.connection.is_closed:
-            await self.connection.close()  # unacked (buffered, unstarted) messages go back to their queues
+        await self._close_connection()  # unacked (buffered, unstarted) messages go back to their queues
         await self.async_engine.dispose()
         self.sync_engine.dispose()
         event(log, "worker.stopped", pool=self.name, released=len(unfinished), **self.counts)
@@ -278,6 +317,15 @@ class Pool:
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
+
+
+async def _wait_any(stop: asyncio.Event, other: asyncio.Event, limit_s: float | None) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(other.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:

@@ -1,0 +1,48 @@
+"""The pool's local priority buffer: strict priority, in-queue priority, minimum shares."""
+
+from __future__ import annotations
+
+from workers.buffer import PriorityBuffer
+
+WEIGHTS = {"critical": 10, "high": 8}
+
+
+async def take(buf: PriorityBuffer, n: int) -> list[str]:
+    return [(await buf.get())[1] for _ in range(n)]
+
+
+async def test_highest_tier_first_then_message_priority_then_fifo() -> None:
+    buf = PriorityBuffer(WEIGHTS)
+    await buf.put("high", 8, "h1")
+    await buf.put("high", 8, "h2")
+    await buf.put("critical", 1, "c-low")
+    await buf.put("critical", 9, "c-high")
+    assert await take(buf, 4) == ["c-high", "c-low", "h1", "h2"]
+
+
+async def test_min_share_lets_lower_tier_progress_under_a_flood() -> None:
+    buf = PriorityBuffer({"low": 3, "bulk": 1}, {"bulk": 0.1}, window=50)
+    for i in range(500):
+        await buf.put("low", 0, f"low{i}")
+    for i in range(100):
+        await buf.put("bulk", 0, f"bulk{i}")
+    started = await take(buf, 200)
+    bulk = [s for s in started if s.startswith("bulk")]
+    assert 15 <= len(bulk) <= 25  # about 10% of starts, while LOW still had work waiting
+    assert bulk == [f"bulk{i}" for i in range(len(bulk))]  # FIFO within the tier
+
+
+async def test_zero_share_is_strict_priority() -> None:
+    buf = PriorityBuffer({"low": 3, "bulk": 1})
+    for i in range(50):
+        await buf.put("low", 0, f"low{i}")
+    await buf.put("bulk", 0, "bulk0")
+    assert (await take(buf, 51))[-1] == "bulk0"
+
+
+async def test_drain_returns_everything_waiting() -> None:
+    buf = PriorityBuffer(WEIGHTS)
+    await buf.put("high", 0, "h")
+    await buf.put("critical", 0, "c")
+    assert sorted(item for _, item in buf.drain()) == ["c", "h"]
+    assert len(buf) == 0

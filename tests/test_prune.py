@@ -1,0 +1,29 @@
+"""Retention: finished jobs past their age are deleted in short batches; live jobs never are."""
+
+from __future__ import annotations
+
+import psycopg
+
+import outbox
+from outbox.maintenance import prune
+from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+
+
+def test_prune_deletes_only_finished_jobs_past_retention(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        ids = outbox.enqueue_many(conn, [outbox.job("sample.invoice", args=[i]) for i in range(7)])
+        old_ok, old_dead, new_ok, live, old_expired, dead_recent, redriven = ids
+        conn.execute("DELETE FROM outbox.pending")
+        conn.execute("""UPDATE outbox.jobs SET status = 'succeeded', finished_at = now() - interval '8 days'
+                        WHERE id = ANY(%s)""", ([old_ok],))
+        conn.execute("""UPDATE outbox.jobs SET status = 'expired', finished_at = now() - interval '8 days'
+                        WHERE id = ANY(%s)""", ([old_expired],))
+        conn.execute("""UPDATE outbox.jobs SET status = 'dead', finished_at = now() - interval '31 days'
+                        WHERE id = ANY(%s)""", ([old_dead],))
+        conn.execute("""UPDATE outbox.jobs SET status = 'dead', finished_at = now() - interval '8 days'
+                        WHERE id = ANY(%s)""", ([dead_recent],))
+        conn.execute("UPDATE outbox.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", (new_ok,))
+        conn.commit()
+        assert prune(conn, succeeded_days=7, dead_days=30, batch=1) == 3
+        left = {r[0] for r in conn.execute("SELECT id FROM outbox.jobs")}
+    assert left == {new_ok, live, dead_recent, redriven}
