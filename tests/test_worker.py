@@ -15,7 +15,7 @@ import pytest
 
 import outbox
 from relay import Relay
-from tests.helpers import Proc, wait_until
+from tests.helpers import Proc
 from tests.system import System
 
 pytestmark = pytest.mark.slow
