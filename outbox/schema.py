@@ -38,7 +38,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 SCHEMA = "outbox"
 
@@ -210,3 +210,35 @@ dead_letters = Table(
     Index("ix_dead_letters_tier_failed_at", "tier", "failed_at"),
     comment="Every failure in one table: jobs that ran out of attempts and messages that could not be run.",
 )
+
+#: Who may act through the admin API and CLI, what they did, and the outcome (revision 0002).
+ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard")
+ADMIN_RESULTS = ("ok", "refused", "not_found")
+ADMIN_ACTOR_KINDS = ("token", "os_user", "insecure_dev")
+
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("actor", Text, nullable=False),
+    Column("actor_kind", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("job_ids", ARRAY(UUID(as_uuid=True)), nullable=False, server_default=text("'{}'::uuid[]")),
+    Column("client_addr", Text, nullable=True),
+    Column("result", Text, nullable=False),
+    Column("detail", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    CheckConstraint(_in("actor_kind", ADMIN_ACTOR_KINDS), name="actor_kind"),
+    CheckConstraint(_in("action", ADMIN_ACTIONS), name="action"),
+    CheckConstraint(_in("result", ADMIN_RESULTS), name="result"),
+    Index("ix_admin_audit_at", "at"),
+    comment="Who changed what through the admin API or CLI: one row per action, written in the same transaction "
+            "as the change.",
+)
+
+# Indexes the operator views read through (revision 0002; its docstring says which query uses which).
+# They touch no column the published/running/retrying updates change, so those updates stay HOT.
+Index("ix_jobs_unfinished_tier", jobs.c.tier, postgresql_where=text("finished_at IS NULL"))
+Index("ix_attempts_started_at", attempts.c.started_at)
+Index("ix_dead_letters_open_failed_at_id", dead_letters.c.failed_at, dead_letters.c.id,
+      postgresql_where=text("redriven_at IS NULL AND discarded_at IS NULL"))
