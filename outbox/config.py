@@ -74,8 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ConfigError(_env(field), f"must be > 0, got {getattr(self, field)!r}")
-        if self.shutdown_grace_s < 0 or self.relay_retry_delay_s < 0:
-            raise ConfigError("TIERBOX_SHUTDOWN_GRACE_S", "durations must be >= 0")
+        for field in ("shutdown_grace_s", "relay_retry_delay_s"):
+            if getattr(self, field) < 0:
+                raise ConfigError(_env(field), f"must be >= 0, got {getattr(self, field)!r}")
         if self.reaper_interval_s > self.lease_s:
             raise ConfigError(_env("reaper_interval_s"), "must not exceed lease_s, or stuck jobs wait twice as long")
 

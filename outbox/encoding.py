@@ -73,9 +73,23 @@ def encode_payload(args: Any, kwargs: Any, max_bytes: int) -> str:
         if _JSON_NUL.search(encoded):
             raise PayloadEncodeError(field, "strings must not contain NUL characters (Postgres jsonb refuses them)")
     body = _encoder.encode({"args": list(args), "kwargs": kwargs})
+    if b"null" in body:  # msgspec writes NaN and infinities as null; refuse rather than change the data
+        for name, part in (("args", list(args)), ("kwargs", kwargs)):
+            if _has_non_finite(part):
+                raise PayloadEncodeError(name, "NaN and infinite floats have no JSON form")
     if len(body) > max_bytes:
         raise PayloadTooLargeError("args", f"encoded payload is {len(body)} bytes, above the limit of {max_bytes}")
     return body.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def encode_headers(headers: Any) -> str:

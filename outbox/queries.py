@@ -79,12 +79,12 @@ WITH doomed AS (
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
 """)
 
-# Delete dead letters that are settled (redriven or discarded) and past retention.
+# Delete dead letters past retention that are settled (redriven or discarded) or name no job (garbage).
 PRUNE_DEAD_LETTERS = Statement("prune_dead_letters", """
 DELETE FROM outbox.dead_letters
 WHERE id IN (
     SELECT id FROM outbox.dead_letters
-    WHERE (redriven_at IS NOT NULL OR discarded_at IS NOT NULL)
+    WHERE (redriven_at IS NOT NULL OR discarded_at IS NOT NULL OR job_id IS NULL)
       AND failed_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)
     LIMIT :batch
 )
@@ -142,22 +142,23 @@ SELECT count(*) FROM j
 
 # Final failure: mark dead and copy everything a redrive needs into dead_letters.
 DEAD = Statement("ledger.dead", """
-WITH j AS (
-    UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+j AS (
+    UPDATE outbox.jobs SET status = 'dead', finished_at = (SELECT at FROM ts), last_error = :error_message
     WHERE id = :job_id AND attempts = :attempt AND status = 'running'
     RETURNING *
 ), a AS (
     UPDATE outbox.attempts
-    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
+    SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
         error_message = :error_message, traceback = :traceback
     WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
 ), l AS (
     DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
 ), d AS (
     INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
-                                     error_message, traceback, attempts, enqueued_at, redrive_count)
+                                     error_message, traceback, attempts, enqueued_at, redrive_count, failed_at)
     SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message, :traceback,
-           attempts, enqueued_at, redrive_count
+           attempts, enqueued_at, redrive_count, finished_at
     FROM j
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 )

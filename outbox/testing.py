@@ -16,7 +16,11 @@ fixture: jobs your code enqueued (committed or not) are visible to them.
 ``outbox.start_attempt`` SQL function, then the fenced success, retry or
 dead-letter statements), each job in a savepoint so a failing handler's
 writes are rolled back alone. ``ctx.session`` is the session you passed, so
-pass a SQLAlchemy ``Session`` when handlers use it. Retries are recorded
+pass a SQLAlchemy ``Session`` when handlers use it. ``async def`` handlers
+are run with ``asyncio.run`` and also receive that sync session, so an async
+handler that awaits ``ctx.session`` needs a real worker (see the README's
+end-to-end test example); one that does not use the session drains fine.
+Retries are recorded
 (status ``retrying``) but not run again within one drain; jobs a handler
 enqueues are run in the same drain.
 """

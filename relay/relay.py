@@ -81,8 +81,8 @@ class Relay:
         async with db.transaction():
             await sync_tiers_async(db, settings.topology)
         try:
-            connection = await aio_pika.connect(settings.amqp_url,
-                                                client_properties={"connection_name": "tierbox-relay"})
+            name = f"tierbox-relay {settings.queue_prefix}".strip()  # the prefix lets tests find their own
+            connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
         except BaseException:
             await db.close()
             raise

@@ -100,9 +100,11 @@ class Ledger:
         """Whether the ledger holds ``job_id``."""
         return bool(await self._one(queries.JOB_EXISTS, {"job_id": job_id}))
 
-    async def heartbeat(self) -> None:
-        """Extend every lease this worker holds."""
-        await self._one(queries.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s})
+    async def heartbeat(self, job_ids: list[uuid.UUID]) -> None:
+        """Extend the leases of the jobs this worker is running."""
+        if job_ids:
+            await self._one(queries.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s,
+                                                "job_ids": job_ids})
 
     async def reap(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
         """Recover expired leases: retry or dead-letter (crashed); returns (job_id, decision)."""

@@ -81,7 +81,7 @@ class Pool:
         self.connection: aio_pika.abc.AbstractConnection | None = None
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
-        self._running: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]] = {}
+        self._running: dict[uuid.UUID, tuple[StartResult, AbstractIncomingMessage | None]] = {}
         self._busy = 0
         self._idle = asyncio.Event()
         self._stopping = False
@@ -91,7 +91,7 @@ class Pool:
         """Connect, declare the pool's queues and start consuming; the event is set if the connection drops."""
         from outbox.amqp import declare_topology
 
-        name = f"tierbox-worker {self.name} {self.worker_id}"
+        name = f"tierbox-worker {self.settings.queue_prefix}{self.name} {self.worker_id}"
         lost = asyncio.Event()
         self.connection = await aio_pika.connect(self.settings.amqp_url, client_properties={"connection_name": name})
         self.connection.close_callbacks.add(lambda *_: lost.set())
@@ -150,7 +150,7 @@ class Pool:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set (reconnecting as needed), then shut down gracefully."""
         slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
-        chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self.ledger.heartbeat, "heartbeat")),
+        chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._heartbeat, "heartbeat")),
                   asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap"))]
         try:
             await self._connected(stop)
@@ -195,12 +195,16 @@ class Pool:
         self.sync_engine.dispose()
         event(log, "worker.stopped", pool=self.name, released=len(unfinished), **self.counts)
 
-    async def _release(self, unfinished: dict[uuid.UUID, tuple[int, AbstractIncomingMessage | None]]) -> None:
-        """Hand jobs still running after the grace period back to the outbox, then ack them."""
+    async def _release(self, unfinished: dict[uuid.UUID, tuple[StartResult, AbstractIncomingMessage | None]]) -> None:
+        """Hand jobs still running after the grace period back to the outbox (or dead-letter a spent one)."""
         error = ErrorInfo("WorkerShutdown", "worker stopped before the job finished (grace period over)")
-        for job_id, (attempt, message) in unfinished.items():
+        for job_id, (start, message) in unfinished.items():
+            attempt = start.attempt
             try:
-                await self.ledger.retry(job_id, attempt, 0.0, "crashed", error)
+                if attempt < start.max_retries + 1:
+                    await self.ledger.retry(job_id, attempt, 0.0, "crashed", error)
+                else:
+                    await self.ledger.dead(job_id, attempt, "crashed", "crashed", error)
                 if message is not None:
                     await message.ack()
                 event(log, "worker.released", job_id=job_id, attempt=attempt)
@@ -253,7 +257,7 @@ class Pool:
                    message: AbstractIncomingMessage) -> None:
         if task.long:
             await _ack(message)
-        self._running[env.id] = (start.attempt, None if task.long else message)
+        self._running[env.id] = (start, None if task.long else message)
         ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
         try:
@@ -301,6 +305,9 @@ class Pool:
         event(log, "worker.dead_lettered", logging.WARNING, reason=reason, tier=tier, message_id=message.message_id,
               body_bytes=len(message.body))
         await _ack(message)
+
+    async def _heartbeat(self) -> None:
+        await self.ledger.heartbeat(list(self._running))
 
     async def _reap(self) -> None:
         for job_id, decision in await self.ledger.reap():

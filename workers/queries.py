@@ -42,10 +42,11 @@ VALUES (CAST(:job_id AS uuid), :task, :tier, :priority, CAST(:payload AS jsonb),
 ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 """)
 
-# Keep this worker's leases alive; returns how many it still holds.
+# Keep alive the leases of the jobs this worker is running right now. Only those: a lease whose
+# outcome could not be recorded (Postgres failed mid-finish) must expire so the reaper recovers it.
 HEARTBEAT = Statement("worker.heartbeat", """
 UPDATE outbox.leases SET expires_at = now() + make_interval(secs => CAST(:lease_s AS float8))
-WHERE worker_id = :worker_id
+WHERE worker_id = :worker_id AND job_id = ANY(CAST(:job_ids AS uuid[]))
 """)
 
 # Recover expired leases (see the SQL function outbox.reap).
