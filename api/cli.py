@@ -204,6 +204,11 @@ def _ping_postgres(settings: Settings) -> None:
         pass
 
 
+from api.cli_ops import register  # noqa: E402 - the operator commands (api, dlq, tiers) join the group here
+
+register(cli)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="tierbox")

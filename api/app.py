@@ -1,0 +1,56 @@
+"""The admin API as a Litestar app: :func:`create_app` wires routes, auth, errors and the pool.
+
+Run it with ``tierbox api`` (see ``api.cli_ops``). State shared by handlers
+lives on ``app.state``: ``settings``, ``config``, ``tokens``, ``engine``,
+``broker``, ``auth_disabled``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from api import db, errors, openapi
+from api.auth import TokenStore
+from api.broker import BrokerProbe
+from api.config import ApiConfig
+from api.routes_dlq import DeadLetterController
+from api.routes_jobs import JobController
+from api.routes_tiers import TierController, healthz, readyz, scrape
+from outbox.config import Settings
+
+log = logging.getLogger("tierbox.api")
+VERSION = "1"
+
+
+async def provide_db(state: State) -> AsyncIterator[AsyncConnection]:
+    """Dependency ``db``: a pooled connection for one request's reads, rolled back at the end."""
+    async with state.engine.connect() as conn:
+        yield conn
+
+
+def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | None = None) -> Litestar:
+    """The admin API for ``settings`` (database, broker, topology) and ``config`` (tokens, limits)."""
+    engine = engine or db.create_engine(settings)
+    broker = BrokerProbe(settings.amqp_url, config.broker_timeout_s)
+
+    async def close() -> None:
+        await broker.close()
+        await engine.dispose()
+
+    return Litestar(
+        route_handlers=[DeadLetterController, JobController, TierController, scrape, healthz, readyz],
+        dependencies={"db": Provide(provide_db)},
+        exception_handlers=errors.HANDLERS,
+        request_max_body_size=config.max_body_bytes,
+        openapi_config=openapi.config(VERSION),
+        state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),
+                     "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled}),
+        on_shutdown=[close],
+        debug=False,
+    )

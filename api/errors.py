@@ -1,0 +1,131 @@
+"""Every error the admin API returns, as ``{"error": {"code", "message", "field"}}``.
+
+::
+
+    ApiError(status, code, message, field)    raised by our handlers
+    ├── 400 malformed_json                     the body is not JSON
+    ├── 401 unauthenticated / invalid_token    no or unknown bearer token
+    ├── 403 forbidden                          the token's scope is too small
+    ├── 404 not_found                          no such job or dead letter, no such route
+    ├── 409 conflict                           already redriven or discarded
+    ├── 413 body_too_large
+    ├── 422 invalid                            a field failed validation (``field`` names it)
+    └── 500 internal                           a bug: logged with its traceback, no details sent
+
+Litestar's own exceptions (validation, auth, 404, 413) are mapped into the same
+shape here, so no handler has to care.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from outbox.errors import RedriveError
+
+log = logging.getLogger("tierbox.api")
+
+_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
+          429: "too_many_requests", 503: "unavailable"}
+# msgspec says "... - at `$.filter.tier`" for nested fields.
+_PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
+_UNKNOWN = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+# Python names of parameters whose query name is a word Litestar reserves (``state``).
+_ALIASES = {"dl_state": "state"}
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    """What went wrong: a stable ``code``, a human ``message``, the ``field`` at fault if any."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An error to return as-is: HTTP status, stable code, message, field."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+
+def invalid(field: str, message: str) -> ApiError:
+    """A 422 naming ``field``."""
+    return ApiError(422, f"{field}: {message}", field=field)
+
+
+def from_redrive_error(exc: RedriveError) -> ApiError:
+    """404 when there is no dead letter, 409 when it was already redriven or discarded."""
+    return ApiError(404 if exc.not_found else 409, str(exc))
+
+
+def _respond(status: int, code: str, message: str, field: str | None = None,
+             headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+    return Response(ErrorBody(ErrorDetail(code, message, field)), status_code=status, headers=headers)
+
+
+def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    headers = {"WWW-Authenticate": 'Bearer realm="tierbox"'} if exc.status == 401 else None
+    return _respond(exc.status, exc.code, exc.message, exc.field, headers)
+
+
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorBody]:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if not extra:  # Litestar raises it without details for a body that is not JSON
+        return _respond(400, "malformed_json", str(exc.detail))
+    first = extra[0] if isinstance(extra[0], dict) else {}
+    message = str(first.get("message", exc.detail))
+    field = _field(str(first.get("key", "")), message)
+    return _respond(422, "invalid", f"{field}: {message}" if field else message, field)
+
+
+def _field(key: str, message: str) -> str | None:
+    # The key is "data" for whole-body errors; msgspec's message names the nested path or unknown field.
+    match = _PATH.search(message) or _UNKNOWN.search(message)
+    if match:
+        return match.group(1)
+    return None if key in ("", "data") else _ALIASES.get(key, key)
+
+
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    status = exc.status_code
+    if status >= 500:
+        log.error("action=api.http_error status=%s detail=%s", status, exc.detail)
+    headers = {"WWW-Authenticate": 'Bearer realm="tierbox"'} if status == 401 else None
+    code = "malformed_json" if status == 400 and "JSON" in str(exc.detail) else _CODES.get(status, "error")
+    return _respond(status, code, str(exc.detail), None, headers)
+
+
+def _redrive(_: Request[Any, Any, Any], exc: RedriveError) -> Response[ErrorBody]:
+    return _api_error(_, from_redrive_error(exc))
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.exception("action=api.internal_error path=%s", request.url.path, exc_info=exc)
+    return _respond(500, "internal", "internal error; the server log has the details")
+
+
+HANDLERS: ExceptionHandlersMap = {
+    ApiError: _api_error,
+    ValidationException: _validation,
+    RedriveError: _redrive,
+    HTTPException: _http,
+    Exception: _unexpected,
+}

@@ -1,0 +1,133 @@
+"""``GET /metrics``: Prometheus gauges read from Postgres and RabbitMQ at scrape time.
+
+Nothing is counted in this process: every number is read when Prometheus
+scrapes, from the ``outbox.tier_health`` view, the open dead letters,
+``pg_stat_user_tables``/``pg_stat_activity`` (bloat and what holds vacuum back,
+the classic way a Postgres queue dies) and RabbitMQ passive declares. So any
+number of API replicas report the same values, and a restart loses nothing.
+Counters that only a process can know (relay confirms/nacks/returns, worker
+outcomes, the wait histogram as observed) belong to the relay and worker
+``--metrics-port`` endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api import queries, tiers
+from api.broker import BrokerProbe
+from api.models import TierHealth
+from outbox.config import Settings
+from outbox.sql import run_async
+
+#: The Prometheus text format's content type.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """Everything one scrape reports."""
+
+    tiers: list[TierHealth]
+    dlq_open: dict[str, int]
+    tables: list[tuple[str, int, int, float | None]]
+    oldest_xmin_age: int
+    oldest_xact_s: float
+
+
+async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe) -> Snapshot:
+    """Read every number in one read-only transaction (plus the broker)."""
+    async with engine.connect() as conn:
+        health = await tiers.health(conn, settings, broker)
+        dlq = {r[0]: int(r[1]) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+        tables = [(r[0], int(r[1]), int(r[2]), r[3]) for r in await run_async(conn, queries.TABLE_HEALTH)]
+        xmin = (await run_async(conn, queries.OLDEST_XMIN))[0]
+    return Snapshot(tiers=health, dlq_open=dlq, tables=tables, oldest_xmin_age=int(xmin[0]),
+                    oldest_xact_s=float(xmin[1]))
+
+
+def render(snap: Snapshot) -> bytes:
+    """``snap`` in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    return generate_latest(registry)
+
+
+def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float | None]]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        if value is not None:
+            family.add_metric(values, float(value))
+    return family
+
+
+_TIER_GAUGES: list[tuple[str, str, str]] = [
+    ("tierbox_outbox_pending", "pending", "Jobs in outbox.pending (waiting to be published, scheduled included)."),
+    ("tierbox_outbox_due", "due", "Jobs in outbox.pending that are due now."),
+    ("tierbox_relay_lag_seconds", "oldest_due_age_s", "Age of the oldest due, unpublished job (0 when none)."),
+    ("tierbox_jobs_published_unstarted", "published", "Jobs published to RabbitMQ and not yet started."),
+    ("tierbox_jobs_running", "running", "Jobs running now."),
+    ("tierbox_jobs_retrying", "retrying", "Jobs waiting for a retry."),
+    ("tierbox_jobs_stuck", "stuck", "Running jobs whose lease expired (the reaper will recover them)."),
+    ("tierbox_slo_breached", "slo_breached", "1 when the tier's oldest due job or p95 wait exceeds its SLO."),
+]
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._tiers()
+        yield from self._broker()
+        yield from self._postgres()
+
+    def _tiers(self) -> Iterator[Metric]:
+        rows = self.snap.tiers
+        for name, field, doc in _TIER_GAUGES:
+            yield _gauge(name, doc, ["tier"], (([t.tier], _num(getattr(t, field), field)) for t in rows))
+        yield _gauge("tierbox_jobs_outcomes_window", "Outcomes in a recent window: succeeded and dead jobs, "
+                     "failed attempts (retried or final).", ["tier", "outcome", "window"],
+                     (([t.tier, outcome, window], getattr(t, f"{outcome}_{window}"))
+                      for t in rows for outcome in ("succeeded", "failed", "dead") for window in ("5m", "1h")))
+        yield _gauge("tierbox_wait_seconds", "Enqueue (or due time) to first start over the last 15 min.",
+                     ["tier", "quantile"], (([t.tier, q], getattr(t, f"wait_{name}_s"))
+                                            for t in rows for q, name in (("0.5", "p50"), ("0.95", "p95"))))
+        yield _gauge("tierbox_dlq_open", "Dead letters neither redriven nor discarded.", ["tier"],
+                     (([t], float(n)) for t, n in self.snap.dlq_open.items()))
+
+    def _broker(self) -> Iterator[Metric]:
+        rows = self.snap.tiers
+        yield _gauge("tierbox_broker_up", "1 when RabbitMQ answered this scrape.", [],
+                     [([], 0.0 if any(t.broker_error for t in rows) else 1.0)])
+        yield _gauge("tierbox_queue_messages", "Messages ready in the tier's queue (main) and dead-letter queue.",
+                     ["tier", "queue"], (s for t in rows for s in (([t.tier, "main"], t.queue_depth),
+                                                                    ([t.tier, "dlq"], t.dlq_depth))))
+        yield _gauge("tierbox_queue_consumers", "Consumers on the tier's queue (main) and dead-letter queue.",
+                     ["tier", "queue"], (s for t in rows for s in (([t.tier, "main"], t.queue_consumers),
+                                                                    ([t.tier, "dlq"], t.dlq_consumers))))
+
+    def _postgres(self) -> Iterator[Metric]:
+        tables = self.snap.tables
+        yield _gauge("tierbox_pg_live_tuples", "Live tuples per outbox table.", ["table"],
+                     (([t[0]], t[1]) for t in tables))
+        yield _gauge("tierbox_pg_dead_tuples", "Dead tuples per outbox table (bloat waiting for vacuum).",
+                     ["table"], (([t[0]], t[2]) for t in tables))
+        yield _gauge("tierbox_pg_since_vacuum_seconds", "Seconds since the table was last vacuumed.", ["table"],
+                     (([t[0]], t[3]) for t in tables))
+        yield _gauge("tierbox_pg_oldest_xmin_age", "Age in transactions of the oldest xmin held by a session "
+                     "(what keeps vacuum from removing dead tuples).", [], [([], self.snap.oldest_xmin_age)])
+        yield _gauge("tierbox_pg_oldest_transaction_seconds", "Duration of the oldest open transaction.", [],
+                     [([], self.snap.oldest_xact_s)])
+
+
+def _num(value: Any, field: str) -> float:
+    if value is None:
+        return 0.0  # no due job: no lag
+    return float(value)

@@ -1,0 +1,58 @@
+"""``/admin/tiers``, ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+
+from api import metrics, params, queries, tiers
+from api.guards import require
+from api.models import Health, TierHealth
+from api.openapi import ERRORS
+from outbox.logs import clip
+from outbox.sql import run_async
+
+
+class TierController(Controller):
+    """Per-tier health (``read`` scope)."""
+
+    path = "/admin/tiers"
+    tags = ["tiers"]
+
+    @get("/", guards=[require("read")], responses=ERRORS)
+    async def list_tiers(self, db: params.Db, state: State) -> list[TierHealth]:
+        """``outbox.tier_health`` plus live queue and dlq depth and consumers from RabbitMQ."""
+        return await tiers.health(db, state.settings, state.broker)
+
+
+@get("/metrics", guards=[require("read")], tags=["health"], responses=ERRORS, media_type=metrics.CONTENT_TYPE)
+async def scrape(state: State) -> Response[bytes]:
+    """Prometheus metrics, read from Postgres and RabbitMQ at scrape time."""
+    snap = await metrics.snapshot(state.engine, state.settings, state.broker)
+    return Response(metrics.render(snap), media_type=metrics.CONTENT_TYPE)
+
+
+@get("/healthz", tags=["health"], security=[{}])
+async def healthz() -> Health:
+    """The process is up (no dependency checked, no token needed)."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"], security=[{}],
+     responses={503: ResponseSpec(data_container=Health, description="Postgres or RabbitMQ unreachable.")})
+async def readyz(state: State) -> Response[Health]:
+    """Postgres and RabbitMQ are reachable (503 naming what is not; no token needed)."""
+    problems: dict[str, str] = {}
+    try:
+        async with state.engine.connect() as conn:
+            await run_async(conn, queries.PING)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: that is the endpoint's job
+        problems["postgres"] = clip(f"{type(exc).__name__}: {exc}", 200)
+    try:
+        await state.broker.ping()
+    except Exception as exc:  # noqa: BLE001
+        problems["rabbitmq"] = clip(f"{type(exc).__name__}: {exc}", 200)
+    body = Health(status="unavailable" if problems else "ok", **problems)
+    return Response(body, status_code=503 if problems else 200)
+
