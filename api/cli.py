@@ -206,7 +206,7 @@ def _ping_postgres(settings: Settings) -> None:
 
 from api.cli_ops import register  # noqa: E402 - the operator commands (api, dlq, tiers) join the group here
 
-register(cli)
+register(cli, ENV_HELP)
 
 
 def main() -> None:

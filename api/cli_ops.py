@@ -35,8 +35,15 @@ TIER_COLUMNS = ("tier", "pending", "oldest_due_age_s", "published", "running", "
                 "failed_5m", "dead_5m", "wait_p95_s", "slo_breached", "queue_depth", "queue_consumers", "dlq_depth")
 
 
-def register(cli: click.Group) -> None:
-    """Add the operator commands to the ``tierbox`` group."""
+def register(cli: click.Group, env_help: str = "") -> None:
+    """Add the operator commands to the ``tierbox`` group, their help ending with ``env_help``.
+
+    ``env_help`` is passed in rather than imported: ``api.cli`` imports this
+    module, and under ``python -m api.cli`` importing it back would load it twice.
+    """
+    for command in (api_command, api_token, dlq, tiers, *dlq.commands.values()):
+        if env_help and env_help not in (command.help or ""):
+            command.help = (command.help or "") + env_help
     for command in (api_command, api_token, dlq, tiers):
         cli.add_command(command)
 
