@@ -115,10 +115,11 @@ ORDER BY enqueued_at DESC, id DESC
 LIMIT :limit
 """)
 
-# A job's life, oldest event first.
+# A job's life, oldest event first. Steps of one transaction (the attempt's and the job's finish) carry
+# clock_timestamp()s microseconds apart in either order: within a millisecond the logical order wins.
 TIMELINE = Statement("api.timeline", """
 SELECT at, event, attempt, detail FROM outbox.job_timeline
-WHERE job_id = CAST(:job_id AS uuid) ORDER BY at, seq, attempt
+WHERE job_id = CAST(:job_id AS uuid) ORDER BY date_trunc('milliseconds', at), seq, attempt
 """)
 
 #: Columns of ``outbox.tier_health``.
