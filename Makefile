@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lint typecheck check bench clean
+.PHONY: help demo test lint typecheck check bench chaos clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ typecheck: $(STAMP)  ## mypy --strict on outbox/
 
 bench: $(STAMP)  ## Benchmarks (not part of `make test`)
 	$(BIN)/python -m bench
+
+chaos: $(STAMP)  ## Long chaos profile: 1,000,000 jobs over 30 min under faults (release check; not in `make test`)
+	$(BIN)/python -m tests.chaos --jobs 1000000 --minutes 30
 
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

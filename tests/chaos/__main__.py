@@ -1,0 +1,60 @@
+"""``make chaos`` / ``python -m tests.chaos``: a chaos run outside pytest (the long profile by default).
+
+    python -m tests.chaos --jobs 1000000 --minutes 30 [--seed N] [--restarts] [--keep-db]
+
+Creates its own database and queue prefix on the services named by TIERBOX_* env URLs, prints the
+checker's table, and exits 1 if anything was lost, doubled, stranded or run after a rollback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+import migrations
+from outbox.config import Settings
+from tests.chaos.harness import ChaosRun
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--minutes", type=float, default=30.0, help="production spread over this long")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--restarts", action="store_true", help="also restart RabbitMQ and Postgres")
+    parser.add_argument("--keep-db", action="store_true", help="keep the database for inspection")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    base = Settings.from_env()
+    name = f"tierbox_chaos_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base.psycopg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(base.database_url)._replace(path=f"/{name}"))
+    migrations.upgrade(url)
+    settings = Settings.from_env(database_url=url, queue_prefix=f"chaos{uuid.uuid4().hex[:6]}.", lease_s=5.0,
+                                 reaper_interval_s=1.0, relay_poll_interval_s=0.5, shutdown_grace_s=5.0)
+    workdir = Path(tempfile.mkdtemp(prefix="tierbox-chaos-"))
+    print(f"chaos seed {seed}; database {name}; logs in {workdir}", flush=True)
+    produce_s = args.minutes * 60
+    try:
+        report = ChaosRun(settings, workdir, seed=seed, jobs=args.jobs, restarts=args.restarts,
+                          fault_gap_s=(2.0, 6.0), produce_s=produce_s, timeout_s=produce_s + 300).run()
+    finally:
+        if not args.keep_db:
+            with psycopg.connect(base.psycopg_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TIERBOX_LOG_LEVEL", "INFO")
+    sys.exit(main())

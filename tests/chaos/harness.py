@@ -1,0 +1,360 @@
+"""A Jepsen-style chaos run: real producers, relays and pools under a seeded fault schedule, then a checker.
+
+History: producers record what committed (``chaos_orders``, same transaction as the enqueue) and what
+they rolled back; handlers record raw executions (``chaos_runs``) and exactly-once effects
+(``chaos_effects``, same transaction as the job's success). After a quiet period the checker compares
+them with the ledger and the dead letters. Re-run a failure with the seed it prints.
+
+Fault kinds: SIGKILL a relay, SIGKILL a worker pool (mid-handler: some jobs sleep 200 ms), SIGTERM a
+pool, close every broker connection of this run from the broker side, terminate every Postgres
+backend of the run's database, publish garbage straight into tier queues, cap a queue's length with
+a policy (publishes nacked: the relay must keep rows pending). Broker and Postgres restarts are in the
+long profile only (``CHAOS_RESTARTS=1``), since they disturb anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psycopg
+
+from outbox.config import Settings
+from tests.chaos import tasks
+from tests.helpers import ROOT, Proc, settings_env
+
+POOLS = ("urgent", "normal", "deferred", "calls")
+BASE_FAULTS = ("sigkill_relay", "sigkill_worker", "sigterm_pool", "close_connections", "pg_terminate",
+               "garbage", "queue_limit")
+RESTART_FAULTS = ("restart_rabbitmq", "restart_postgres")
+APP = "tests.chaos.tasks"
+
+
+@dataclass
+class Report:
+    """What the checker found; ``ok`` is the verdict."""
+
+    seed: int
+    committed: int = 0
+    rolled_back: int = 0
+    effects: int = 0
+    raw_executions: int = 0
+    dead_letters: int = 0
+    garbage_published: int = 0
+    garbage_dead_lettered: int = 0
+    duplicates_absorbed: int = 0
+    lost: list[str] = field(default_factory=list)
+    double_effects: list[str] = field(default_factory=list)
+    rolled_back_ran: list[str] = field(default_factory=list)
+    stranded: list[str] = field(default_factory=list)
+    faults: dict[str, int] = field(default_factory=dict)
+    recovery_s: dict[str, list[float]] = field(default_factory=dict)
+    unclean_exits: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.double_effects or self.rolled_back_ran or self.stranded
+                    or self.garbage_dead_lettered != self.garbage_published or self.unclean_exits)
+
+    def table(self) -> str:
+        rows = [("seed", self.seed), ("jobs committed", self.committed), ("jobs rolled back", self.rolled_back),
+                ("effects (exactly-once)", self.effects), ("raw executions", self.raw_executions),
+                ("dead letters", self.dead_letters),
+                ("garbage published / dead-lettered", f"{self.garbage_published} / {self.garbage_dead_lettered}"),
+                ("duplicate deliveries absorbed", self.duplicates_absorbed),
+                ("lost (must be 0)", len(self.lost)), ("double effects (must be 0)", len(self.double_effects)),
+                ("rolled-back jobs that ran (must be 0)", len(self.rolled_back_ran)),
+                ("stranded (must be 0)", len(self.stranded)), ("unclean SIGTERM exits", len(self.unclean_exits)),
+                ("elapsed s", round(self.elapsed_s, 1))]
+        for kind in sorted(self.faults):
+            rec = sorted(self.recovery_s.get(kind, []))
+            p99 = rec[min(len(rec) - 1, int(len(rec) * 0.99))] if rec else float("nan")
+            rows.append((f"fault {kind}", f"{self.faults[kind]}x, p99 recovery {p99:.2f} s"))
+        width = max(len(str(k)) for k, _ in rows)
+        return "\n".join(f"{k!s:<{width}}  {v}" for k, v in rows)
+
+
+class ChaosRun:
+    """One seeded run against one database and one queue prefix."""
+
+    def __init__(self, settings: Settings, workdir: Path, seed: int, jobs: int, producers: int = 2,
+                 relays: int = 2, fault_gap_s: tuple[float, float] = (1.0, 3.0), restarts: bool = False,
+                 produce_s: float = 45.0, timeout_s: float = 150.0) -> None:
+        self.settings = msgspec.structs.replace(settings, app=APP)
+        self.workdir = workdir
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.jobs = jobs
+        self.n_producers = producers
+        self.n_relays = relays
+        self.fault_gap_s = fault_gap_s
+        self.kinds = BASE_FAULTS + (RESTART_FAULTS if restarts else ())
+        self.timeout_s = timeout_s
+        self.produce_s = produce_s
+        self.relays: list[Proc] = []
+        self.pools: dict[str, Proc] = {}
+        self.producers: list[subprocess.Popen[bytes]] = []
+        self.report = Report(seed=seed)
+        self._fault_times: list[tuple[str, float, tuple[str, ...]]] = []
+        self._affected: tuple[str, ...] = ()
+        self._n = 0
+        self._stopped_logs: list[str] = []
+
+    # -- processes -------------------------------------------------------------------------------------
+
+    def _proc(self, *args: str, label: str = "") -> Proc:
+        self._n += 1
+        return Proc(list(args), self.settings, self.workdir / f"{args[0]}-{label or args[-1]}-{self._n}.log")
+
+    def _start_pool(self, pool: str) -> None:
+        self.pools[pool] = self._proc("worker", "--pool", pool)
+
+    def _start_producers(self) -> None:
+        env = settings_env(self.settings)
+        share = self.jobs // self.n_producers
+        for i in range(self.n_producers):
+            count = share if i < self.n_producers - 1 else self.jobs - share * (self.n_producers - 1)
+            log = open(self.workdir / f"producer-{i}.log", "ab")
+            self.producers.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.producer", str(count), str(self.seed * 100 + i), "0.1",
+                 str(self.produce_s)],
+                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+
+    def start(self) -> None:
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            conn.execute(tasks.DDL)
+        self.relays = [self._proc("relay", label=str(i)) for i in range(self.n_relays)]
+        for pool in POOLS:
+            self._start_pool(pool)
+        self._wait(lambda: all("worker.started" in p.output() for p in self.pools.values()), 30, "pools up")
+        self._start_producers()
+
+    def stop(self) -> None:
+        for p in self.producers:
+            if p.poll() is None:
+                p.kill()
+        for proc in [*self.relays, *self.pools.values()]:
+            if proc.alive():
+                proc.kill(signal.SIGTERM)
+        for proc in [*self.relays, *self.pools.values()]:
+            try:
+                code = proc.wait(40)
+            except subprocess.TimeoutExpired:
+                code = -9
+            self._stopped_logs.append(proc.output())
+            if code != 0:
+                self.report.unclean_exits.append(f"{proc.args} exit {code}")
+            proc.stop()
+        self._clear_queue_limit()
+
+    # -- faults ----------------------------------------------------------------------------------------
+
+    def schedule(self) -> list[str]:
+        """Every kind once in a seeded order; the run repeats random kinds after that."""
+        kinds = list(self.kinds)
+        self.rng.shuffle(kinds)
+        return kinds
+
+    def inject(self, kind: str) -> None:
+        """Inject one fault; recovery is later measured on the tiers it affected."""
+        self.report.faults[kind] = self.report.faults.get(kind, 0) + 1
+        self._affected = tuple(self.settings.topology.tiers)
+        at = time.time()
+        getattr(self, f"_fault_{kind}")()
+        self._fault_times.append((kind, at, self._affected))
+
+    def _fault_sigkill_relay(self) -> None:
+        i = self.rng.randrange(len(self.relays))
+        self.relays[i].kill(signal.SIGKILL)
+        self.relays[i].wait(10)
+        self.relays[i].stop()
+        self.relays[i] = self._proc("relay", label=str(i))
+
+    def _fault_sigkill_worker(self) -> None:
+        pool = self.rng.choice(POOLS)
+        self._affected = self.settings.topology.pools[pool].tiers
+        self.pools[pool].kill(signal.SIGKILL)
+        self.pools[pool].wait(10)
+        self.pools[pool].stop()
+        self._start_pool(pool)
+
+    def _fault_sigterm_pool(self) -> None:
+        pool = self.rng.choice(POOLS)
+        self._affected = self.settings.topology.pools[pool].tiers
+        proc = self.pools[pool]
+        proc.kill(signal.SIGTERM)
+        code = proc.wait(60)
+        self._stopped_logs.append(proc.output())
+        if code != 0:
+            self.report.unclean_exits.append(f"{proc.args} SIGTERM exit {code}")
+        proc.stop()
+        self._start_pool(pool)
+
+    def _fault_close_connections(self) -> None:
+        out = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "--formatter", "json"],
+                             capture_output=True, text=True, timeout=60).stdout
+        for conn in json.loads(out or "[]"):
+            if self.settings.queue_prefix in json.dumps(conn):
+                subprocess.run(["rabbitmqctl", "close_connection", conn["pid"], "chaos"], capture_output=True,
+                               timeout=60)
+
+    def _fault_pg_terminate(self) -> None:
+        with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+    def _fault_garbage(self) -> None:
+        import asyncio
+
+        import aio_pika
+
+        tier = self.rng.choice(list(self.settings.topology.tiers))
+        body = self.rng.randbytes(self.rng.randint(0, 64))
+
+        async def publish() -> None:
+            conn = await aio_pika.connect(self.settings.amqp_url)
+            async with conn:
+                ch = await conn.channel()
+                await ch.default_exchange.publish(aio_pika.Message(body=body),
+                                                  routing_key=self.settings.queue_name(tier))
+        asyncio.run(publish())
+        self.report.garbage_published += 1
+
+    def _policy_name(self) -> str:
+        return f"chaos-{self.settings.queue_prefix.strip('.')}"
+
+    def _fault_queue_limit(self) -> None:
+        tier = self.rng.choice(["high", "bulk"])  # one classic, one quorum queue
+        self._affected = (tier,)
+        self._limit_pattern = "^" + self.settings.queue_name(tier).replace(".", "\\.") + "$"
+        self._set_limit(5)  # the queue fills: RabbitMQ nacks further publishes, the relay keeps rows pending
+        time.sleep(2.0)
+        self._clear_queue_limit()
+
+    def _set_limit(self, length: int) -> None:
+        subprocess.run(["rabbitmqctl", "set_policy", "--apply-to", "queues", self._policy_name(), self._limit_pattern,
+                        json.dumps({"max-length": length, "overflow": "reject-publish"})],
+                       capture_output=True, timeout=60)
+
+    def _clear_queue_limit(self) -> None:
+        # RabbitMQ 3.10 leaves a quorum queue rejecting publishes if the policy is simply cleared while it
+        # is full; raising the limit first makes it accept again, then the policy can go.
+        if getattr(self, "_limit_pattern", None):
+            self._set_limit(1_000_000_000)
+            time.sleep(0.5)
+        subprocess.run(["rabbitmqctl", "clear_policy", self._policy_name()], capture_output=True, timeout=60)
+
+    def _fault_restart_rabbitmq(self) -> None:
+        subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, timeout=120)
+        subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120)
+
+    def _fault_restart_postgres(self) -> None:
+        version = sorted(os.listdir("/etc/postgresql"))[-1]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                       capture_output=True, timeout=120)
+
+    # -- the run ---------------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        began = time.monotonic()
+        self.start()
+        try:
+            pending = self.schedule()
+            deadline = began + self.timeout_s
+            while time.monotonic() < deadline:
+                time.sleep(self.rng.uniform(*self.fault_gap_s))
+                if pending:
+                    self.inject(pending.pop())
+                elif self._producing():
+                    self.inject(self.rng.choice(self.kinds))
+                else:
+                    break
+            self._quiet(deadline)
+        finally:
+            self.stop()
+        self.report.elapsed_s = time.monotonic() - began
+        self.check()
+        return self.report
+
+    def _producing(self) -> bool:
+        return any(p.poll() is None for p in self.producers)
+
+    def _quiet(self, deadline: float) -> None:
+        """Wait until producers are done and every committed job has finished (or the deadline)."""
+        self._wait(lambda: not self._producing(), max(deadline - time.monotonic(), 1), "producers done", fail=False)
+        self._wait(lambda: self._unfinished() == 0, max(deadline - time.monotonic(), 1) + 60, "quiet", fail=False)
+
+    def _unfinished(self) -> int:
+        with psycopg.connect(self.settings.database_url) as conn:
+            row = conn.execute("""SELECT count(*) FROM public.chaos_orders o JOIN outbox.jobs j ON j.id = o.job_id
+                                  WHERE j.status NOT IN ('succeeded', 'dead')""").fetchone()
+        return int(row[0]) if row else 0
+
+    def _wait(self, predicate: Any, timeout: float, what: str, fail: bool = True) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if predicate():
+                    return
+            except psycopg.OperationalError:
+                pass
+            time.sleep(0.2)
+        if fail:
+            raise AssertionError(f"chaos seed {self.seed}: timed out waiting for {what}")
+
+    # -- the checker -----------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        r = self.report
+        with psycopg.connect(self.settings.database_url) as conn:
+            def q(sql: str) -> list[tuple[Any, ...]]:
+                return conn.execute(sql).fetchall()
+
+            r.committed = q("SELECT count(*) FROM public.chaos_orders")[0][0]
+            r.rolled_back = q("SELECT count(*) FROM public.chaos_rolled_back")[0][0]
+            r.effects = q("SELECT count(*) FROM public.chaos_effects")[0][0]
+            r.raw_executions = q("SELECT count(*) FROM public.chaos_runs")[0][0]
+            r.dead_letters = q("SELECT count(*) FROM outbox.dead_letters WHERE job_id IS NOT NULL")[0][0]
+            r.garbage_dead_lettered = q("SELECT count(*) FROM outbox.dead_letters WHERE reason = 'undecodable'")[0][0]
+            r.lost = [str(x[0]) for x in q("""
+                SELECT o.job_id FROM public.chaos_orders o
+                WHERE NOT EXISTS (SELECT 1 FROM public.chaos_effects e WHERE e.job_id = o.job_id)
+                  AND NOT EXISTS (SELECT 1 FROM outbox.dead_letters d WHERE d.job_id = o.job_id)""")]
+            r.double_effects = [str(x[0]) for x in q(
+                "SELECT job_id FROM public.chaos_effects GROUP BY job_id HAVING count(*) > 1")]
+            r.rolled_back_ran = [str(x[0]) for x in q("""
+                SELECT b.job_id FROM public.chaos_rolled_back b
+                WHERE EXISTS (SELECT 1 FROM outbox.jobs j WHERE j.id = b.job_id)
+                   OR EXISTS (SELECT 1 FROM public.chaos_runs x WHERE x.job_id = b.job_id)""")]
+            r.stranded = [f"{x[0]} {x[1]}" for x in q("""
+                SELECT o.job_id, j.status FROM public.chaos_orders o JOIN outbox.jobs j ON j.id = o.job_id
+                WHERE j.status NOT IN ('succeeded', 'dead')""")]
+            effects = [(x[0].timestamp(), x[1]) for x in q("""
+                SELECT e.at, o.tier FROM public.chaos_effects e JOIN public.chaos_orders o USING (job_id)
+                ORDER BY e.at""")]
+        r.duplicates_absorbed = sum(_skipped(log) for log in self._stopped_logs)
+        for kind, at, tiers in self._fault_times:
+            # Recovery: from the fault until the next effect of a job in a tier the fault touched.
+            after = next((t for t, tier in effects if t > at and tier in tiers), None)
+            if after is not None:
+                r.recovery_s.setdefault(kind, []).append(after - at)
+
+
+def _skipped(log: str) -> int:
+    total = 0
+    for line in log.splitlines():
+        if "action=worker.stopped" in line:
+            for part in line.split():
+                if part.startswith("skipped_"):
+                    total += int(part.split("=", 1)[1])
+    return total
