@@ -58,11 +58,11 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float
 
 
 def fmt(values: Sequence[float], digits: int = 0) -> str:
-    """``median (min–max)`` of ``values``."""
+    """``median (min-max)`` of ``values``."""
     if not values:
         return "n/a"
     med, lo, hi = statistics.median(values), min(values), max(values)
-    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}-{hi:,.{digits}f})"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -108,7 +108,7 @@ class Report:
         self._emit("\n".join(lines) + "\n")
 
     def headline(self, name: str, values: Sequence[float], target: str, met: bool | None, digits: int = 2) -> None:
-        """A headline figure: median (min–max) over the repetitions, its target and whether it was met."""
+        """A headline figure: median (min-max) over the repetitions, its target and whether it was met."""
         h = Headline(name, list(values), target, met, digits)
         self.headlines.append(h)
         verdict = {True: "MET", False: "MISSED", None: "(no target)"}[met]
@@ -126,7 +126,7 @@ class Report:
         """Append this run to ``bench/results/<date>.md``; returns the file."""
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"{dt.date.today().isoformat()}.md"
-        summary = ["\n### Headlines\n", "| figure | median (min–max) | target | verdict |", "|---|---|---|---|"]
+        summary = ["\n### Headlines\n", "| figure | median (min-max) | target | verdict |", "|---|---|---|---|"]
         for h in self.headlines:
             verdict = {True: "met", False: "missed", None: "—"}[h.met]
             summary.append(f"| {h.name} | {fmt(h.values, h.digits)} | {h.target} | {verdict} |")
@@ -262,7 +262,7 @@ class Proc:
 
     def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
         self.name = name
-        self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
         self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -384,7 +384,7 @@ class RssSampler:
             self._stop.wait(self.interval_s)
 
 
-#: Inclusive profile shares are listed for these packages only (the roots -- click, asyncio -- are 100% and say nothing).
+#: Inclusive shares are listed for these packages only (the roots, click and asyncio, are ~100% and say nothing).
 INTERESTING = ("relay/relay.py", "relay/wakeup.py", "workers/pool.py", "workers/execute.py", "workers/ledger.py",
                "workers/buffer.py", "outbox/", "aio_pika/", "aiormq/", "psycopg/", "sqlalchemy/", "pamqp/")
 

@@ -40,7 +40,7 @@ def celery_client(settings: Settings) -> Iterator[None]:
     try:
         yield
     finally:
-        celery_app.app.pool.force_close_all()
+        # The producer pool is left open: kombu caches it process-wide, and a closed one refuses the next run.
         asyncio.run(_delete_celery_objects(settings))
 
 

@@ -84,18 +84,29 @@ class Celery:
 
     name = "celery"
 
-    def __init__(self, settings: Settings, procs: Procs, stack: Any) -> None:
+    def __init__(self, settings: Settings, procs: Procs, stack: Any, start: bool = True) -> None:
         stack.enter_context(celery_client(settings))
         from bench import celery_app
 
+        self.settings = settings
         self.app = celery_app
         self.key = f"bench:{uuid.uuid4().hex}"
         self.redis = redis_client()
-        self.procs = [start_celery(procs, settings, CONCURRENCY)]
-        # Ready once a task has gone round (Celery prints nothing at WARNING level when it is ready).
-        self.app.noop.apply_async(args=[self.key])
-        wait_until(lambda: self.completed() >= 1, 60, 0.1, "celery worker ready")
         stack.callback(self.redis.delete, self.key)
+        self.procs: list[Proc] = []
+        if start:
+            self.start(procs)
+
+    def start(self, procs: Procs, ping: bool = True) -> None:
+        """Start the worker and wait until a task has gone round (at WARNING level it prints nothing).
+
+        With ``ping`` false the first task already queued is the sign of life.
+        """
+        self.procs.append(start_celery(procs, self.settings, CONCURRENCY))
+        before = self.completed()
+        if ping:
+            self.app.noop.apply_async(args=[self.key])
+        wait_until(lambda: self.completed() > before, 60, 0.05, "celery worker ready")
 
     def produce(self, n: int) -> None:
         """``apply_async`` per job (each publish waits for its confirm: Celery's way)."""
