@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api import db, errors, openapi
+from api import db, errors, openapi, queries
 from api.auth import TokenStore
 from api.broker import BrokerProbe
 from api.config import ApiConfig
@@ -23,14 +23,20 @@ from api.routes_dlq import DeadLetterController
 from api.routes_jobs import JobController
 from api.routes_tiers import TierController, healthz, readyz, scrape
 from outbox.config import Settings
+from outbox.sql import run_async
 
 log = logging.getLogger("tierbox.api")
 VERSION = "1"
 
 
+#: Longest a read of one request may run.
+READ_TIMEOUT_MS = 5000
+
+
 async def provide_db(state: State) -> AsyncIterator[AsyncConnection]:
     """Dependency ``db``: a pooled connection for one request's reads, rolled back at the end."""
     async with state.engine.connect() as conn:
+        await run_async(conn, queries.READ_TIMEOUT, {"ms": READ_TIMEOUT_MS})
         yield conn
 
 

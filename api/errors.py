@@ -10,6 +10,7 @@
     ├── 409 conflict                           already redriven or discarded
     ├── 413 body_too_large
     ├── 422 invalid                            a field failed validation (``field`` names it)
+    ├── 503 timeout / unavailable              a read hit its time limit, or Postgres is down
     └── 500 internal                           a bug: logged with its traceback, no details sent
 
 Litestar's own exceptions (validation, auth, 404, 413) are mapped into the same
@@ -26,11 +27,14 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from outbox.errors import RedriveError
 
 log = logging.getLogger("tierbox.api")
 
+#: SQLSTATE of a statement cancelled by statement_timeout.
+QUERY_CANCELED = "57014"
 _CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
           429: "too_many_requests", 503: "unavailable"}
@@ -117,6 +121,15 @@ def _redrive(_: Request[Any, Any, Any], exc: RedriveError) -> Response[ErrorBody
     return _api_error(_, from_redrive_error(exc))
 
 
+def _database(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[ErrorBody]:
+    if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:  # the statement_timeout of reads
+        return _respond(503, "timeout", "the query took too long: narrow the filters (e.g. a time range)")
+    if isinstance(exc, OperationalError):
+        log.error("action=api.postgres_unreachable path=%s error=%s", request.url.path, str(exc).splitlines()[0])
+        return _respond(503, "unavailable", "Postgres is unreachable")
+    return _unexpected(request, exc)
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.exception("action=api.internal_error path=%s", request.url.path, exc_info=exc)
     return _respond(500, "internal", "internal error; the server log has the details")
@@ -126,6 +139,7 @@ HANDLERS: ExceptionHandlersMap = {
     ApiError: _api_error,
     ValidationException: _validation,
     RedriveError: _redrive,
+    DBAPIError: _database,
     HTTPException: _http,
     Exception: _unexpected,
 }

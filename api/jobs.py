@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -15,9 +15,13 @@ from api.models import Job, JobDetail, JobPage, TimelineEvent
 from api.redaction import redact
 from outbox.sql import run_async
 
+#: Without ``since``, the listing looks this far back: a bounded walk of ``ix_jobs_enqueued_at`` even
+#: when a filter matches nothing, whatever the history holds.
+DEFAULT_WINDOW = timedelta(hours=24)
+
 
 class JobFilter(msgspec.Struct, kw_only=True):
-    """Filters of the job listing (all optional; the time range is on ``enqueued_at``)."""
+    """Filters of the job listing (all optional; the time range is on ``enqueued_at``, default last 24 h)."""
 
     tier: str | None = None
     task: str | None = None
@@ -42,8 +46,9 @@ async def page(conn: Any, flt: JobFilter, limit: int, cursor: str | None = None)
             uuid.UUID(after_key)
         except ValueError as exc:
             raise invalid("cursor", "not a cursor this API returned") from exc
-    params = {**msgspec.structs.asdict(flt), "since": utc(flt.since), "until": utc(flt.until),
-              "after_at": after_at, "after_id": after_key, "limit": limit}
+    since = utc(flt.since) or datetime.now(UTC) - DEFAULT_WINDOW
+    params = {**msgspec.structs.asdict(flt), "since": since, "until": utc(flt.until), "after_at": after_at,
+              "after_id": after_key, "limit": limit}
     items = [to_job(r) for r in await run_async(conn, queries.JOBS_PAGE, params)]
     last = items[-1] if len(items) == limit else None
     return JobPage(items=items, next_cursor=cursors.encode(last.enqueued_at, last.id) if last else None)

@@ -25,7 +25,7 @@ JobIdPath = Annotated[str, PathParameter(description="The job's UUID.", max_leng
 
 
 #: A time bound of a filter (UTC if it names no zone).
-Since = Annotated[datetime | None, QueryParameter(description="At or after (ISO 8601).")]
+Since = Annotated[datetime | None, QueryParameter(description="At or after (ISO 8601; jobs: default 24 h ago).")]
 Until = Annotated[datetime | None, QueryParameter(description="Before (ISO 8601).")]
 #: The request's pooled read connection (see ``api.app.provide_db``).
 Db = NamedDependency[AsyncConnection]

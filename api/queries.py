@@ -134,6 +134,10 @@ TIER_HEALTH = Statement("api.tier_health", f"""
 SELECT {", ".join(TIER_HEALTH_COLUMNS)} FROM outbox.tier_health ORDER BY weight DESC, tier
 """)
 
+# Bound every API read (the connection is the request's own transaction): a filter no index serves
+# fails fast with a 503 instead of holding a connection and a snapshot while it scans the history.
+READ_TIMEOUT = Statement("api.read_timeout", "SELECT set_config('statement_timeout', CAST(:ms AS text), true)")
+
 # Readiness: Postgres answers and the outbox schema is there.
 PING = Statement("api.ping", "SELECT count(*) FROM outbox.tiers")
 

@@ -1,0 +1,155 @@
+"""The operator views of revision 0002: what they say, and that they read through indexes, not history."""
+
+from __future__ import annotations
+
+import uuid
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+
+import api.queries
+import outbox
+from outbox.sql import Statement
+from tests.test_redrive import dead_job
+from tests.test_statements import positional
+
+API_STATEMENTS = [(f"api.queries.{k}", v) for k, v in sorted(vars(api.queries).items()) if isinstance(v, Statement)]
+
+
+def rows(conn: psycopg.Connection, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, params).fetchall()
+
+
+def finished_job(conn: psycopg.Connection, task: str, outcomes: list[str], *, status: str,
+                 wait: str = "2 seconds") -> uuid.UUID:
+    """A job with the given attempts, as the worker records them."""
+    job = outbox.enqueue(conn, task, args=[1])
+    conn.execute("DELETE FROM outbox.pending WHERE job_id = %s", (job,))
+    for n, outcome in enumerate(outcomes, start=1):
+        conn.execute("""INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome,
+                            error_type) VALUES (%s, %s, 'w1', now() + CAST(%s AS interval) * %s,
+                            now() + CAST(%s AS interval) * %s + interval '1 ms', %s, %s)""",
+                     (job, n, wait, n, wait, n, outcome, None if outcome == "succeeded" else "RuntimeError"))
+    conn.execute("UPDATE outbox.jobs SET status = %s, attempts = %s, started_at = now(), finished_at = now() "
+                 "WHERE id = %s", (status, len(outcomes), job))
+    return job
+
+
+@pytest.mark.parametrize(("attr", "stmt"), API_STATEMENTS, ids=[a for a, _ in API_STATEMENTS])
+def test_api_statement_prepares_and_plans(attr: str, stmt: Statement, tx: psycopg.Connection) -> None:
+    sql, names = positional(stmt)
+    tx.execute(f"PREPARE api_stmt AS {sql}")
+    types = rows(tx, "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = 'api_stmt'")[0][0]
+    assert "unknown" not in types, (attr, types)
+    assert rows(tx, f"EXPLAIN EXECUTE api_stmt{'(' + ', '.join(['NULL'] * len(names)) + ')' if names else ''}")
+    tx.execute("DEALLOCATE api_stmt")
+
+
+def test_api_statement_names_are_unique_and_prefixed() -> None:
+    names = [s.name for _, s in API_STATEMENTS]
+    assert len(names) == len(set(names)) and all(n.startswith("api.") for n in names)
+    assert isinstance(api.queries, ModuleType)
+
+
+def test_tier_health_counts_live_jobs_outcomes_waits_and_slo(tx: psycopg.Connection) -> None:
+    outbox.enqueue(tx, "sample.webhook", args=["due"])
+    outbox.enqueue(tx, "sample.webhook", args=["later"], delay=3600)
+    tx.execute("UPDATE outbox.pending SET available_at = now() - interval '45 seconds' "
+               "WHERE available_at <= now()")  # a relay 45 s behind: past high's 30 s SLO
+    running = outbox.enqueue(tx, "sample.webhook", args=["running"])
+    tx.execute("DELETE FROM outbox.pending WHERE job_id = %s", (running,))
+    tx.execute("UPDATE outbox.jobs SET status = 'running', started_at = now() WHERE id = %s", (running,))
+    tx.execute("INSERT INTO outbox.leases (job_id, attempt, worker_id, expires_at) "
+               "VALUES (%s, 1, 'w', now() - interval '1 minute')", (running,))
+    finished_job(tx, "sample.webhook", ["succeeded"], status="succeeded")
+    finished_job(tx, "sample.webhook", ["failed", "succeeded"], status="succeeded")
+    dead_job(tx, "sample.webhook")
+    [row] = rows(tx, "SELECT pending, due, oldest_due_age_s > 40, published, running, stuck, succeeded_5m, "
+                     "failed_5m, dead_5m, succeeded_1h, wait_p50_s IS NOT NULL, slo_breached "
+                     "FROM outbox.tier_health WHERE tier = 'high'")
+    assert row == (2, 1, True, 0, 1, 1, 2, 1, 1, 2, True, True)
+    assert rows(tx, "SELECT count(*) FILTER (WHERE slo_breached) FROM outbox.tier_health") == [(1,)]
+
+
+def test_failures_show_the_last_attempt_and_state(tx: psycopg.Connection) -> None:
+    job = finished_job(tx, "sample.invoice", ["failed", "timeout"], status="dead")
+    tx.execute("""INSERT INTO outbox.dead_letters (job_id, task, tier, payload, reason, attempts, raw_body)
+                  VALUES (%s, 'sample.invoice', 'normal', '{}', 'timeout', 2, NULL)""", (job,))
+    tx.execute("INSERT INTO outbox.dead_letters (tier, reason, raw_body) VALUES ('high', 'undecodable', 'garbage')")
+    got = rows(tx, "SELECT reason, error_type, state, last_attempt, last_outcome, raw_body_bytes "
+                   "FROM outbox.failures ORDER BY id")
+    assert got == [("timeout", "RuntimeError", "open", 2, "timeout", None),
+                   ("undecodable", None, "open", None, None, 7)]
+    outbox.redrive(tx, job)
+    assert rows(tx, "SELECT state FROM outbox.failures WHERE job_id = %s", job) == [("redriven",)]
+
+
+def test_failure_summary_groups_by_tier_task_reason_and_error_type(tx: psycopg.Connection) -> None:
+    for _ in range(2):
+        dead_job(tx, "sample.webhook", failed_ago="10 minutes")
+    dead_job(tx, "sample.webhook", failed_ago="5 hours")
+    outbox.discard(tx, dead_job(tx, "sample.webhook", reason="non_retryable", failed_ago="2 days"))
+    dead_job(tx, "sample.webhook", failed_ago="30 days")  # outside the 7-day window
+    got = rows(tx, "SELECT tier, task, reason, error_type, last_1h, last_24h, last_7d, open "
+                   "FROM outbox.failure_summary ORDER BY reason")
+    assert got == [("high", "sample.webhook", "failed", "RuntimeError", 2, 3, 3, 3),
+                   ("high", "sample.webhook", "non_retryable", "RuntimeError", 0, 0, 1, 0)]
+
+
+def test_job_timeline_tells_the_story_in_order(tx: psycopg.Connection) -> None:
+    job = outbox.enqueue(tx, "sample.invoice", args=[1])
+    tx.execute("DELETE FROM outbox.pending WHERE job_id = %s", (job,))
+    for n in (1, 2):  # two failed attempts, 20 s apart, all in the past (the redrive happens at now())
+        tx.execute("""INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+                      VALUES (%s, %s, 'w1', now() - interval '60 seconds' + %s * interval '20 seconds',
+                              now() - interval '59 seconds' + %s * interval '20 seconds', 'failed')""",
+                   (job, n, n, n))
+    tx.execute("UPDATE outbox.jobs SET status = 'dead', attempts = 2, enqueued_at = now() - interval '1 minute', "
+               "published_at = now() - interval '59.5 seconds', finished_at = now() - interval '5 seconds' "
+               "WHERE id = %s", (job,))
+    tx.execute("""INSERT INTO outbox.dead_letters (job_id, task, tier, payload, reason, attempts, failed_at)
+                  VALUES (%s, 'sample.invoice', 'normal', '{}', 'failed', 2, now() - interval '5 seconds')""",
+               (job,))
+    new = outbox.redrive(tx, job, by="alice", reason="fixed")
+    events = rows(tx, "SELECT event, attempt, detail FROM outbox.job_timeline WHERE job_id = %s "
+                      "ORDER BY date_trunc('milliseconds', at), seq, attempt", job)
+    assert [(e[0], e[1]) for e in events] == [
+        ("enqueued", None), ("published", None), ("attempt_started", 1), ("attempt_failed", 1),
+        ("attempt_started", 2), ("attempt_failed", 2), ("dead_lettered", 2), ("finished_dead", 2), ("redriven", None)]
+    assert events[-1][2] == {"by": "alice", "reason": "fixed", "new_job_id": str(new)}
+    assert events[0][2]["task"] == "sample.invoice"
+
+
+def _plan(conn: psycopg.Connection, sql: str) -> str:
+    return "\n".join(r[0] for r in rows(conn, "EXPLAIN " + sql))
+
+
+def test_views_read_through_indexes_on_a_large_history(db_url: str) -> None:
+    """50k finished jobs: no view nor DLQ page scans jobs, attempts or dead_letters."""
+    with psycopg.connect(db_url) as conn:
+        conn.execute("""
+            INSERT INTO outbox.jobs (id, task, tier, priority, payload, status, attempts, max_retries,
+                                     enqueued_at, available_at, started_at, finished_at)
+            SELECT gen_random_uuid(), 'sample.t', (ARRAY['high','normal','low'])[1 + i % 3], 5, '{}',
+                   CASE WHEN i % 10 = 0 THEN 'dead' ELSE 'succeeded' END, 1, 3,
+                   now() - make_interval(secs => i * 60), now() - make_interval(secs => i * 60),
+                   now() - make_interval(secs => i * 60 - 1), now() - make_interval(secs => i * 60 - 2)
+            FROM generate_series(1, 50000) i""")
+        conn.execute("""INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+                        SELECT id, 1, 'w', started_at, finished_at, 'succeeded' FROM outbox.jobs""")
+        conn.execute("""INSERT INTO outbox.dead_letters (job_id, task, tier, payload, reason, failed_at, redriven_at,
+                                                         new_job_id)
+                        SELECT id, task, tier, payload, 'failed', finished_at, finished_at, gen_random_uuid()
+                        FROM outbox.jobs WHERE status = 'dead'""")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE outbox.jobs, outbox.attempts, outbox.dead_letters, outbox.leases, outbox.pending")
+        for sql in ["SELECT * FROM outbox.tier_health", "SELECT * FROM outbox.failure_summary",
+                    "SELECT * FROM outbox.failures WHERE redriven_at IS NULL AND discarded_at IS NULL "
+                    "ORDER BY failed_at DESC, id DESC LIMIT 50",
+                    f"SELECT * FROM outbox.job_timeline WHERE job_id = '{uuid.uuid4()}'"]:
+            plan = _plan(conn, sql)
+            for table in ("jobs", "attempts", "dead_letters"):
+                assert f"Seq Scan on {table}" not in plan, f"{sql}\n{plan}"
