@@ -55,7 +55,7 @@ def run(report: Report, quick: bool) -> None:
                 "(Tierbox: relay + urgent pool, async no-op handler; Celery: threads pool; procrastinate: async).")
     rates: dict[str, list[float]] = {}
     produce_s: dict[str, list[float]] = {}
-    with fresh_system("e2e") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("e2e") as settings, contextlib.ExitStack() as stack, processes() as procs:
         systems: list[System] = [Tierbox(settings, procs, stack), Celery(settings, procs, stack),
                                  Procrastinate(settings, procs, stack)]
         for _ in range(reps):

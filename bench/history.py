@@ -62,7 +62,7 @@ def run(report: Report, quick: bool) -> None:
     empty: list[float] = []
     full: list[float] = []
     held: list[float] = []
-    with fresh_system("history") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("history") as settings, contextlib.ExitStack() as stack, processes() as procs:
         url = settings.psycopg_url
         tierbox = Tierbox(settings, procs, stack)
         tierbox.produce(200)  # warm-up

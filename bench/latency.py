@@ -63,7 +63,7 @@ def run(report: Report, quick: bool) -> None:
                 "after 20 warm-up probes. p50/p99 are per repetition; the table shows their median (min-max).")
     p50: dict[str, list[float]] = {}
     p99: dict[str, list[float]] = {}
-    with fresh_system("latency") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("latency") as settings, contextlib.ExitStack() as stack, processes() as procs:
         systems: list[System] = [Tierbox(settings, procs, stack), Celery(settings, procs, stack),
                                  Procrastinate(settings, procs, stack)]
         for system in systems:

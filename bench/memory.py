@@ -46,7 +46,7 @@ def run(report: Report, quick: bool) -> None:
     """Measure and report item 7."""
     backlog = 3_000 if quick else 100_000
     report.section("7. Memory while a backlog drains")
-    with fresh_system("memory") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("memory") as settings, contextlib.ExitStack() as stack, processes() as procs:
         tierbox = Tierbox(settings, procs, stack)
         pids = {"relay": tierbox.relay.pid, "worker urgent": tierbox.worker.pid}
         for pool in POOLS:

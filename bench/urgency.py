@@ -52,7 +52,7 @@ def probe_latencies(system: Tierbox | Celery, probes: int) -> list[float]:
 def tierbox_run(report: Report, backlog: int, probes: int) -> list[float]:
     """Probe latencies of Tierbox under the loaded scenario."""
     high_jobs = int(probes / PROBE_RATE_PER_S * 8 / BUSY_S * 1.5)  # keeps 8 slots busy past the last probe
-    with fresh_system("urgency") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("urgency") as settings, contextlib.ExitStack() as stack, processes() as procs:
         tierbox = Tierbox(settings, procs, stack)
         procs.tierbox(settings, "worker", "--pool", "deferred")
         execute(settings.psycopg_url, FILL_BULK % backlog)
@@ -69,7 +69,7 @@ def tierbox_run(report: Report, backlog: int, probes: int) -> list[float]:
 
 def celery_run(report: Report, backlog: int, probes: int) -> list[float]:
     """Probe latencies of Celery with one shared queue."""
-    with fresh_system("urgency_celery") as settings, processes() as procs, contextlib.ExitStack() as stack:
+    with fresh_system("urgency_celery") as settings, contextlib.ExitStack() as stack, processes() as procs:
         # Fill the queue before the worker starts, so the backlog is still there when the probes arrive.
         celery = Celery(settings, procs, stack, start=False)
         busy = int(probes / PROBE_RATE_PER_S * 8 / BUSY_S * 1.5)
