@@ -267,3 +267,14 @@ def test_pipeline_step_enqueues_next_atomically(system: System) -> None:
 
 def run(coro: Callable[[], Any]) -> Any:
     return asyncio.run(coro())
+
+
+async def test_oversize_garbage_is_dead_lettered_truncated(system: System) -> None:
+    system.relay()
+    system.worker()
+    await system.publish_raw("critical", b"\xff" * 300_000)
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.dead_letters") == [(1,)], what="dead-lettered")
+    [(size, headers)] = system.q("SELECT length(raw_body), headers FROM outbox.dead_letters")
+    assert size == 64 * 1024 and headers["body_bytes"] == 300_000 and headers["body_truncated"] is True
+    job = system.enqueue("sample.critical_effect", "still running")
+    system.wait_status(job, "succeeded")

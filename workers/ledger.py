@@ -16,6 +16,8 @@ from workers import queries
 
 MAX_ERROR_MESSAGE_CHARS = 2000
 MAX_TRACEBACK_CHARS = 16000
+#: Bytes of an unrunnable message's body kept in dead_letters.raw_body (the size is always recorded).
+MAX_RAW_BODY_BYTES = 64 * 1024
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -89,7 +91,10 @@ class Ledger:
     async def dead_message(self, *, tier: str, reason: str, error: ErrorInfo, raw_body: bytes | None,
                            headers: dict[str, Any], job_id: uuid.UUID | None = None, task: str | None = None,
                            payload: bytes | None = None, priority: int | None = None) -> None:
-        """Record a message that names no job we can run, keeping its body."""
+        """Record a message that names no job we can run, keeping (the head of) its body."""
+        if raw_body is not None and len(raw_body) > MAX_RAW_BODY_BYTES:
+            headers = {**headers, "body_bytes": len(raw_body), "body_truncated": True}
+            raw_body = raw_body[:MAX_RAW_BODY_BYTES]
         await self._one(queries.DEAD_MESSAGE, {
             "job_id": job_id, "task": task, "tier": tier, "priority": priority,
             "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),

@@ -221,14 +221,18 @@ class ChaosRun:
         tier = self.rng.choice(list(self.settings.topology.tiers))
         body = self.rng.randbytes(self.rng.randint(0, 64))
 
-        async def publish() -> None:
+        async def publish() -> bool:
             conn = await aio_pika.connect(self.settings.amqp_url)
             async with conn:
-                ch = await conn.channel()
-                await ch.default_exchange.publish(aio_pika.Message(body=body),
-                                                  routing_key=self.settings.queue_name(tier))
-        asyncio.run(publish())
-        self.report.garbage_published += 1
+                ch = await conn.channel(publisher_confirms=True)
+                try:
+                    await ch.default_exchange.publish(aio_pika.Message(body=body),
+                                                      routing_key=self.settings.queue_name(tier))
+                except aio_pika.exceptions.DeliveryError:
+                    return False  # refused (queue at its length limit): never entered the system
+            return True
+        if asyncio.run(publish()):
+            self.report.garbage_published += 1
 
     def _policy_name(self) -> str:
         return f"chaos-{self.settings.queue_prefix.strip('.')}"
