@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -21,7 +22,7 @@ Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size (1..2
 #: Opaque keyset cursor from a previous page's ``next_cursor``.
 Cursor = Annotated[str | None, QueryParameter(max_length=MAX_TEXT, description="next_cursor of the previous page.")]
 #: The job id path parameter (parsed by :func:`job_id`, so a bad one is a 422, not a 404).
-JobIdPath = Annotated[str, PathParameter(description="The job's UUID.", max_length=64)]
+JobIdPath = Annotated[str, PathParameter(description="The job's UUID.", max_length=64, format=OpenAPIFormat.UUID)]
 
 
 #: A time bound of a filter (UTC if it names no zone).
