@@ -366,3 +366,36 @@ def test_metrics_are_prometheus_text(client: TestClient[Any], db_url: str) -> No
                  "tierbox_broker_up 1.0", 'tierbox_jobs_outcomes_window{outcome="dead",tier="normal",window="5m"} 2.0'):
         assert line in text, text
     assert 'tierbox_pg_dead_tuples{table="jobs"}' in text and "tierbox_pg_oldest_xmin_age " in text
+
+
+# --- token configuration and redaction rules ------------------------------------------------------------
+
+def test_tokens_from_env_and_file(tmp_path: Any) -> None:
+    from api.auth import TokenStore, load_tokens, new_token, parse_tokens
+    from outbox.errors import ConfigError
+
+    secret, line = new_token("ci", "operate")
+    path = tmp_path / "tokens"
+    path.write_text(f"# operators\n{line}  # added for the CI\n\n")
+    tokens = load_tokens(f"grafana:read:{hash_token('g')}", str(path))
+    assert [(t.name, t.scope) for t in tokens] == [("grafana", "read"), ("ci", "operate")]
+    store = TokenStore(tokens)
+    assert store.resolve(secret) is not None and store.resolve(secret).name == "ci"  # type: ignore[union-attr]
+    assert store.resolve("g") is not None and store.resolve("nope") is None
+    for bad, message in [("a:admin:" + "0" * 64, "scope"), ("a:read:secret", "64 hex"), ("a:read", "NAME:SCOPE"),
+                         (f"a:read:{'0' * 64},a:operate:{'1' * 64}", "unique"), ("a b:read:" + "0" * 64, "name")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_tokens(bad)
+    with pytest.raises(ConfigError, match="TIERBOX_API_TOKENS_FILE"):
+        load_tokens(None, str(tmp_path / "missing"))
+
+
+def test_redaction_rules() -> None:
+    from api.redaction import MAX_PAYLOAD_BYTES, redact
+
+    assert redact({"args": [{"Password": "p", "card_number": "4242", "items": [{"secret_key": "s"}]}]}) == \
+        {"args": [{"Password": "***", "card_number": "***", "items": [{"secret_key": "***"}]}]}
+    assert redact({"passenger": "bo", "x-auth": "t"}) == {"passenger": "bo", "x-auth": "***"}
+    huge = {"blob": ["y" * 100] * (MAX_PAYLOAD_BYTES // 100)}
+    assert str(redact(huge)).startswith("<") and str(redact(huge)).endswith(" bytes>")
+    assert redact(None) is None
