@@ -1,0 +1,63 @@
+"""Task definitions, settings and argument encodings: the rows of docs/bad_input.md about them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+
+import pytest
+
+import outbox
+from outbox.config import Settings
+from outbox.encoding import decode_payload, encode_payload
+from outbox.registry import Registry
+
+
+@pytest.mark.parametrize(("policy", "message"), [
+    ({"max_retries": -1}, "max_retries must be >= 0"),
+    ({"retry_backoff_s": -1.0}, "retry_backoff_s"),
+    ({"retry_backoff_s": 5.0, "retry_backoff_max_s": 1.0}, "retry_backoff_s"),
+    ({"timeout_s": 0}, "timeout_s must be > 0"),
+    ({"priority": 256}, "priority must be within 0..255"),
+])
+def test_bad_task_policy_is_refused_at_import(policy: dict, message: str) -> None:
+    with pytest.raises(outbox.RegistryError, match=message):
+        outbox.task(lambda: None, tier="high", name="t.bad", registry_=Registry(), **policy)
+
+
+def test_unknown_tier_registers_but_check_reports_it_and_enqueue_refuses(tx) -> None:
+    reg = Registry()
+    task = outbox.task(lambda: None, tier="nope", name="t.nope", registry_=reg)
+    assert "task 't.nope': tier 'nope' is not in the topology" in reg.problems(Settings().topology)
+    with pytest.raises(outbox.UnknownTierError):
+        outbox.enqueue(tx, task)
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"TIERBOX_REAPER_INTERVAL_S": "60", "TIERBOX_LEASE_S": "30"}, "TIERBOX_REAPER_INTERVAL_S"),
+    ({"TIERBOX_LEASE_S": "0"}, "TIERBOX_LEASE_S"),
+    ({"TIERBOX_RELAY_BATCH_SIZE": "0"}, "TIERBOX_RELAY_BATCH_SIZE"),
+    ({"TIERBOX_AMQP_URL": "http://x"}, "TIERBOX_AMQP_URL"),
+])
+def test_bad_settings_name_their_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(outbox.ConfigError, match=variable):
+        Settings.from_env(env)
+
+
+def test_missing_topology_file_names_the_variable() -> None:
+    with pytest.raises(outbox.ConfigError, match="TIERBOX_TOPOLOGY_FILE"):
+        _ = Settings(topology_file="/nonexistent/topology.json").topology
+
+
+def test_json_forms_of_rich_arguments() -> None:
+    when = dt.datetime(2026, 11, 24, 3, 0, tzinfo=dt.UTC)
+    ident = uuid.UUID(int=7)
+    text = encode_payload([when, ident, decimal.Decimal("1.10"), b"\x00\x01", (1, 2), {3}], {}, 10_000)
+    assert decode_payload(text.encode()).args == ["2026-11-24T03:00:00Z", str(ident), "1.10", "AAE=", [1, 2], [3]]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_floats_are_refused(value: float) -> None:
+    with pytest.raises(outbox.PayloadEncodeError, match="NaN and infinite"):
+        encode_payload([], {"x": [value]}, 10_000)
