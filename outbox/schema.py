@@ -212,7 +212,7 @@ dead_letters = Table(
 )
 
 #: Who may act through the admin API and CLI, what they did, and the outcome (revision 0002).
-ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard")
+ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard", "pause", "resume", "override_set", "override_clear")
 ADMIN_RESULTS = ("ok", "refused", "not_found")
 ADMIN_ACTOR_KINDS = ("token", "os_user", "insecure_dev")
 
@@ -242,3 +242,64 @@ Index("ix_jobs_unfinished_tier", jobs.c.tier, postgresql_where=text("finished_at
 Index("ix_attempts_started_at", attempts.c.started_at)
 Index("ix_dead_letters_open_failed_at_id", dead_letters.c.failed_at, dead_letters.c.id,
       postgresql_where=text("redriven_at IS NULL AND discarded_at IS NULL"))
+
+
+# --- Time and flow control (revision 0003) ---------------------------------------------------------
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("task", Text, nullable=False),
+    Column("cron", Text, nullable=False),
+    Column("tz", Text, nullable=False, server_default=text("'UTC'")),
+    Column("expires_s", Float, nullable=False),
+    Column("misfire", Text, nullable=False, server_default=text("'latest'")),
+    Column("last_due_at", DateTime(timezone=True), nullable=True),
+    Column("last_job_id", UUID(as_uuid=True), nullable=True),
+    Column("last_enqueued_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    CheckConstraint("misfire IN ('latest', 'all', 'none')", name="misfire"),
+    CheckConstraint("expires_s > 0", name="expires"),
+    comment="Periodic schedules and their durable last-run state.",
+)
+
+pauses = Table(
+    "pauses",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("paused_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("paused_by", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    CheckConstraint("scope IN ('tier', 'task')", name="scope"),
+    comment="Paused tiers and tasks: workers start none of their jobs while a row exists.",
+)
+
+tier_overrides = Table(
+    "tier_overrides",
+    metadata,
+    Column("task", Text, primary_key=True),
+    Column("tier", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("created_by", Text, nullable=False),
+    Column("reason", Text, nullable=True),
+    comment="Temporary routing of a task to another tier, ignored once expired.",
+)
+
+breaker_events = Table(
+    "breaker_events",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("breaker", Text, nullable=False),
+    Column("from_state", Text, nullable=False),
+    Column("to_state", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("failures", Integer, nullable=False, server_default=text("0")),
+    Column("detail", Text, nullable=True),
+    CheckConstraint("from_state IN ('closed', 'open', 'half_open') AND to_state IN ('closed', 'open', 'half_open')",
+                    name="states"),
+    Index("ix_breaker_events_breaker_at", "breaker", "at"),
+    comment="Every circuit-breaker state change (the state itself lives in Redis).",
+)
