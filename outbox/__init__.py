@@ -30,6 +30,7 @@ from outbox.errors import (
     UnknownTaskError,
     UnknownTierError,
 )
+from outbox.flow import cron
 from outbox.redrive import discard, redrive, redrive_async
 from outbox.registry import Task, registry, task
 from outbox.schema import metadata
@@ -54,6 +55,7 @@ __all__ = [
     "UnknownTaskError",
     "UnknownTierError",
     "configure",
+    "cron",
     "discard",
     "enqueue",
     "enqueue_async",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from outbox.errors import RegistryError, Reject
+from outbox.flow import RateLimit, Schedule, parse_rate
 from outbox.tiers import Tier, Topology
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +46,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     no_retry_on: tuple[type[BaseException], ...] = (Reject,)
     long: bool = False
     expires_s: float | None = None
+    schedule: Schedule | None = None
+    rate_limit: RateLimit | None = None
+    rate_key: str | None = None
+    concurrency: int | None = None
+    breaker: str | None = None
     takes_context: bool = False
     context_first: bool = False
 
@@ -133,6 +139,12 @@ def task(
     no_retry_on: tuple[type[BaseException], ...] = (Reject,),
     long: bool = False,
     expires_s: float | None = None,
+    expires: float | None = None,
+    schedule: Schedule | None = None,
+    rate_limit: str | None = None,
+    rate_key: str | None = None,
+    concurrency: int | None = None,
+    breaker: str | None = None,
     registry_: Registry | None = None,
 ) -> Any:
     """Register a handler as a task. Use as ``@task(tier=Tier.HIGH)``.
@@ -142,6 +154,15 @@ def task(
     priority queues such as CALLS. ``long=True`` marks jobs that may outlive
     the broker's consumer timeout: their message is acked once the lease is
     recorded in Postgres, and the lease (not the broker) then protects them.
+    Flow control (acted on by the scheduler and the workers' flow gate):
+    ``schedule=cron("*/5 * * * *")`` runs it periodically and needs ``expires``
+    (alias of ``expires_s``: a run not started that long after it is due is
+    expired, not run); ``rate_limit="100/s"`` caps starts cluster-wide, per
+    value of the kwarg named by ``rate_key`` if given; ``concurrency=N`` caps
+    jobs running at once cluster-wide; ``breaker="stripe"`` names a circuit
+    breaker shared by every task that names it. Jobs held back by a limit,
+    an open breaker or a pause are deferred through the outbox, never failed.
+
     A handler that declares a parameter named ``ctx`` receives a
     :class:`outbox.context.TaskContext`: as the first positional argument
     when ``ctx`` is its first parameter, otherwise as a keyword.
@@ -153,11 +174,20 @@ def task(
         task_name = name or f"{f.__module__}.{f.__qualname__}"
         tier_name = str(Tier(tier)) if isinstance(tier, Tier) else tier
         params = list(inspect.signature(f).parameters)
+        lifetime = expires if expires is not None else expires_s
+        if schedule is not None and not lifetime:
+            raise RegistryError(f"task {name or f.__qualname__!r}: a scheduled task needs expires= (seconds)")
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise RegistryError(f"task {name or f.__qualname__!r}: concurrency must be an int >= 1")
+        if rate_key is not None and rate_limit is None:
+            raise RegistryError(f"task {name or f.__qualname__!r}: rate_key needs a rate_limit")
         _validate_policy(task_name, max_retries, retry_backoff_s, retry_backoff_max_s, timeout_s, priority)
         t = Task(
             name=task_name, fn=f, tier=tier_name, max_retries=max_retries, retry_backoff_s=retry_backoff_s,
             retry_backoff_max_s=retry_backoff_max_s, timeout_s=timeout_s, priority=priority,
-            retry_on=tuple(retry_on), no_retry_on=tuple(no_retry_on), long=long, expires_s=expires_s,
+            retry_on=tuple(retry_on), no_retry_on=tuple(no_retry_on), long=long, expires_s=lifetime,
+            schedule=schedule, rate_limit=parse_rate(rate_limit) if rate_limit is not None else None,
+            rate_key=rate_key, concurrency=concurrency, breaker=breaker,
             takes_context="ctx" in params,
             context_first=bool(params) and params[0] == "ctx",
         )

@@ -54,6 +54,8 @@ class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_priority: int | None = None
     pool: str
     queue: str | None = None
+    #: Cluster-wide start rate for the whole tier, e.g. "200/s" (None: unlimited).
+    rate_limit: str | None = None
 
     def queue_name(self, tier: str) -> str:
         """The queue's base name (before any deployment prefix)."""
