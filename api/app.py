@@ -19,6 +19,7 @@ from api import db, errors, openapi, queries
 from api.auth import TokenStore
 from api.broker import BrokerProbe
 from api.config import ApiConfig
+from api.routes_control import ROUTES as CONTROL_ROUTES
 from api.routes_dlq import DeadLetterController
 from api.routes_jobs import JobController
 from api.routes_tiers import TierController, healthz, readyz, scrape
@@ -50,7 +51,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         await engine.dispose()
 
     return Litestar(
-        route_handlers=[DeadLetterController, JobController, TierController, scrape, healthz, readyz],
+        route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, scrape, healthz, readyz],
         dependencies={"db": Provide(provide_db)},
         exception_handlers=errors.HANDLERS,
         request_max_body_size=config.max_body_bytes,

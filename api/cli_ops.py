@@ -41,10 +41,14 @@ def register(cli: click.Group, env_help: str = "") -> None:
     ``env_help`` is passed in rather than imported: ``api.cli`` imports this
     module, and under ``python -m api.cli`` importing it back would load it twice.
     """
-    for command in (api_command, api_token, dlq, tiers, *dlq.commands.values()):
+    from api.cli_control import COMMANDS as CONTROL  # imports this module: import it late
+    from api.cli_control import override
+
+    for command in (api_command, api_token, dlq, tiers, *dlq.commands.values(), *CONTROL,
+                    *override.commands.values()):
         if env_help and env_help not in (command.help or ""):
             command.help = (command.help or "") + env_help
-    for command in (api_command, api_token, dlq, tiers):
+    for command in (api_command, api_token, dlq, tiers, *CONTROL):
         cli.add_command(command)
 
 

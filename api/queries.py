@@ -160,3 +160,56 @@ DLQ_OPEN_BY_TIER = Statement("api.dlq_open_by_tier", """
 SELECT tier, count(*) FROM outbox.dead_letters
 WHERE redriven_at IS NULL AND discarded_at IS NULL GROUP BY tier
 """)
+
+# --- Flow control: pauses and tier overrides (revision 0003) -----------------------------------------
+
+# Pause a tier or task (idempotent: pausing twice keeps the first pause's time and author).
+PAUSE = Statement("api.pause", """
+INSERT INTO outbox.pauses (scope, name, paused_by, reason) VALUES (:scope, :name, :by, :reason)
+ON CONFLICT (scope, name) DO NOTHING
+RETURNING paused_at
+""")
+
+# Resume: delete the pause; returns the row if there was one.
+RESUME = Statement("api.resume", """
+DELETE FROM outbox.pauses WHERE scope = :scope AND name = :name RETURNING paused_at
+""")
+
+# Every pause in force.
+PAUSES = Statement("api.pauses", """
+SELECT scope, name, paused_at, paused_by, reason FROM outbox.pauses ORDER BY scope, name
+""")
+
+# Route a task to another tier until a time (replaces an existing override of the task).
+SET_OVERRIDE = Statement("api.set_override", """
+INSERT INTO outbox.tier_overrides (task, tier, expires_at, created_by, reason)
+VALUES (:task, :tier, :expires_at, :by, :reason)
+ON CONFLICT (task) DO UPDATE
+SET tier = EXCLUDED.tier, expires_at = EXCLUDED.expires_at, created_at = now(),
+    created_by = EXCLUDED.created_by, reason = EXCLUDED.reason
+""")
+
+# Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
+# publishes it there); jobs already published keep their tier.
+MOVE_BACKLOG = Statement("api.move_backlog", """
+WITH moved AS (
+    UPDATE outbox.pending p
+    SET tier = t.name, weight = t.weight, priority = LEAST(p.priority, t.weight)
+    FROM outbox.jobs j, outbox.tiers t
+    WHERE j.id = p.job_id AND j.task = :task AND t.name = :tier AND p.tier <> :tier
+    RETURNING p.job_id, p.priority
+)
+UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority FROM moved WHERE j.id = moved.job_id
+RETURNING j.id
+""")
+
+# Drop a task's override (jobs already moved stay where they are).
+CLEAR_OVERRIDE = Statement("api.clear_override", """
+DELETE FROM outbox.tier_overrides WHERE task = :task RETURNING tier
+""")
+
+# Overrides still in force.
+OVERRIDES = Statement("api.overrides", """
+SELECT task, tier, expires_at, created_at, created_by, reason FROM outbox.tier_overrides
+WHERE expires_at > now() ORDER BY task
+""")
