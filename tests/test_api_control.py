@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import pytest
 from litestar.testing import TestClient
 
 import outbox
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
-from tests.test_api import OPERATE, READ, assert_error, audit_rows, client, q  # noqa: F401 - fixture reuse
+from tests.test_api import OPERATE, READ, assert_error, audit_rows, make_client, q
+
+
+@pytest.fixture
+def client(db_url: str) -> Iterator[TestClient[Any]]:
+    with make_client(db_url) as c:
+        yield c
 
 
 def test_pause_and_resume_a_tier_is_idempotent_and_audited(client: TestClient[Any], db_url: str) -> None:
