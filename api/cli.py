@@ -207,6 +207,7 @@ def _ping_postgres(settings: Settings) -> None:
 from api.cli_ops import register  # noqa: E402 - the operator commands (api, dlq, tiers) join the group here
 
 register(cli, ENV_HELP)
+from api.cli_schedule import register as register_schedule; register_schedule(cli, ENV_HELP, friendly)  # noqa: E402,E702,I001 - scheduler commands
 
 
 def main() -> None:
