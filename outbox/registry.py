@@ -101,7 +101,7 @@ class Registry:
         """The task registered under ``name``, or None."""
         return self._tasks.get(name)
 
-    def __iter__(self) -> Iterable[Task]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Task]:
         return iter(list(self._tasks.values()))
 
     def __len__(self) -> int:

@@ -21,7 +21,8 @@ import pytest
 
 from outbox.sql import Statement
 
-QUERY_MODULES = ["outbox.queries", "relay.queries", "workers.queries"]
+QUERY_MODULES = ["outbox.queries", "relay.queries", "relay.scheduler_queries", "workers.queries", "workers.gate_queries",
+                 "api.queries"]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
