@@ -19,13 +19,14 @@ What a timeout can interrupt:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from outbox.context import TaskContext
@@ -55,15 +56,24 @@ class Executor:
         self.sync_engine = sync_engine
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierbox-handler")
 
-    async def run(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
-        """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`."""
+    async def run(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection | None = None) -> Result:
+        """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`.
+
+        ``conn``: for async handlers, a checked-out connection not in a transaction (the one
+        ``start_attempt`` just committed on); the attempt's transaction is opened on it.
+        """
         if task.is_async:
-            return await self._run_async(task, payload, ctx)
+            if conn is None:
+                async with self.async_engine.connect() as own:
+                    return await self._run_async(task, payload, ctx, own)
+            return await self._run_async(task, payload, ctx, conn)
         return await self._run_sync(task, payload, ctx)
 
-    async def _run_async(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
-        async with AsyncSession(self.async_engine) as session:
-            ctx.session = session
+    async def _run_async(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection) -> Result:
+        # The session owns the transaction it begins on ``conn`` (commit/rollback are real).
+        session = AsyncSession(bind=conn)
+        ctx.session = session
+        try:
             try:
                 await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
             except TimeoutError as exc:
@@ -74,6 +84,14 @@ class Executor:
                 return Result.FENCED
             await session.commit()
             return Result.SUCCEEDED
+        finally:
+            # Roll back whatever is open. A connection left unusable (e.g. a query cancelled at the
+            # time limit) is discarded rather than reused, and the original error propagates.
+            try:
+                await session.close()
+            except Exception:  # noqa: BLE001
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         abandoned = threading.Event()

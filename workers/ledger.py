@@ -1,14 +1,24 @@
-"""The worker's side of the Postgres ledger: each method is one short transaction."""
+"""The worker's side of the Postgres ledger: each method is one statement, committed on its own.
+
+Every ledger statement is a single SQL statement (a CTE or a SQL function), so
+it runs in autocommit mode: Postgres wraps it in an implicit transaction that
+is committed before the result reaches us. That is as atomic and as durable as
+``BEGIN; stmt; COMMIT`` but costs one round trip instead of three. Methods take
+an optional ``conn`` (a checked-out ``AsyncConnection`` not in a transaction):
+the delivery path runs ``start_attempt`` on the connection it then uses for the
+handler's transaction, so one pool checkout serves the whole attempt.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import traceback as tb
 import uuid
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox.logs import clip
 from outbox.sql import run_async
@@ -57,15 +67,36 @@ class Ledger:
         self.engine = engine
         self.worker_id = worker_id
         self.lease_s = lease_s
+        # Shares the pool; SQLAlchemy sets psycopg's autocommit flag on checkout and resets it on
+        # check-in (client-side attributes, no round trip).
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def _one(self, stmt: Any, params: dict[str, Any]) -> list[Any]:
-        async with self.engine.begin() as conn:
-            return await run_async(conn, stmt, params)
+    async def _one(self, stmt: Any, params: dict[str, Any], conn: AsyncConnection | None = None) -> list[Any]:
+        """Run one statement, committed when it returns (autocommit: one round trip)."""
+        if conn is None:
+            async with self._autocommit.connect() as own:
+                return await run_async(own, stmt, params)
+        if conn.in_transaction():
+            raise RuntimeError("ledger statements must not run inside a caller's transaction")
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            rows = await run_async(conn, stmt, params)
+            await conn.commit()  # ends SQLAlchemy's logical transaction; autocommit: nothing is sent
+            return rows
+        finally:
+            if conn.in_transaction():
+                with contextlib.suppress(Exception):  # the statement's own error is the one to raise
+                    await conn.rollback()
+            if not conn.invalidated:
+                await conn.execution_options(isolation_level=conn.default_isolation_level or "READ COMMITTED")
 
-    async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
-        """Count the attempt and take the lease, or learn why the delivery must not run."""
+    async def start(self, job_id: uuid.UUID, acked_early: bool, conn: AsyncConnection | None = None) -> StartResult:
+        """Count the attempt and take the lease, or learn why the delivery must not run.
+
+        The attempt is committed when this returns (before any handler runs).
+        """
         rows = await self._one(queries.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
-                                                       "lease_s": self.lease_s, "acked_early": acked_early})
+                                                       "lease_s": self.lease_s, "acked_early": acked_early}, conn)
         decision, attempt, max_retries, enqueued_at, headers = rows[0]
         return StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
 

@@ -27,7 +27,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from outbox import encoding
 from outbox.config import Settings
@@ -72,10 +72,18 @@ class Pool:
         self.worker_id = new_worker_id()
         weights = {t: settings.topology.spec(t).weight for t in spec.tiers}
         self.buffer = PriorityBuffer(weights, spec.min_share)
+        # Async engine: one connection per running async attempt (start_attempt, the handler's
+        # transaction and its outcome share it) plus heartbeat, reaper, DLQ sweeper and sync-handler
+        # start/outcome statements. No pre-ping: every delivery's first statement (start_attempt) is
+        # its liveness check; a dead pooled connection fails it before any handler runs, SQLAlchemy
+        # then recycles the whole pool, and Pool.process retries the delivery after a back-off.
         self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.concurrency + 3,
-                                                max_overflow=spec.concurrency, pool_pre_ping=True)
+                                                max_overflow=spec.concurrency, pool_pre_ping=False)
+        # Sync engine: only sync handlers' transactions, in threads. It keeps pre-ping: a sync
+        # handler's first statement is the handler's own, and a dead connection there would be
+        # recorded as a failed attempt rather than retried as infrastructure trouble.
         self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.concurrency,
-                                         max_overflow=spec.concurrency, pool_pre_ping=True)
+                                         max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.concurrency)
         self.connection: aio_pika.abc.AbstractConnection | None = None
@@ -234,7 +242,17 @@ class Pool:
             await self._dead_message(tier, message, "undecodable", exc)
             return
         task = self.registry.get(env.task)
-        start = await self.ledger.start(env.id, acked_early=bool(task and task.long))
+        if task is not None and task.is_async:
+            # One pooled connection for the whole attempt: start_attempt (committed), then the
+            # handler's transaction with SUCCEED.
+            async with self.async_engine.connect() as conn:
+                await self._deliver(tier, message, env, payload, task, conn)
+        else:
+            await self._deliver(tier, message, env, payload, task, None)
+
+    async def _deliver(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
+                       payload: encoding.Payload, task: Task | None, conn: AsyncConnection | None) -> None:
+        start = await self.ledger.start(env.id, acked_early=bool(task and task.long), conn=conn)
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
                                      env=env)
@@ -251,17 +269,17 @@ class Pool:
             event(log, "worker.dead_lettered", logging.WARNING, job_id=env.id, reason="unknown_task", task=env.task)
             await _ack(message)
             return
-        await self._run(task, env, payload, start, message)
+        await self._run(task, env, payload, start, message, conn)
 
     async def _run(self, task: Task, env: encoding.Envelope, payload: encoding.Payload, start: StartResult,
-                   message: AbstractIncomingMessage) -> None:
+                   message: AbstractIncomingMessage, conn: AsyncConnection | None = None) -> None:
         if task.long:
-            await _ack(message)
+            await _ack(message)  # start_attempt has committed: the lease now protects the job
         self._running[env.id] = (start, None if task.long else message)
         ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
         try:
-            result = await self.executor.run(task, payload, ctx)
+            result = await self.executor.run(task, payload, ctx, conn)
         except AttemptTimeout as exc:
             await self._failed(task, env, start, exc, "timeout")
         except asyncio.CancelledError:
