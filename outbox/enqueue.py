@@ -75,6 +75,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     delay_s: float | None
     expires_at: dt.datetime | None
     expires_s: float | None
+    #: The caller named the tier: a tier override (outbox.tier_overrides) does not apply.
+    explicit_tier: bool = False
 
 
 def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any] = (),
@@ -98,7 +100,7 @@ def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any]
         priority=_priority(priority, t, spec.weight, spec.max_priority), payload=payload,
         headers=encode_headers(headers), idempotency_key=_key(idempotency_key),
         max_retries=_max_retries(max_retries, t), run_at=run_at, delay_s=delay_s,
-        expires_at=expires_at, expires_s=expires_s,
+        expires_at=expires_at, expires_s=expires_s, explicit_tier=tier is not None,
     )
 
 
@@ -174,6 +176,7 @@ def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int,
         "ids": "id", "tasks": "task", "tiers": "tier", "weights": "weight", "priorities": "priority",
         "payloads": "payload", "headers": "headers", "keys": "idempotency_key", "max_retries": "max_retries",
         "run_ats": "run_at", "delays_s": "delay_s", "expires_ats": "expires_at", "expires_s": "expires_s",
+        "explicit": "explicit_tier",
     }
     return {param: [getattr(s, attr) for s in unique] for param, attr in columns.items()}, alias
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from outbox.sql import Statement
 
 # Insert a batch of jobs and their pending rows in one round trip. Rows whose
-# idempotency key already exists insert nothing and return the existing id.
+# idempotency key already exists insert nothing and return the existing id. A task
+# with a tier override in force (outbox.tier_overrides) goes to the override's tier
+# unless the caller named a tier explicitly.
 ENQUEUE = Statement("enqueue", """
 WITH input AS (
     SELECT *
@@ -14,24 +16,33 @@ WITH input AS (
         CAST(:weights AS smallint[]), CAST(:priorities AS smallint[]), CAST(:payloads AS jsonb[]),
         CAST(:headers AS jsonb[]), CAST(:keys AS text[]), CAST(:max_retries AS integer[]),
         CAST(:run_ats AS timestamptz[]), CAST(:delays_s AS float8[]),
-        CAST(:expires_ats AS timestamptz[]), CAST(:expires_s AS float8[])
+        CAST(:expires_ats AS timestamptz[]), CAST(:expires_s AS float8[]), CAST(:explicit AS boolean[])
     ) WITH ORDINALITY AS t(id, task, tier, weight, priority, payload, headers, idempotency_key,
-                          max_retries, run_at, delay_s, expires_at, expires_s, ord)
+                          max_retries, run_at, delay_s, expires_at, expires_s, explicit_tier, ord)
+),
+routed AS (
+    SELECT input.*, COALESCE(ov.tier, input.tier) AS route_tier, COALESCE(ov.weight, input.weight) AS route_weight,
+           CASE WHEN ov.tier IS NULL THEN input.priority ELSE LEAST(input.priority, ov.weight) END AS route_priority
+    FROM input
+    LEFT JOIN LATERAL (
+        SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
+        WHERE o.task = input.task AND o.expires_at > now() AND NOT input.explicit_tier
+    ) AS ov ON true
 ),
 ins AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
                              available_at, expires_at)
-    SELECT id, task, tier, priority, payload, headers, idempotency_key, max_retries,
+    SELECT id, task, route_tier, route_priority, payload, headers, idempotency_key, max_retries,
            COALESCE(run_at, now() + make_interval(secs => COALESCE(delay_s, 0))),
            COALESCE(expires_at, now() + make_interval(secs => expires_s))
-    FROM input ORDER BY ord
+    FROM routed ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, tier, priority, available_at
 ),
 pend AS (
     INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
-    SELECT ins.id, ins.tier, input.weight, ins.priority, ins.available_at
-    FROM ins JOIN input ON input.id = ins.id
+    SELECT ins.id, ins.tier, routed.route_weight, ins.priority, ins.available_at
+    FROM ins JOIN routed ON routed.id = ins.id
 )
 SELECT input.ord, COALESCE(ins.id, existing.id) AS id, ins.id IS NOT NULL AS created
 FROM input

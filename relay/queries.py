@@ -12,6 +12,8 @@ SELECT p.job_id, p.weight, j.task, j.tier, j.priority, j.payload::text, j.header
 FROM (
     SELECT job_id, weight, priority, available_at FROM outbox.pending
     WHERE available_at <= now()
+      -- a paused tier's backlog waits here, not in the broker (outbox.pauses holds a handful of rows)
+      AND NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
     ORDER BY weight DESC, priority DESC, available_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
@@ -54,6 +56,7 @@ FROM done WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'publ
 # When the next delayed row becomes due (the relay sleeps until then at most).
 NEXT_DUE_IN = Statement("relay.next_due_in", """
 SELECT EXTRACT(EPOCH FROM (min(available_at) - now()))::float8 FROM outbox.pending
+WHERE NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
 """)
 
 # Relay lag per tier: due rows waiting and the age of the oldest.

@@ -166,3 +166,17 @@ def needs_flag(ctx: outbox.TaskContext) -> None:
         raise RuntimeError("downstream unavailable")
     ctx.session.execute(text("INSERT INTO public.test_effects (job_id, attempt, note) VALUES (:j, :a, 'flag')"),
                         {"j": ctx.job_id, "a": ctx.attempt})
+
+
+@outbox.task(tier=Tier.NORMAL, name="sample.rated", rate_limit="5/s")
+def rated(ctx: outbox.TaskContext) -> None:
+    """Cluster-wide limited to 5 starts per second."""
+    _record_run(ctx, "rated")
+
+
+@outbox.task(tier=Tier.NORMAL, name="sample.behind_breaker", breaker="flaky-downstream", max_retries=0)
+def behind_breaker(ctx: outbox.TaskContext) -> None:
+    """Calls a downstream that fails until test_flags has a row; shares the breaker 'flaky-downstream'."""
+    _record_run(ctx, "breaker")
+    if not ctx.session.execute(text("SELECT count(*) FROM public.test_flags")).scalar():
+        raise ConnectionError("downstream is down")

@@ -132,6 +132,10 @@ class Ledger:
             "raw_body": raw_body, "reason": reason, "error_type": error.type, "error_message": error.message,
         })
 
+    async def defer(self, job_id: uuid.UUID, delay_s: float, conn: AsyncConnection | None = None) -> bool:
+        """Put a job back through the outbox, due in ``delay_s``, consuming no attempt; False if left alone."""
+        return bool(await self._one(queries.DEFER, {"job_id": job_id, "delay_s": delay_s}, conn))
+
     async def job_exists(self, job_id: uuid.UUID) -> bool:
         """Whether the ledger holds ``job_id``."""
         return bool(await self._one(queries.JOB_EXISTS, {"job_id": job_id}))

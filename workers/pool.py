@@ -36,9 +36,11 @@ from outbox.errors import TopologyMismatchError
 from outbox.logs import event
 from outbox.registry import Registry, Task
 from outbox.tiers import PoolSpec
+from workers.admission import PAUSE_REFRESH_S, RUN, Admission
 from workers.buffer import PriorityBuffer
 from workers.dlq import DlqSweeper, safe_headers
 from workers.execute import AttemptTimeout, Executor, Result
+from workers.gate import Decision, Hold
 from workers.ledger import ErrorInfo, Ledger, StartResult
 
 log = logging.getLogger("tierbox.worker")
@@ -86,6 +88,8 @@ class Pool:
                                          max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.concurrency)
+        self.admission = Admission(settings, self.async_engine)
+        self._holds: dict[uuid.UUID, Hold | None] = {}
         self.connection: aio_pika.abc.AbstractConnection | None = None
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
@@ -157,9 +161,11 @@ class Pool:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set (reconnecting as needed), then shut down gracefully."""
+        await self._refresh_pauses()
         slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
         chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._heartbeat, "heartbeat")),
-                  asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap"))]
+                  asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap")),
+                  asyncio.create_task(self._every(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"))]
         try:
             await self._connected(stop)
         finally:
@@ -198,6 +204,7 @@ class Pool:
             c.cancel()
         await asyncio.gather(*chores, return_exceptions=True)
         self.executor.shutdown()
+        await self.admission.close()
         await self._close_connection()  # unacked (buffered, unstarted) messages go back to their queues
         await self.async_engine.dispose()
         self.sync_engine.dispose()
@@ -252,6 +259,27 @@ class Pool:
 
     async def _deliver(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
                        payload: encoding.Payload, task: Task | None, conn: AsyncConnection | None) -> None:
+        decision = await self.admission.admit(task, env.tier, payload.kwargs) if task is not None else RUN
+        if not decision.run:
+            await self._defer(env, decision, message, conn)
+            return
+        try:
+            await self._deliver_admitted(tier, message, env, payload, task, conn, decision)
+        finally:
+            if task is not None and decision.token is not None:
+                await self.admission.finished(task, decision, None)
+
+    async def _defer(self, env: encoding.Envelope, decision: Decision, message: AbstractIncomingMessage,
+                     conn: AsyncConnection | None) -> None:
+        deferred = await self.ledger.defer(env.id, decision.delay_s, conn)
+        self._count(f"deferred_{decision.reason}" if deferred else "skipped_defer")
+        event(log, "worker.deferred", logging.DEBUG, job_id=env.id, reason=decision.reason,
+              delay_s=round(decision.delay_s, 3), deferred=deferred)
+        await _ack(message)
+
+    async def _deliver_admitted(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
+                                payload: encoding.Payload, task: Task | None, conn: AsyncConnection | None,
+                                decision: Decision) -> None:
         start = await self.ledger.start(env.id, acked_early=bool(task and task.long), conn=conn)
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
@@ -269,10 +297,17 @@ class Pool:
             event(log, "worker.dead_lettered", logging.WARNING, job_id=env.id, reason="unknown_task", task=env.task)
             await _ack(message)
             return
-        await self._run(task, env, payload, start, message, conn)
+        self._holds[env.id] = decision.token
+        try:
+            ok = await self._run(task, env, payload, start, message, conn)
+        finally:
+            self._holds.pop(env.id, None)
+        await self.admission.finished(task, Decision(run=True), ok)
 
     async def _run(self, task: Task, env: encoding.Envelope, payload: encoding.Payload, start: StartResult,
-                   message: AbstractIncomingMessage, conn: AsyncConnection | None = None) -> None:
+                   message: AbstractIncomingMessage, conn: AsyncConnection | None = None) -> bool | None:
+        """Run one attempt and record it; returns how the downstream fared (for breakers)."""
+        ok: bool | None = None
         if task.long:
             await _ack(message)  # start_attempt has committed: the lease now protects the job
         self._running[env.id] = (start, None if task.long else message)
@@ -281,12 +316,15 @@ class Pool:
         try:
             result = await self.executor.run(task, payload, ctx, conn)
         except AttemptTimeout as exc:
+            ok = False
             await self._failed(task, env, start, exc, "timeout")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger
+            ok = not task.retryable(exc)  # a refusal (Reject) means the downstream answered
             await self._failed(task, env, start, exc, "failed")
         else:
+            ok = result is Result.SUCCEEDED
             self._count(result.value)
             if result is not Result.SUCCEEDED:
                 event(log, "worker.fenced", logging.WARNING, job_id=env.id, attempt=start.attempt, result=result.value)
@@ -294,6 +332,7 @@ class Pool:
             self._running.pop(env.id, None)
         if not task.long:
             await _ack(message)
+        return ok
 
     async def _failed(self, task: Task, env: encoding.Envelope, start: StartResult, exc: BaseException,
                       outcome: str) -> None:
@@ -326,6 +365,13 @@ class Pool:
 
     async def _heartbeat(self) -> None:
         await self.ledger.heartbeat(list(self._running))
+        await self.admission.renew(self._holds.values())
+
+    async def _refresh_pauses(self) -> None:
+        try:
+            await self.admission.refresh_pauses()
+        except Exception as exc:  # noqa: BLE001 - keep the last known pauses; Postgres trouble is logged
+            event(log, "worker.pauses_refresh_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
 
     async def _reap(self) -> None:
         for job_id, decision in await self.ledger.reap():

@@ -11,8 +11,8 @@ from __future__ import annotations
 from outbox.queries import DEAD, RETRY, START_ATTEMPT, SUCCEED
 from outbox.sql import Statement
 
-__all__ = ["DEAD", "DEAD_MESSAGE", "DEAD_WITHOUT_ATTEMPT", "HEARTBEAT", "JOB_EXISTS", "REAP", "RETRY",
-           "START_ATTEMPT", "SUCCEED"]
+__all__ = ["DEAD", "DEAD_MESSAGE", "DEAD_WITHOUT_ATTEMPT", "DEFER", "HEARTBEAT", "JOB_EXISTS", "PAUSES", "REAP",
+           "RETRY", "START_ATTEMPT", "SUCCEED"]
 
 # A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
 DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", """
@@ -57,4 +57,29 @@ SELECT job_id, decision FROM outbox.reap(:limit)
 # Does the ledger hold this job (a dlq copy of a job that finished elsewhere is not a failure)?
 JOB_EXISTS = Statement("worker.job_exists", """
 SELECT 1 FROM outbox.jobs WHERE id = CAST(:job_id AS uuid)
+""")
+
+# Defer a job that may not start yet (paused, rate-limited, concurrency, open breaker) back through the
+# outbox, consuming no attempt. Locks the pending row first, in the relay's lock order (pending, then
+# jobs); a stale copy of a scheduled retry, a running or a finished job is left alone (no row returned).
+DEFER = Statement("worker.defer", """
+WITH locked AS (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
+j AS (
+    UPDATE outbox.jobs
+    SET status = 'pending', available_at = clock_timestamp() + make_interval(secs => CAST(:delay_s AS float8))
+    WHERE id = :job_id AND status IN ('pending', 'published', 'retrying')
+      AND NOT (status = 'retrying' AND available_at > now())
+      AND (SELECT count(*) FROM locked) >= 0
+    RETURNING id, tier, priority, available_at
+)
+INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
+FROM j LEFT JOIN outbox.tiers AS t ON t.name = j.tier
+ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
+RETURNING job_id
+""")
+
+# The pauses in force (the workers' cache is refreshed from this every second).
+PAUSES = Statement("worker.pauses", """
+SELECT scope, name FROM outbox.pauses
 """)
