@@ -344,3 +344,18 @@ def tiers(database_url: str | None, amqp_url: str | None, as_json: bool) -> None
     errors = {t.broker_error for t in result if t.broker_error}
     if errors and not as_json:
         click.echo(f"RabbitMQ: {errors.pop()}", err=True)
+    if not as_json:
+        _print_breakers(settings)
+
+
+def _print_breakers(settings: Settings) -> None:
+    from api.control import breakers
+
+    try:
+        states = asyncio.run(breakers(settings))
+    except Exception as exc:  # noqa: BLE001 - the tier table is still useful without Redis
+        click.echo(f"breakers: Redis unreachable ({type(exc).__name__})", err=True)
+        return
+    if states:
+        rows = [{"breaker": name, **info} for name, info in sorted(states.items())]
+        click.echo("\n" + render.table(rows, ("breaker", *sorted(next(iter(states.values())).keys()))))

@@ -92,3 +92,14 @@ async def clear_override(engine: AsyncEngine, actor: Actor, task: str) -> bool:
 async def overrides(conn: Any) -> list[Override]:
     """Overrides still in force."""
     return [Override(*r) for r in await run_async(conn, queries.OVERRIDES)]
+
+
+async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
+    """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable."""
+    from workers.gate import Gate, connect
+
+    gate = Gate(settings, connect(settings), None)
+    try:
+        return await gate.breaker_states()
+    finally:
+        await gate.redis.aclose()

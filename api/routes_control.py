@@ -134,4 +134,16 @@ async def list_overrides(db: params.Db) -> list[control.Override]:
     return await control.overrides(db)
 
 
-ROUTES = [pause_tier, resume_tier, pause_task, resume_task, list_pauses, set_override, clear_override, list_overrides]
+@get("/admin/breakers", guards=[require("read")], responses=ERRORS, tags=["flow control"])
+async def list_breakers(state: State) -> dict[str, dict[str, Any]]:
+    """Circuit-breaker states shared by every worker (history: ``outbox.breaker_events``)."""
+    try:
+        return await control.breakers(state.settings)
+    except Exception as exc:
+        from api.errors import ApiError
+
+        raise ApiError(503, f"Redis unreachable: {type(exc).__name__}", code="unavailable") from exc
+
+
+ROUTES = [list_breakers, pause_tier, resume_tier, pause_task, resume_task, list_pauses, set_override, clear_override,
+          list_overrides]

@@ -89,3 +89,8 @@ def test_cli_pause_resume_and_override_write_the_same_audit_rows(db_url: str) ->
     rows = q(db_url, "SELECT actor_kind, action, result FROM outbox.admin_audit ORDER BY id")
     assert rows == [("os_user", "pause", "ok"), ("os_user", "resume", "ok"), ("os_user", "override_set", "ok"),
                     ("os_user", "override_clear", "ok")]
+
+
+def test_breakers_are_listed_from_redis(client: TestClient[Any]) -> None:
+    r = client.get("/admin/breakers", headers=READ)
+    assert r.status_code == 200 and r.json() == {}  # this test's key prefix: no breaker has tripped
