@@ -130,9 +130,10 @@ def relay(**overrides: Any) -> None:
 @click.option("--database-url", help="Postgres URL.")
 @click.option("--amqp-url", help="RabbitMQ URL.")
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, help="Seconds in-flight jobs get after SIGTERM [30].")
+@click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
 @friendly
 def worker(pool: str | None, queues: str | None, concurrency: int | None, prefetch: int | None,
-           **overrides: Any) -> None:
+           metrics_port: int | None, **overrides: Any) -> None:
     """Run one worker pool."""
     from outbox.enqueue import configure
     from outbox.registry import import_app, registry
@@ -145,7 +146,7 @@ def worker(pool: str | None, queues: str | None, concurrency: int | None, prefet
     if failures:
         raise TierboxError("; ".join(failures))
     configure(topology=settings.topology, max_payload_bytes=settings.max_payload_bytes)
-    sys.exit(main(settings, name, spec, registry))
+    sys.exit(main(settings, name, spec, registry, metrics_port))
 
 
 @cli.command(help="Check the task registry and topology; exit 1 listing every problem." + ENV_HELP)

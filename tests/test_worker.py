@@ -278,3 +278,19 @@ async def test_oversize_garbage_is_dead_lettered_truncated(system: System) -> No
     assert size == 64 * 1024 and headers["body_bytes"] == 300_000 and headers["body_truncated"] is True
     job = system.enqueue("sample.critical_effect", "still running")
     system.wait_status(job, "succeeded")
+
+
+def test_worker_serves_its_counters_on_metrics_port(system: System) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    system.relay()
+    system.worker("--pool", "urgent", "--metrics-port", str(port))
+    job = system.enqueue("sample.effect", "metrics")
+    system.wait_status(job, "succeeded")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'tierbox_worker_events_total{event="succeeded",pool="urgent"} 1.0' in body
+    assert 'tierbox_job_wait_seconds_count{tier="high"} 1.0' in body

@@ -36,8 +36,12 @@ def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurre
     return name, spec
 
 
-def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry) -> int:
-    """Run the pool; returns the exit code."""
+def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metrics_port: int | None = None) -> int:
+    """Run the pool (serving its counters on ``metrics_port`` if given); returns the exit code."""
+    if metrics_port:
+        from workers.metrics import serve
+
+        serve(metrics_port)
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

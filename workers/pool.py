@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -36,6 +37,7 @@ from outbox.errors import TopologyMismatchError
 from outbox.logs import event
 from outbox.registry import Registry, Task
 from outbox.tiers import PoolSpec
+from workers import metrics
 from workers.admission import PAUSE_REFRESH_S, RUN, Admission
 from workers.buffer import PriorityBuffer
 from workers.dlq import DlqSweeper, safe_headers
@@ -311,6 +313,11 @@ class Pool:
         if task.long:
             await _ack(message)  # start_attempt has committed: the lease now protects the job
         self._running[env.id] = (start, None if task.long else message)
+        if start.attempt == 1 and start.enqueued_at is not None:
+            metrics.WAIT.labels(env.tier).observe(max(time.time() - start.enqueued_at.timestamp(), 0.0))
+        metrics.RUNNING.labels(self.name).set(len(self._running))
+        metrics.BUFFERED.labels(self.name).set(len(self.buffer))
+        began = time.monotonic()
         ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
         try:
@@ -330,6 +337,8 @@ class Pool:
                 event(log, "worker.fenced", logging.WARNING, job_id=env.id, attempt=start.attempt, result=result.value)
         finally:
             self._running.pop(env.id, None)
+            metrics.DURATION.labels(env.tier).observe(time.monotonic() - began)
+            metrics.RUNNING.labels(self.name).set(len(self._running))
         if not task.long:
             await _ack(message)
         return ok
@@ -388,6 +397,7 @@ class Pool:
 
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
+        metrics.EVENTS.labels(self.name, key).inc()
 
 
 async def _wait_any(stop: asyncio.Event, other: asyncio.Event, limit_s: float | None) -> None:
