@@ -31,31 +31,34 @@ def _check_tier(name: str) -> str:
 @click.argument("scope", type=SCOPES)
 @click.argument("name")
 @click.option("--reason", help="Why (recorded with the pause and in the audit log).")
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def pause(scope: str, name: str, reason: str | None) -> None:
+def pause(scope: str, name: str, reason: str | None, database_url: str | None) -> None:
     """Pause a tier or task."""
     if scope == "tier":
         _check_tier(name)
-    changed = _run(_settings(), lambda e: control.pause(e, Actor.os_user(), scope, name, reason))  # type: ignore[arg-type]
+    changed = _run(_settings(database_url), lambda e: control.pause(e, Actor.os_user(), scope, name, reason))  # type: ignore[arg-type]
     click.echo(f"{scope} {name} paused" if changed else f"{scope} {name} was already paused")
 
 
 @click.command("resume", help="Let a paused tier's or task's jobs run again (audited).")
 @click.argument("scope", type=SCOPES)
 @click.argument("name")
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def resume(scope: str, name: str) -> None:
+def resume(scope: str, name: str, database_url: str | None) -> None:
     """Resume a tier or task."""
-    changed = _run(_settings(), lambda e: control.resume(e, Actor.os_user(), scope, name))  # type: ignore[arg-type]
+    changed = _run(_settings(database_url), lambda e: control.resume(e, Actor.os_user(), scope, name))  # type: ignore[arg-type]
     click.echo(f"{scope} {name} resumed" if changed else f"{scope} {name} was not paused")
 
 
 @click.command("pauses", help="The pauses in force.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def pauses(as_json: bool) -> None:
+def pauses(as_json: bool, database_url: str | None) -> None:
     """List pauses."""
-    rows = _run(_settings(), _read(control.pauses))
+    rows = _run(_settings(database_url), _read(control.pauses))
     _print(rows, ("scope", "name", "paused_at", "paused_by", "reason"), as_json)
 
 
@@ -70,32 +73,36 @@ def override() -> None:
 @click.option("--hours", type=float, help="How long, from now.")
 @click.option("--until", help="Until this ISO time (with a zone).")
 @click.option("--reason", help="Why.")
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def override_set(task: str, tier: str, hours: float | None, until: str | None, reason: str | None) -> None:
+def override_set(task: str, tier: str, hours: float | None, until: str | None, reason: str | None,
+                 database_url: str | None) -> None:
     """Set an override."""
     from api.routes_control import expiry
 
     end = expiry(_when(until, "--until"), hours)
-    moved = _run(_settings(), lambda e: control.set_override(e, Actor.os_user(), task, _check_tier(tier), end,
+    moved = _run(_settings(database_url), lambda e: control.set_override(e, Actor.os_user(), task, _check_tier(tier), end,
                                                              reason))
     click.echo(f"{task} routed to {tier} until {end.isoformat()}; {moved} waiting jobs moved")
 
 
 @override.command("clear", help="End TASK's override now.")
 @click.argument("task")
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def override_clear(task: str) -> None:
+def override_clear(task: str, database_url: str | None) -> None:
     """Clear an override."""
-    changed = _run(_settings(), lambda e: control.clear_override(e, Actor.os_user(), task))
+    changed = _run(_settings(database_url), lambda e: control.clear_override(e, Actor.os_user(), task))
     click.echo(f"{task}: override cleared" if changed else f"{task} had no override")
 
 
 @override.command("list", help="Overrides in force.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--database-url", help="Postgres URL.")
 @operator_errors
-def override_list(as_json: bool) -> None:
+def override_list(as_json: bool, database_url: str | None) -> None:
     """List overrides."""
-    rows = _run(_settings(), _read(control.overrides))
+    rows = _run(_settings(database_url), _read(control.overrides))
     _print(rows, ("task", "tier", "expires_at", "created_by", "reason"), as_json)
 
 
