@@ -81,8 +81,9 @@ def override_set(task: str, tier: str, hours: float | None, until: str | None, r
     from api.routes_control import expiry
 
     end = expiry(_when(until, "--until"), hours)
-    moved = _run(_settings(database_url), lambda e: control.set_override(e, Actor.os_user(), task, _check_tier(tier), end,
-                                                             reason))
+    target = _check_tier(tier)
+    moved = _run(_settings(database_url),
+                 lambda e: control.set_override(e, Actor.os_user(), task, target, end, reason))
     click.echo(f"{task} routed to {tier} until {end.isoformat()}; {moved} waiting jobs moved")
 
 
