@@ -111,14 +111,15 @@ def migrate(database_url: str | None, revision: str) -> None:
 @click.option("--amqp-url", help="RabbitMQ URL.")
 @click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
 @click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Safety-net poll, seconds [1.0].")
+@click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
 @friendly
-def relay(**overrides: Any) -> None:
+def relay(metrics_port: int | None, **overrides: Any) -> None:
     """Run the relay process."""
     from relay.main import main
 
     _setup_logging()
     settings = _settings(**overrides)
-    sys.exit(main(settings))
+    sys.exit(main(settings, metrics_port))
 
 
 @cli.command(help="Run a worker pool until SIGTERM (graceful: in-flight jobs get a grace period)." + ENV_HELP)

@@ -14,6 +14,7 @@ import time
 
 from outbox.config import Settings, redact_url
 from outbox.logs import event
+from relay import metrics
 from relay.relay import Relay
 from relay.wakeup import Waker
 
@@ -46,6 +47,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             try:
                 await _loop(relay, waker, settings, stop)
             except Exception as exc:  # noqa: BLE001 - connection lost mid-batch: rows stay pending
+                metrics.RECONNECTS.inc()
                 event(log, "relay.disconnected", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             finally:
                 await relay.close()
@@ -81,7 +83,10 @@ async def _poke_on_stop(stop: asyncio.Event, waker: Waker) -> None:
 
 
 async def _log_lag(relay: Relay) -> None:
-    for tier, (count, age_s) in sorted((await relay.lag()).items()):
+    lags = await relay.lag()
+    for tier in relay.settings.topology.tiers:
+        metrics.LAG.labels(tier).set(lags.get(tier, (0, 0.0))[1])
+    for tier, (count, age_s) in sorted(lags.items()):
         event(log, "relay.lag", tier=tier, due=count, oldest_age_s=round(age_s, 3))
 
 
@@ -90,8 +95,10 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def main(settings: Settings) -> int:
-    """Run the relay process; returns the exit code."""
+def main(settings: Settings, metrics_port: int | None = None) -> int:
+    """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
+    if metrics_port:
+        metrics.serve(metrics_port)
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -39,7 +40,7 @@ from outbox import encoding
 from outbox.config import Settings
 from outbox.logs import clip, event
 from outbox.sql import run_async
-from relay import queries
+from relay import metrics, queries
 
 log = logging.getLogger("tierbox.relay")
 
@@ -50,11 +51,12 @@ PAUSE_BEFORE_COMMIT_ENV = "TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S"
 class PublishOutcome:
     """What happened to one batch: confirmed ids and failed ids with their error."""
 
-    __slots__ = ("confirmed", "failed")
+    __slots__ = ("confirmed", "failed", "tiers")
 
     def __init__(self) -> None:
         self.confirmed: list[uuid.UUID] = []
         self.failed: dict[uuid.UUID, str] = {}
+        self.tiers: dict[uuid.UUID, str] = {}
 
 
 class Relay:
@@ -110,6 +112,7 @@ class Relay:
 
     async def run_once(self) -> int:
         """Claim, publish and commit one batch; returns how many rows it took off ``pending``."""
+        began = time.monotonic()
         async with self.db.transaction():
             rows = await run_async(self.db, queries.CLAIM, {"limit": self.settings.relay_batch_size})
             if not rows:
@@ -121,6 +124,10 @@ class Relay:
                 await asyncio.sleep(self._pause_before_commit_s)
             await self._record(outcome, expired)
         self.published_total += len(outcome.confirmed)
+        for tier in outcome.tiers.values():  # counted once committed, not merely confirmed
+            metrics.PUBLISHED.labels(tier).inc()
+        metrics.EXPIRED.inc(len(expired))
+        metrics.BATCH.observe(time.monotonic() - began)
         return len(outcome.confirmed) + len(expired)
 
     async def drain(self, max_batches: int = 10_000) -> int:
@@ -143,8 +150,10 @@ class Relay:
             job_id = row[0]
             if isinstance(result, aiormq.spec.Basic.Ack):
                 outcome.confirmed.append(job_id)
+                outcome.tiers[job_id] = row[3]
             else:
                 outcome.failed[job_id] = _describe(result)
+                _count_failure(row[3], result)
         return outcome
 
     async def _publish_one(self, row: Sequence[Any]) -> Any:
@@ -200,6 +209,15 @@ def build_message(job_id: uuid.UUID, task: str, tier: str, priority: int, payloa
         headers=amqp_headers,
         timestamp=enqueued_at,
     )
+
+
+def _count_failure(tier: str, result: Any) -> None:
+    if isinstance(result, aio_pika.exceptions.DeliveryError):
+        metrics.NACKED.labels(tier).inc()
+    elif isinstance(result, aiormq.abc.DeliveredMessage):
+        metrics.RETURNED.labels(tier).inc()
+    else:
+        metrics.FAILED.labels(tier).inc()
 
 
 def _describe(result: Any) -> str:

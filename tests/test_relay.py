@@ -232,3 +232,26 @@ async def test_topology_mismatch_is_reported_with_the_fix(settings: Settings, am
     await ch.declare_queue(settings.queue_name("critical"), durable=True, arguments={"x-queue-type": "quorum"})
     with pytest.raises(outbox.TopologyMismatchError, match="rabbitmqctl delete_queue"):
         await Relay.connect(settings)
+
+
+def test_relay_serves_its_counters_on_metrics_port(settings: Settings, procs, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bulk_committed(settings.database_url, "sample.invoice", 3)
+    relay = Proc(["relay", "--metrics-port", str(port)], settings, tmp_path / "relay.log")
+    procs.append(relay)
+    wait_until(lambda: pending_count(settings.database_url) == 0, timeout=20, what="published")
+    body = wait_until(lambda: _scrape(urllib.request, port), timeout=10, what="metrics served")
+    assert 'tierbox_relay_published_total{tier="normal"} 3.0' in body
+    assert "tierbox_relay_batch_seconds_count" in body
+
+
+def _scrape(urllib_request: object, port: int) -> str | None:
+    try:
+        return urllib_request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # type: ignore[attr-defined]
+    except OSError:
+        return None
