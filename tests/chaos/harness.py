@@ -60,6 +60,8 @@ class Report:
     recovery_s: dict[str, list[float]] = field(default_factory=dict)
     unclean_exits: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    wait_p99_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +78,10 @@ class Report:
                 ("rolled-back jobs that ran (must be 0)", len(self.rolled_back_ran)),
                 ("stranded (must be 0)", len(self.stranded)), ("unclean SIGTERM exits", len(self.unclean_exits)),
                 ("elapsed s", round(self.elapsed_s, 1))]
+        for tier, p99 in sorted(self.wait_p99_s.items()):
+            rows.append((f"p99 wait {tier} (commit -> first start)", f"{p99:.2f} s"))
+        for proc, mib in sorted(self.peak_rss_mib.items()):
+            rows.append((f"peak RSS {proc}", f"{mib:.0f} MiB"))
         for kind in sorted(self.faults):
             rec = sorted(self.recovery_s.get(kind, []))
             p99 = rec[min(len(rec) - 1, int(len(rec) * 0.99))] if rec else float("nan")
@@ -144,6 +150,7 @@ class ChaosRun:
             if p.poll() is None:
                 p.kill()
         for proc in [*self.relays, *self.pools.values()]:
+            self._note_rss(proc)
             if proc.alive():
                 proc.kill(signal.SIGTERM)
         for proc in [*self.relays, *self.pools.values()]:
@@ -173,6 +180,18 @@ class ChaosRun:
         getattr(self, f"_fault_{kind}")()
         self._fault_times.append((kind, at, self._affected))
 
+    def _note_rss(self, proc: Proc) -> None:
+        """Peak resident memory of a process about to be stopped (VmHWM), kept per process kind."""
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                kind = " ".join(proc.args[:3]) if proc.args[0] == "worker" else proc.args[0]
+                mib = int(line.split()[1]) / 1024
+                self.report.peak_rss_mib[kind] = max(self.report.peak_rss_mib.get(kind, 0.0), mib)
+
     def _fault_sigkill_relay(self) -> None:
         i = self.rng.randrange(len(self.relays))
         self.relays[i].kill(signal.SIGKILL)
@@ -192,6 +211,7 @@ class ChaosRun:
         pool = self.rng.choice(POOLS)
         self._affected = self.settings.topology.pools[pool].tiers
         proc = self.pools[pool]
+        self._note_rss(proc)
         proc.kill(signal.SIGTERM)
         code = proc.wait(60)
         self._stopped_logs.append(proc.output())
@@ -343,6 +363,12 @@ class ChaosRun:
             r.stranded = [f"{x[0]} {x[1]}" for x in q("""
                 SELECT o.job_id, j.status FROM public.chaos_orders o JOIN outbox.jobs j ON j.id = o.job_id
                 WHERE j.status NOT IN ('succeeded', 'dead')""")]
+            for tier, p99 in q("""
+                SELECT j.tier, percentile_cont(0.99) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM a.started_at - j.enqueued_at))
+                FROM public.chaos_orders o JOIN outbox.jobs j ON j.id = o.job_id
+                JOIN outbox.attempts a ON a.job_id = j.id AND a.attempt = 1
+                GROUP BY j.tier"""):
+                r.wait_p99_s[tier] = float(p99)
             effects = [(x[0].timestamp(), x[1]) for x in q("""
                 SELECT e.at, o.tier FROM public.chaos_effects e JOIN public.chaos_orders o USING (job_id)
                 ORDER BY e.at""")]
