@@ -31,6 +31,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--restarts", action="store_true", help="also restart RabbitMQ and Postgres")
     parser.add_argument("--keep-db", action="store_true", help="keep the database for inspection")
+    parser.add_argument("--load-held", action="store_true",
+                        help="no faults, no-op jobs at a steady rate over a BULK backlog: report waits and RSS")
+    parser.add_argument("--bulk-backlog", type=int, default=0, help="BULK jobs committed before the run")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     base = Settings.from_env()
@@ -45,8 +48,11 @@ def main() -> int:
     print(f"chaos seed {seed}; database {name}; logs in {workdir}", flush=True)
     produce_s = args.minutes * 60
     try:
+        if args.load_held:
+            os.environ["CHAOS_NOOP"] = "1"
         report = ChaosRun(settings, workdir, seed=seed, jobs=args.jobs, restarts=args.restarts,
-                          fault_gap_s=(2.0, 6.0), produce_s=produce_s, timeout_s=produce_s + 300).run()
+                          fault_gap_s=(2.0, 6.0), produce_s=produce_s, timeout_s=produce_s + 300,
+                          faults=not args.load_held, bulk_backlog=args.bulk_backlog).run()
     finally:
         if not args.keep_db:
             with psycopg.connect(base.psycopg_url, autocommit=True) as conn:

@@ -95,7 +95,8 @@ class ChaosRun:
 
     def __init__(self, settings: Settings, workdir: Path, seed: int, jobs: int, producers: int = 2,
                  relays: int = 2, fault_gap_s: tuple[float, float] = (1.0, 3.0), restarts: bool = False,
-                 produce_s: float = 45.0, timeout_s: float = 150.0) -> None:
+                 produce_s: float = 45.0, timeout_s: float = 150.0, faults: bool = True,
+                 bulk_backlog: int = 0) -> None:
         self.settings = msgspec.structs.replace(settings, app=APP)
         self.workdir = workdir
         self.seed = seed
@@ -107,6 +108,8 @@ class ChaosRun:
         self.kinds = BASE_FAULTS + (RESTART_FAULTS if restarts else ())
         self.timeout_s = timeout_s
         self.produce_s = produce_s
+        self.faults_on = faults
+        self.bulk_backlog = bulk_backlog
         self.relays: list[Proc] = []
         self.pools: dict[str, Proc] = {}
         self.producers: list[subprocess.Popen[bytes]] = []
@@ -139,11 +142,25 @@ class ChaosRun:
     def start(self) -> None:
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             conn.execute(tasks.DDL)
+        self._enqueue_backlog()
         self.relays = [self._proc("relay", label=str(i)) for i in range(self.n_relays)]
         for pool in POOLS:
             self._start_pool(pool)
         self._wait(lambda: all("worker.started" in p.output() for p in self.pools.values()), 30, "pools up")
         self._start_producers()
+
+    def _enqueue_backlog(self) -> None:
+        """A BULK backlog committed before the run (the load-held profile drains it under load)."""
+        import outbox
+
+        with psycopg.connect(self.settings.database_url) as conn:
+            for start in range(0, self.bulk_backlog, 10_000):
+                n = min(10_000, self.bulk_backlog - start)
+                ids = outbox.enqueue_many(conn, [outbox.job(tasks.EFFECTS["bulk"]) for _ in range(n)])
+                with conn.cursor() as cur:
+                    cur.executemany("INSERT INTO public.chaos_orders (job_id, tier) VALUES (%s, 'bulk')",
+                                    [(i,) for i in ids])
+                conn.commit()
 
     def stop(self) -> None:
         for p in self.producers:
@@ -293,9 +310,9 @@ class ChaosRun:
         began = time.monotonic()
         self.start()
         try:
-            pending = self.schedule()
+            pending = self.schedule() if self.faults_on else []
             deadline = began + self.timeout_s
-            while time.monotonic() < deadline:
+            while self.faults_on and time.monotonic() < deadline:
                 time.sleep(self.rng.uniform(*self.fault_gap_s))
                 if pending:
                     self.inject(pending.pop())

@@ -17,6 +17,8 @@ import psycopg
 import outbox
 from tests.chaos import tasks
 
+#: Handler sleep choices (ms); CHAOS_NOOP=1 makes every job a no-op (the load-held profile).
+WORK_MS = [0] if os.environ.get("CHAOS_NOOP") == "1" else [0, 0, 0, 20, 200]
 TIER_MIX = [("critical", 1), ("high", 2), ("normal", 3), ("low", 2), ("bulk", 3), ("calls", 1)]
 
 
@@ -46,7 +48,7 @@ def _transaction(conn: psycopg.Connection, side: psycopg.Connection, rng: random
     with conn.transaction() as tx:
         for _ in range(batch):
             tier = rng.choice(tiers)
-            job_id = outbox.enqueue(conn, tasks.EFFECTS[tier], kwargs={"work_ms": rng.choice([0, 0, 0, 20, 200])})
+            job_id = outbox.enqueue(conn, tasks.EFFECTS[tier], kwargs={"work_ms": rng.choice(WORK_MS)})
             conn.execute("INSERT INTO public.chaos_orders (job_id, tier) VALUES (%s, %s)", (job_id, tier))
             ids.append(job_id)
         if rng.random() < rollback_share:
