@@ -13,7 +13,8 @@ EXPIRED = Counter("tierbox_relay_expired_total", "Rows past expires_at marked ex
 RECONNECTS = Counter("tierbox_relay_reconnects_total", "Times the relay lost a connection and reconnected")
 BATCH = Histogram("tierbox_relay_batch_seconds", "Claim, publish, confirm and commit of one batch",
                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-LAG = Gauge("tierbox_relay_lag_seconds", "Age of the oldest due, unpublished row (refreshed with the lag log)",
+LAG = Gauge("tierbox_relay_observed_lag_seconds", "Age of the oldest due, unpublished row, as this relay saw it "
+            "at its last lag log (the API's tierbox_relay_lag_seconds is the same at scrape time)",
             ["tier"])
 
 
