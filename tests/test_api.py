@@ -399,3 +399,22 @@ def test_redaction_rules() -> None:
     huge = {"blob": ["y" * 100] * (MAX_PAYLOAD_BYTES // 100)}
     assert str(redact(huge)).startswith("<") and str(redact(huge)).endswith(" bytes>")
     assert redact(None) is None
+
+
+def test_injection_strings_and_path_traversal_are_inert(client: TestClient[Any], db_url: str) -> None:
+    injection = "x'; DROP TABLE outbox.jobs; --"
+    r = client.get("/admin/dlq", params={"task": injection}, headers=READ)
+    assert r.status_code == 200 and r.json()["items"] == []
+    r = client.get("/admin/jobs", params={"task": injection, "tier": "high"}, headers=READ)
+    assert r.status_code == 200
+    assert q(db_url, "SELECT to_regclass('outbox.jobs') IS NOT NULL") == [(True,)]
+    for path in ("/admin/dlq/..%2F..%2Fetc%2Fpasswd", "/admin/jobs/..%2Fschema"):
+        r = client.get(path, headers=READ)
+        assert r.status_code in (404, 422), (path, r.status_code)
+        assert set(r.json()) == {"error"}
+    r = client.post("/admin/tasks/x'%3B%20DROP%20TABLE%20outbox.pauses%3B--/pause", headers=OPERATE)
+    assert r.status_code == 200  # a task name like any other: stored as text, never executed
+    assert q(db_url, "SELECT name FROM outbox.pauses") == [("x'; DROP TABLE outbox.pauses;--",)]
+    assert_error(client.get("/admin/pauses", headers={"Authorization": "Bearer ' OR 1=1 --"}), 401,
+                 "invalid_token")
+    assert q(db_url, "SELECT to_regclass('outbox.pauses') IS NOT NULL") == [(True,)]
