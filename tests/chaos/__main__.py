@@ -54,11 +54,31 @@ def main() -> int:
                           fault_gap_s=(2.0, 6.0), produce_s=produce_s, timeout_s=produce_s + 300,
                           faults=not args.load_held, bulk_backlog=args.bulk_backlog).run()
     finally:
+        delete_broker_objects(settings)
         if not args.keep_db:
             with psycopg.connect(base.psycopg_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(report.table())
     return 0 if report.ok else 1
+
+
+def delete_broker_objects(settings: Settings) -> None:
+    """Delete the run's queues and exchanges (everything under its prefix)."""
+    import asyncio
+
+    import aio_pika
+
+    async def clean() -> None:
+        conn = await aio_pika.connect(settings.amqp_url)
+        async with conn:
+            ch = await conn.channel()
+            for tier in settings.topology.tiers:
+                for name in (settings.queue_name(tier), settings.dlq_name(tier)):
+                    await ch.queue_delete(name)
+            for name in (settings.exchange_name, settings.dlx_name):
+                await ch.exchange_delete(name)
+
+    asyncio.run(clean())
 
 
 if __name__ == "__main__":
