@@ -63,6 +63,14 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
         """Whether ``exc`` from this task's handler may be retried."""
         return isinstance(exc, self.retry_on) and not isinstance(exc, self.no_retry_on)
 
+    def arguments(self, args: list[Any], kwargs: dict[str, Any], ctx: Any) -> tuple[list[Any], dict[str, Any]]:
+        """The handler's call arguments: ``ctx`` first when it is the first parameter, else by keyword."""
+        if not self.takes_context:
+            return args, kwargs
+        if self.context_first:
+            return [ctx, *args], kwargs
+        return args, {**kwargs, "ctx": ctx}
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 

@@ -141,13 +141,7 @@ def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, at
 
 
 def _call(task: Task, payload: Any, ctx: TaskContext) -> None:
-    args = list(payload.args)
-    kwargs = dict(payload.kwargs)
-    if task.takes_context:
-        if task.context_first:
-            args.insert(0, ctx)
-        else:
-            kwargs["ctx"] = ctx
+    args, kwargs = task.arguments(payload.args, payload.kwargs, ctx)
     result = task.fn(*args, **kwargs)
     if asyncio.iscoroutine(result):
         asyncio.run(result)

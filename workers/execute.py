@@ -130,20 +130,11 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
         return Result.SUCCEEDED
 
 
-def _arguments(task: Task, payload: Payload, ctx: TaskContext) -> tuple[list[Any], dict[str, Any]]:
-    """Handler arguments: ``ctx`` goes first when it is the first parameter, else by keyword."""
-    if not task.takes_context:
-        return payload.args, payload.kwargs
-    if task.context_first:
-        return [ctx, *payload.args], payload.kwargs
-    return payload.args, {**payload.kwargs, "ctx": ctx}
-
-
 async def _call(task: Task, payload: Payload, ctx: TaskContext) -> Any:
-    args, kwargs = _arguments(task, payload, ctx)
+    args, kwargs = task.arguments(payload.args, payload.kwargs, ctx)
     return await task.fn(*args, **kwargs)
 
 
 def _call_sync(task: Task, payload: Payload, ctx: TaskContext) -> Any:
-    args, kwargs = _arguments(task, payload, ctx)
+    args, kwargs = task.arguments(payload.args, payload.kwargs, ctx)
     return task.fn(*args, **kwargs)
