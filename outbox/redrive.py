@@ -15,12 +15,10 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from outbox import queries
 from outbox.errors import RedriveError
-from outbox.sql import run, run_async
+from outbox.sql import run, run_async, savepoint, savepoint_async
 from outbox.tiers import Tier
 
 #: SQLSTATE the SQL functions raise for a refused redrive/discard.
@@ -37,14 +35,24 @@ def redrive(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = Non
     has no dead letter or was already redriven or discarded.
     """
     params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
-    rows = _in_savepoint(session, lambda conn: run(conn, queries.REDRIVE, params))
+    try:
+        with savepoint(session):
+            rows = run(session, queries.REDRIVE, params)
+    except (DBAPIError, psycopg.Error) as exc:
+        _raise_refusal(exc)
+        raise
     return uuid.UUID(str(rows[0][0]))
 
 
 def discard(session: Any, job_id: uuid.UUID | str, *, by: str = "python", reason: str | None = None) -> None:
     """Mark a dead letter discarded (kept for audit, never redriven)."""
     params = {"job_id": str(job_id), "by": by, "reason": reason}
-    _in_savepoint(session, lambda conn: run(conn, queries.DISCARD, params))
+    try:
+        with savepoint(session):
+            run(session, queries.DISCARD, params)
+    except (DBAPIError, psycopg.Error) as exc:
+        _raise_refusal(exc)
+        raise
 
 
 async def redrive_async(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
@@ -52,39 +60,19 @@ async def redrive_async(session: Any, job_id: uuid.UUID | str, tier: Tier | str 
     """:func:`redrive` for async sessions and connections."""
     params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
     try:
-        if isinstance(session, AsyncSession):
-            async with session.begin_nested():
-                rows = await run_async(session, queries.REDRIVE, params)
-        elif isinstance(session, psycopg.AsyncConnection):
-            async with session.transaction():
-                rows = await run_async(session, queries.REDRIVE, params)
-        else:
-            async with session.begin_nested():
-                rows = await run_async(session, queries.REDRIVE, params)
+        async with savepoint_async(session):
+            rows = await run_async(session, queries.REDRIVE, params)
     except (DBAPIError, psycopg.Error) as exc:
-        raise _translate(exc) from exc
+        _raise_refusal(exc)
+        raise
     return uuid.UUID(str(rows[0][0]))
 
 
-def _in_savepoint(session: Any, fn: Any) -> Any:
-    try:
-        if isinstance(session, psycopg.Connection):
-            with session.transaction():
-                return fn(session)
-        if isinstance(session, Session):
-            with session.begin_nested():
-                return fn(session)
-        with session.begin_nested():
-            return fn(session)
-    except (DBAPIError, psycopg.Error) as exc:
-        raise _translate(exc) from exc
-
-
-def _translate(exc: Exception) -> Exception:
+def _raise_refusal(exc: Exception) -> None:
+    """Raise :class:`RedriveError` if ``exc`` is the SQL functions' refusal; otherwise return."""
     orig = getattr(exc, "orig", exc)
     state = getattr(orig, "sqlstate", None)
     if state in (REFUSED_SQLSTATE, NOT_FOUND_SQLSTATE):
         diag = getattr(orig, "diag", None)
         message = getattr(diag, "message_primary", None) or str(orig)
-        return RedriveError(message, not_found=state == NOT_FOUND_SQLSTATE)
-    return exc
+        raise RedriveError(message, not_found=state == NOT_FOUND_SQLSTATE) from exc

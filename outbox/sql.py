@@ -8,8 +8,9 @@ Statements never commit: the transaction always belongs to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -81,6 +82,34 @@ async def run_async(conn: Any, stmt: Statement, params: Mapping[str, Any] | None
         f"session: expected a SQLAlchemy AsyncSession/AsyncConnection or psycopg AsyncConnection, "
         f"got {type(conn).__name__}"
     )
+
+
+@contextlib.contextmanager
+def savepoint(conn: Any) -> Iterator[None]:
+    """A savepoint in the caller's transaction (a sync Session/Connection or psycopg connection)."""
+    if isinstance(conn, psycopg.Connection):
+        with conn.transaction():
+            yield
+    elif isinstance(conn, (Session, SAConnection)):
+        with conn.begin_nested():
+            yield
+    else:
+        raise TypeError(f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, "
+                        f"got {type(conn).__name__}")
+
+
+@contextlib.asynccontextmanager
+async def savepoint_async(conn: Any) -> AsyncIterator[None]:
+    """:func:`savepoint` for an AsyncSession, AsyncConnection or psycopg AsyncConnection."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        async with conn.transaction():
+            yield
+    elif isinstance(conn, (AsyncSession, SAAsyncConnection)):
+        async with conn.begin_nested():
+            yield
+    else:
+        raise TypeError(f"session: expected a SQLAlchemy AsyncSession/AsyncConnection or psycopg AsyncConnection, "
+                        f"got {type(conn).__name__}")
 
 
 def is_async_connection(conn: Any) -> bool:

@@ -28,21 +28,17 @@ enqueues are run in the same drain.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-import psycopg
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from outbox import queries
 from outbox.context import TaskContext
 from outbox.encoding import decode_payload
 from outbox.registry import Registry, Task, registry
-from outbox.sql import run
+from outbox.sql import run, savepoint
 
 TESTING_WORKER_ID = "outbox.testing"
 
@@ -118,7 +114,7 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
     try:
         if task is None:
             raise LookupError(f"no handler registered as {task_name!r}")
-        with _savepoint(session):
+        with savepoint(session):
             _call(task, decode_payload(payload.encode()), ctx)
             run(session, queries.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")
@@ -145,16 +141,3 @@ def _call(task: Task, payload: Any, ctx: TaskContext) -> None:
     result = task.fn(*args, **kwargs)
     if asyncio.iscoroutine(result):
         asyncio.run(result)
-
-
-@contextlib.contextmanager
-def _savepoint(session: Any) -> Iterator[None]:
-    if isinstance(session, psycopg.Connection):
-        with session.transaction():
-            yield
-    elif isinstance(session, (Session, Connection)):
-        with session.begin_nested():
-            yield
-    else:
-        raise TypeError(f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, "
-                        f"got {type(session).__name__}")
