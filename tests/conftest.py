@@ -30,7 +30,7 @@ import redis
 
 import migrations
 from outbox.config import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
-from tests.helpers import Proc
+from tests.helpers import Proc, delete_broker_objects
 from tests.system import System
 
 START_HINTS = {
@@ -163,30 +163,8 @@ def prefix(request: pytest.FixtureRequest, service_urls: dict[str, str]) -> Iter
     value = f"t{uuid.uuid4().hex[:8]}."
     yield value
 
-    async def cleanup() -> None:
-        conn = await aio_pika.connect(service_urls["rabbitmq"], client_properties={"connection_name": f"cleanup {request.node.name}"})
-        async with conn:
-            from outbox.tiers import DEFAULT_TOPOLOGY
-
-            for tier in DEFAULT_TOPOLOGY.tiers:
-                for q in (f"{value}{tier}", f"{value}{tier}.dlq"):
-                    ch = await conn.channel()
-                    try:
-                        await ch.queue_delete(q)
-                    except Exception:  # noqa: BLE001 - absent is fine
-                        pass
-                    if not ch.is_closed:
-                        await ch.close()
-            for ex in (f"{value}tierbox", f"{value}tierbox.dlx"):
-                ch = await conn.channel()
-                try:
-                    await ch.exchange_delete(ex)
-                except Exception:  # noqa: BLE001
-                    pass
-                if not ch.is_closed:
-                    await ch.close()
-
-    asyncio.run(cleanup())
+    delete_broker_objects(Settings(amqp_url=service_urls["rabbitmq"], queue_prefix=value),
+                          f"cleanup {request.node.name}")
 
 
 @pytest.fixture

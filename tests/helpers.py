@@ -90,3 +90,45 @@ class Proc:
     def output(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+
+def delete_broker_objects(settings: Settings, connection_name: str = "tierbox test cleanup") -> None:
+    """Delete every queue and exchange ``settings`` names (its prefix); absent ones are fine."""
+    import aio_pika
+
+    async def clean() -> None:
+        conn = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": connection_name})
+        async with conn:
+            names = [(n, "queue") for t in settings.topology.tiers
+                     for n in (settings.queue_name(t), settings.dlq_name(t))]
+            names += [(settings.exchange_name, "exchange"), (settings.dlx_name, "exchange")]
+            for name, kind in names:
+                ch = await conn.channel()  # a failed delete closes its channel: one channel each
+                try:
+                    await (ch.queue_delete(name) if kind == "queue" else ch.exchange_delete(name))
+                except Exception:  # noqa: BLE001 - already gone is what we want
+                    pass
+                if not ch.is_closed:
+                    await ch.close()
+
+    asyncio.run(clean())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str | None:
+    """The Prometheus text served on 127.0.0.1:``port``, or None while nothing answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None

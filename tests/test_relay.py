@@ -20,7 +20,7 @@ from outbox.config import Settings
 from outbox.encoding import HEADER_ATTEMPT, HEADER_TASK, decode_envelope, decode_payload
 from relay import Relay
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
-from tests.helpers import Proc, wait_until, wait_until_async
+from tests.helpers import Proc, free_port, scrape, wait_until, wait_until_async
 
 
 def enqueue_committed(db_url: str, task: str, n: int = 1, **kw: object) -> list[uuid.UUID]:
@@ -235,23 +235,12 @@ async def test_topology_mismatch_is_reported_with_the_fix(settings: Settings, am
 
 
 def test_relay_serves_its_counters_on_metrics_port(settings: Settings, procs, tmp_path: Path) -> None:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     bulk_committed(settings.database_url, "sample.invoice", 3)
     relay = Proc(["relay", "--metrics-port", str(port)], settings, tmp_path / "relay.log")
     procs.append(relay)
     wait_until(lambda: pending_count(settings.database_url) == 0, timeout=20, what="published")
-    body = wait_until(lambda: _scrape(urllib.request, port), timeout=10, what="metrics served")
+    body = wait_until(lambda: scrape(port), timeout=10, what="metrics served")
     assert 'tierbox_relay_published_total{tier="normal"} 3.0' in body
     assert "tierbox_relay_batch_seconds_count" in body
 
-
-def _scrape(urllib_request: object, port: int) -> str | None:
-    try:
-        return urllib_request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # type: ignore[attr-defined]
-    except OSError:
-        return None

@@ -15,7 +15,7 @@ import pytest
 
 import outbox
 from relay import Relay
-from tests.helpers import Proc
+from tests.helpers import Proc, free_port, scrape
 from tests.system import System
 
 pytestmark = pytest.mark.slow
@@ -281,16 +281,11 @@ async def test_oversize_garbage_is_dead_lettered_truncated(system: System) -> No
 
 
 def test_worker_serves_its_counters_on_metrics_port(system: System) -> None:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     system.relay()
     system.worker("--pool", "urgent", "--metrics-port", str(port))
     job = system.enqueue("sample.effect", "metrics")
     system.wait_status(job, "succeeded")
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    body = scrape(port) or ""
     assert 'tierbox_worker_events_total{event="succeeded",pool="urgent"} 1.0' in body
     assert 'tierbox_job_wait_seconds_count{tier="high"} 1.0' in body

@@ -22,6 +22,7 @@ import psycopg
 import migrations
 from outbox.config import Settings
 from tests.chaos.harness import ChaosRun
+from tests.helpers import delete_broker_objects
 
 
 def main() -> int:
@@ -60,25 +61,6 @@ def main() -> int:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print(report.table())
     return 0 if report.ok else 1
-
-
-def delete_broker_objects(settings: Settings) -> None:
-    """Delete the run's queues and exchanges (everything under its prefix)."""
-    import asyncio
-
-    import aio_pika
-
-    async def clean() -> None:
-        conn = await aio_pika.connect(settings.amqp_url)
-        async with conn:
-            ch = await conn.channel()
-            for tier in settings.topology.tiers:
-                for name in (settings.queue_name(tier), settings.dlq_name(tier)):
-                    await ch.queue_delete(name)
-            for name in (settings.exchange_name, settings.dlx_name):
-                await ch.exchange_delete(name)
-
-    asyncio.run(clean())
 
 
 if __name__ == "__main__":
