@@ -80,20 +80,18 @@ class Relay:
         from outbox.maintenance import sync_tiers_async
 
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name="tierbox-relay")
-        async with db.transaction():
-            await sync_tiers_async(db, settings.topology)
+        connection: aio_pika.abc.AbstractConnection | None = None
         try:
+            async with db.transaction():
+                await sync_tiers_async(db, settings.topology)
             name = f"tierbox-relay {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
-        except BaseException:
-            await db.close()
-            raise
-        try:
             await declare_topology(connection, settings)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
             exchange = await channel.get_exchange(settings.exchange_name, ensure=False)
         except BaseException:
-            await connection.close()
+            if connection is not None:
+                await connection.close()
             await db.close()
             raise
         return cls(settings, db, connection, channel, exchange)
