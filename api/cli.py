@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from api.service_errors import service_error
 from outbox.config import Settings, redact_url
 from outbox.errors import TierboxError
 
@@ -48,29 +49,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"tierbox: {exc}", err=True)
             sys.exit(1)
         except Exception as exc:
-            line = _service_error(exc)
+            line = service_error(exc)
             if line is None:
                 raise
             click.echo(f"tierbox: {line}", err=True)
             sys.exit(1)
     return wrapper
-
-
-def _service_error(exc: BaseException) -> str | None:
-    import psycopg
-    import sqlalchemy.exc
-
-    if isinstance(exc, (psycopg.OperationalError, sqlalchemy.exc.OperationalError)):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"cannot reach Postgres ({first})"
-    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
-    missing = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction)
-    if isinstance(cause, missing):
-        first = str(cause).strip().splitlines()[0]
-        return f"the outbox schema is missing or outdated in Postgres ({first}): run `tierbox migrate` first"
-    if type(exc).__module__.startswith(("aiormq", "aio_pika")) or isinstance(exc, ConnectionError):
-        return f"cannot reach RabbitMQ ({type(exc).__name__}: {exc})"
-    return None
 
 
 def _setup_logging() -> None:

@@ -21,6 +21,7 @@ import click
 
 from api import render
 from api.errors import ApiError
+from api.service_errors import service_error
 from outbox.config import Settings
 from outbox.errors import TierboxError
 
@@ -68,8 +69,7 @@ def operator_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"tierbox: {exc}", err=True)
             sys.exit(1)
         except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            click.echo(f"tierbox: cannot reach Postgres ({first})", err=True)
+            click.echo(f"tierbox: {service_error(exc)}", err=True)
             sys.exit(1)
     return wrapper
 
