@@ -34,7 +34,7 @@ from api.models import (
     Redriven,
     TierReasonCount,
 )
-from api.redaction import redact
+from api.redaction import redacted_row
 from outbox.errors import RedriveError
 from outbox.redrive import NOT_FOUND_SQLSTATE, REFUSED_SQLSTATE
 from outbox.sql import run_async
@@ -59,10 +59,7 @@ def utc(value: datetime | None) -> datetime | None:
 
 def to_dead_letter(row: Any) -> DeadLetter:
     """A row of the DLQ statements as a redacted :class:`DeadLetter`."""
-    values = dict(zip(queries.DEAD_LETTER_COLUMNS, row, strict=True))
-    values["payload"] = redact(values["payload"], values["task"])
-    values["headers"] = redact(values["headers"], values["task"])
-    return DeadLetter(**values)
+    return DeadLetter(**redacted_row(queries.DEAD_LETTER_COLUMNS, row))
 
 
 async def page(conn: Any, flt: DeadLetterFilter, limit: int, cursor: str | None = None) -> DeadLetterPage:

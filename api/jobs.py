@@ -12,7 +12,7 @@ from api import cursors, queries
 from api.dlq import utc
 from api.errors import ApiError, invalid
 from api.models import Job, JobDetail, JobPage, TimelineEvent
-from api.redaction import redact
+from api.redaction import redacted_row
 from outbox.sql import run_async
 
 #: Without ``since``, the listing looks this far back: a bounded walk of ``ix_jobs_enqueued_at`` even
@@ -32,10 +32,7 @@ class JobFilter(msgspec.Struct, kw_only=True):
 
 def to_job(row: Any) -> Job:
     """A row of the job statements as a redacted :class:`Job`."""
-    values = dict(zip(queries.JOB_COLUMNS, row, strict=True))
-    values["payload"] = redact(values["payload"], values["task"])
-    values["headers"] = redact(values["headers"], values["task"])
-    return Job(**values)
+    return Job(**redacted_row(queries.JOB_COLUMNS, row))
 
 
 async def page(conn: Any, flt: JobFilter, limit: int, cursor: str | None = None) -> JobPage:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -58,6 +58,14 @@ def redact(value: Any, task: str | None = None) -> Any:
     if hook is not None:
         value = hook(copy.deepcopy(value))
     return _mask(value)
+
+
+def redacted_row(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A statement row as a dict with its ``payload`` and ``headers`` redacted for its ``task``."""
+    values = dict(zip(columns, row, strict=True))
+    values["payload"] = redact(values["payload"], values["task"])
+    values["headers"] = redact(values["headers"], values["task"])
+    return values
 
 
 def _mask(value: Any) -> Any:
