@@ -133,6 +133,9 @@ def test_rate_limit_holds_across_two_processes(service_urls: dict[str, str], key
 
 async def test_two_gates_share_a_limit_and_refusals_carry_the_wait(make_gate: GateFactory) -> None:
     a, b = make_gate(), make_gate()
+    warm = make_task("warm-up", rate_limit="1000/s")
+    for gate in (a, b):  # connect and load the scripts first, so the two admits below are back to back
+        await gate.admit(warm, "normal", {})
     task = make_task("shared", rate_limit="20/s")
     assert (await a.admit(task, "normal", {})).run
     refused = await b.admit(task, "normal", {})
