@@ -113,12 +113,13 @@ FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS fl
 
 # Success, fenced on the attempt; runs in the handler's own transaction.
 SUCCEED = Statement("ledger.succeed", """
-WITH j AS (
-    UPDATE outbox.jobs SET status = 'succeeded', finished_at = clock_timestamp(), last_error = NULL
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+j AS (
+    UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL
     WHERE id = :job_id AND attempts = :attempt AND status = 'running'
     RETURNING id
 ), a AS (
-    UPDATE outbox.attempts SET finished_at = clock_timestamp(), outcome = 'succeeded'
+    UPDATE outbox.attempts SET finished_at = (SELECT at FROM ts), outcome = 'succeeded'
     WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
 ), l AS (
     DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
@@ -129,15 +130,16 @@ SELECT count(*) FROM j
 
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
 RETRY = Statement("ledger.retry", """
-WITH j AS (
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+j AS (
     UPDATE outbox.jobs
-    SET status = 'retrying', available_at = clock_timestamp() + make_interval(secs => CAST(:delay_s AS float8)),
+    SET status = 'retrying', available_at = (SELECT at FROM ts) + make_interval(secs => CAST(:delay_s AS float8)),
         last_error = :error_message
     WHERE id = :job_id AND attempts = :attempt AND status = 'running'
     RETURNING id, tier, priority, available_at
 ), a AS (
     UPDATE outbox.attempts
-    SET finished_at = clock_timestamp(), outcome = :outcome, error_type = :error_type,
+    SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
         error_message = :error_message, traceback = :traceback
     WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
 ), l AS (
