@@ -22,7 +22,7 @@ from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.encoding import encode_headers, encode_payload
 from outbox.errors import ConfigError, InvalidScheduleError, UnknownTaskError, UnknownTierError
 from outbox.registry import Registry, Task, registry
-from outbox.sql import run, run_async
+from outbox.sql import Statement, run, run_async
 from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
 
 log = logging.getLogger("tierbox.enqueue")
@@ -141,8 +141,8 @@ def enqueue_many(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
     specs = list(jobs)
     if not specs:
         return []
-    params, alias = _batch_params(specs)
-    rows = run(session, queries.ENQUEUE, params)
+    stmt, params, alias = _statement(specs)
+    rows = run(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)
     found = _by_key(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     return _ids(specs, rows, alias, found)
@@ -153,11 +153,25 @@ async def enqueue_many_async(session: Any, jobs: Iterable[JobSpec]) -> list[uuid
     specs = list(jobs)
     if not specs:
         return []
-    params, alias = _batch_params(specs)
-    rows = await run_async(session, queries.ENQUEUE, params)
+    stmt, params, alias = _statement(specs)
+    rows = await run_async(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)
     found = _by_key(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     return _ids(specs, rows, alias, found)
+
+
+def _statement(specs: list[JobSpec]) -> tuple[Statement, dict[str, Any], dict[int, int]]:
+    """The statement for this batch: the single-row form for one job (the hot path), else the array form."""
+    if len(specs) == 1:
+        s = specs[0]
+        return queries.ENQUEUE_ONE, {
+            "id": s.id, "task": s.task, "tier": s.tier, "weight": s.weight, "priority": s.priority,
+            "payload": s.payload, "headers": s.headers, "key": s.idempotency_key, "max_retries": s.max_retries,
+            "run_at": s.run_at, "delay_s": s.delay_s, "expires_at": s.expires_at, "expires_s": s.expires_s,
+            "explicit": s.explicit_tier,
+        }, {}
+    params, alias = _batch_params(specs)
+    return queries.ENQUEUE, params, alias
 
 
 def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int, int]]:

@@ -743,3 +743,48 @@ def test_task_default_expiry(caller: SyncCaller) -> None:
     assert expires is not None and abs(expires - 120) < TOLERANCE_S
     _, expires, _ = _offsets(caller, outbox.enqueue(caller.target, t, args=[1], expires=30))  # the call wins
     assert expires is not None and abs(expires - 30) < TOLERANCE_S
+
+
+# --------------------------------------------------------------------------- one statement per shape
+
+
+def test_single_row_and_array_forms_write_the_same_rows(db_url: str) -> None:
+    """enqueue() uses a single-row statement, enqueue_many() the array one: same rows, override included."""
+    from outbox.maintenance import sync_tiers
+    from outbox.tiers import DEFAULT_TOPOLOGY
+
+    with psycopg.connect(db_url) as conn:
+        sync_tiers(conn, DEFAULT_TOPOLOGY)
+        run_at = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+        kinds: list[dict[str, Any]] = [
+            {},  # overridden: high, weight 8, priority capped at the override's weight
+            {"tier": "low"},  # explicit tier: the override does not apply
+            {"delay": 30, "expires": 90, "priority": 3},
+            {"run_at": run_at, "expires": run_at + dt.timedelta(hours=1), "idempotency_key": "k", "max_retries": 2},
+        ]
+        cols = ("j.tier, j.priority, j.payload, j.headers, j.idempotency_key, j.max_retries, "
+                "j.expires_at - j.available_at, j.available_at - j.enqueued_at > interval '10 seconds'")
+
+        def rows(ids: list[uuid.UUID]) -> list[tuple[Any, ...]]:
+            return [conn.execute(f"SELECT {cols}, p.tier, p.weight, p.priority FROM outbox.jobs j "
+                                 "JOIN outbox.pending p ON p.job_id = j.id WHERE j.id = %s", (i,)).fetchone()
+                    for i in ids]
+
+        override = ("INSERT INTO outbox.tier_overrides (task, tier, expires_at, created_by, reason) "
+                    "VALUES ('sample.invoice', 'high', now() + interval '1 hour', 'test', 'urgent today')")
+        conn.execute(override)
+        many = outbox.enqueue_many(conn, [outbox.job("sample.invoice", args=[n], **kw) for n, kw in enumerate(kinds)])
+        by_many = rows(many)
+        conn.rollback()  # the same jobs again (same idempotency key) through the single-row form
+        conn.execute(override)
+        single = [outbox.enqueue(conn, "sample.invoice", args=[n], **kw) for n, kw in enumerate(kinds)]
+        by_single = rows(single)
+        assert by_single[0][0] == "high" and by_single[0][-2] == 8
+        assert by_single[1][0] == "low"
+        # expires_at - available_at comes from now() on both paths: compare to the second
+        norm = [tuple(round(v.total_seconds()) if isinstance(v, dt.timedelta) else v for v in r) for r in by_single]
+        assert norm == [tuple(round(v.total_seconds()) if isinstance(v, dt.timedelta) else v for v in r)
+                        for r in by_many]
+        again = outbox.enqueue(conn, "sample.invoice", args=[9], idempotency_key="k")
+        assert again == single[3]
+        conn.rollback()
