@@ -94,7 +94,7 @@ def migrate(database_url: str | None, revision: str) -> None:
 @click.option("--database-url", help="Postgres URL.")
 @click.option("--amqp-url", help="RabbitMQ URL.")
 @click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
-@click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Safety-net poll, seconds [1.0].")
+@click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Idle poll per lane, s [0.25].")
 @click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
 @friendly
 def relay(metrics_port: int | None, **overrides: Any) -> None:

@@ -43,8 +43,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: Rows the relay claims per batch. Defaults to 500.
     relay_batch_size: int = 500
-    #: Safety-net poll interval of the relay when no NOTIFY arrives. Defaults to 1.0 s.
-    relay_poll_interval_s: float = 1.0
+    #: How often an idle relay lane looks for due rows: the wake-up of non-urgent tiers (urgent
+    #: ones NOTIFY) and the safety net of urgent ones. Defaults to 0.25 s.
+    relay_poll_interval_s: float = 0.25
     #: How long the relay waits for publisher confirms of one batch. Defaults to 10 s.
     relay_confirm_timeout_s: float = 10.0
     #: Delay before a row whose publish failed is tried again. Defaults to 1.0 s.

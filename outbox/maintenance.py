@@ -15,7 +15,8 @@ PRUNE_BATCH_ROWS = 5000
 def tier_rows(topology: Topology) -> list[dict[str, Any]]:
     """One UPSERT_TIER parameter set per tier."""
     return [
-        {"name": name, "weight": spec.weight, "slo_s": spec.slo_s, "queue": spec.queue_name(name), "pool": spec.pool}
+        {"name": name, "weight": spec.weight, "slo_s": spec.slo_s, "queue": spec.queue_name(name), "pool": spec.pool,
+         "notify": spec.urgent}
         for name, spec in topology.tiers.items()
     ]
 

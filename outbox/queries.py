@@ -105,10 +105,11 @@ SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS 
 
 # Mirror the tier topology into outbox.tiers (read by SQL functions and views).
 UPSERT_TIER = Statement("upsert_tier", """
-INSERT INTO outbox.tiers (name, weight, slo_s, queue, pool)
-VALUES (:name, :weight, :slo_s, :queue, :pool)
+INSERT INTO outbox.tiers (name, weight, slo_s, queue, pool, notify)
+VALUES (:name, :weight, :slo_s, :queue, :pool, :notify)
 ON CONFLICT (name) DO UPDATE
-SET weight = EXCLUDED.weight, slo_s = EXCLUDED.slo_s, queue = EXCLUDED.queue, pool = EXCLUDED.pool
+SET weight = EXCLUDED.weight, slo_s = EXCLUDED.slo_s, queue = EXCLUDED.queue, pool = EXCLUDED.pool,
+    notify = EXCLUDED.notify
 """)
 
 # Delete a bounded batch of finished jobs past retention (short transactions, no long locks).

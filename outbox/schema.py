@@ -88,6 +88,8 @@ tiers = Table(
     Column("slo_s", Float, nullable=True),
     Column("queue", Text, nullable=False),
     Column("pool", Text, nullable=False),
+    Column("notify", Boolean, nullable=False, server_default=text("true"),
+           comment="Inserting a pending row of this tier NOTIFYs the relay (urgent tiers)."),
     comment="Mirror of the tier topology, written by tierbox migrate and the relay; read by SQL functions and views.",
 )
 

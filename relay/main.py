@@ -11,12 +11,14 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from outbox.config import Settings, redact_url
 from outbox.logs import event
 from relay import metrics
 from relay.relay import Relay
-from relay.wakeup import Waker
+from relay.wakeup import Waker, Wakeup
 
 log = logging.getLogger("tierbox.relay")
 
@@ -57,29 +59,60 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event) -> None:
+    """Run the main lane and, if the topology has urgent tiers, the urgent lane, until stop or an error."""
+    urgent_weight = settings.topology.urgent_weight()
+    if urgent_weight is None:  # no urgent tiers: the main lane listens for every NOTIFY itself
+        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=True)
+        return
+    urgent = await relay.lane(urgent_weight)
+    try:
+        # The main lane polls: NOTIFYs come only from urgent rows, which the urgent lane takes.
+        await _first_error(_lane(relay, Wakeup(), waker, settings, stop, log_lag=True),
+                           _lane(urgent, waker.subscribe(), waker, settings, stop, log_lag=False))
+    finally:
+        await urgent.close()
+
+
+async def _first_error(*lanes: Coroutine[Any, Any, None]) -> None:
+    """Run the lanes until all return; the first to fail stops the others and its error is raised."""
+    tasks = [asyncio.create_task(lane) for lane in lanes]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for finished ones; a failed lane's sibling is mid-batch: it rolls back
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, stop: asyncio.Event,
+                log_lag: bool) -> None:
     next_lag_log = time.monotonic()
-    stopper = asyncio.create_task(_poke_on_stop(stop, waker))
+    stopper = asyncio.create_task(_poke_on_stop(stop, wakeup))
     try:
         while not stop.is_set():
             if not relay.healthy:
                 raise ConnectionError("a connection closed")
-            waker.clear()
+            wakeup.clear()
             handled = await relay.run_once()
-            if time.monotonic() >= next_lag_log:
+            if log_lag and time.monotonic() >= next_lag_log:
                 await _log_lag(relay)
                 next_lag_log = time.monotonic() + LAG_LOG_INTERVAL_S
             if handled:
                 continue
             due_in = await relay.next_due_in()
             timeout = settings.relay_poll_interval_s if due_in is None else min(due_in, settings.relay_poll_interval_s)
-            await waker.wait(timeout)
+            await wakeup.wait(timeout)
     finally:
         stopper.cancel()
+        waker.unsubscribe(wakeup)
 
 
-async def _poke_on_stop(stop: asyncio.Event, waker: Waker) -> None:
+async def _poke_on_stop(stop: asyncio.Event, wakeup: Wakeup) -> None:
     await stop.wait()
-    waker.poke()
+    wakeup.poke()
 
 
 async def _log_lag(relay: Relay) -> None:

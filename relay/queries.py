@@ -6,12 +6,15 @@ from outbox.sql import Statement
 
 # Claim due pending rows, most urgent tier first, skipping rows another relay holds.
 # The row locks last until the batch's transaction ends (commit after confirms).
+# :min_weight is 0 for the main lane and the urgent weight for the urgent lane: a range
+# condition on the leading column of ix_pending_claim_order, so the urgent lane never
+# walks a BULK backlog to find nothing.
 CLAIM = Statement("relay.claim", """
 SELECT p.job_id, p.weight, j.task, j.tier, j.priority, j.payload::text, j.headers::text, j.attempts,
        j.enqueued_at, (j.expires_at IS NOT NULL AND j.expires_at <= now()) AS expired
 FROM (
     SELECT job_id, weight, priority, available_at FROM outbox.pending
-    WHERE available_at <= now()
+    WHERE available_at <= now() AND weight >= CAST(:min_weight AS smallint)
       -- a paused tier's backlog waits here, not in the broker (outbox.pauses holds a handful of rows)
       AND NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
     ORDER BY weight DESC, priority DESC, available_at
@@ -53,10 +56,11 @@ SET status = 'expired', finished_at = now(), last_error = 'expired before it was
 FROM done WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'published')
 """)
 
-# When the next delayed row becomes due (the relay sleeps until then at most).
+# When the lane's next delayed row becomes due (the lane sleeps until then at most).
 NEXT_DUE_IN = Statement("relay.next_due_in", """
 SELECT EXTRACT(EPOCH FROM (min(available_at) - now()))::float8 FROM outbox.pending
-WHERE NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
+WHERE weight >= CAST(:min_weight AS smallint)
+  AND NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
 """)
 
 # Relay lag per tier: due rows waiting and the age of the oldest.

@@ -13,6 +13,11 @@ One batch is one Postgres transaction:
    closed channel stay pending with a short back-off;
 4. commit.
 
+A relay process runs two lanes, each a ``Relay`` with its own Postgres
+connection and channel on one AMQP connection: the main lane claims every
+tier, the urgent lane (:meth:`Relay.lane`) only rows of urgent weight, so an
+urgent row never waits behind a batch of BULK rows in flight.
+
 Guarantee: at least once. A row leaves ``pending`` only after the broker
 confirmed it and did not return it. If the relay dies after a confirm but
 before the commit, the claim rolls back and the row is published again; the
@@ -24,6 +29,7 @@ or a lease says it is running). Rows past ``expires_at`` are marked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -44,7 +50,7 @@ from relay import metrics, queries
 
 log = logging.getLogger("tierbox.relay")
 
-#: Fault-injection seam for the crash tests: seconds to sleep after confirms, before commit.
+#: Fault-injection seam for the crash tests: seconds the main lane sleeps after confirms, before commit.
 PAUSE_BEFORE_COMMIT_ENV = "TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S"
 
 
@@ -64,12 +70,16 @@ class Relay:
 
     def __init__(self, settings: Settings, db: psycopg.AsyncConnection[Any],
                  connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel,
-                 exchange: aio_pika.abc.AbstractExchange) -> None:
+                 exchange: aio_pika.abc.AbstractExchange, min_weight: int = 0,
+                 owns_connection: bool = True) -> None:
         self.settings = settings
         self.db = db
         self.connection = connection
         self.channel = channel
         self.exchange = exchange
+        #: Claims only rows of at least this weight (0: every tier).
+        self.min_weight = min_weight
+        self._owns_connection = owns_connection
         self.published_total = 0
         self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
 
@@ -96,10 +106,26 @@ class Relay:
             raise
         return cls(settings, db, connection, channel, exchange)
 
+    async def lane(self, min_weight: int) -> Relay:
+        """A second relay on this one's AMQP connection (own channel, own Postgres connection)
+        that claims only rows of at least ``min_weight``."""
+        db = await psycopg.AsyncConnection.connect(self.settings.psycopg_url, application_name="tierbox-relay-urgent")
+        try:
+            channel = await self.connection.channel(publisher_confirms=True, on_return_raises=False)
+            exchange = await channel.get_exchange(self.settings.exchange_name, ensure=False)
+        except BaseException:
+            await db.close()
+            raise
+        return Relay(self.settings, db, self.connection, channel, exchange, min_weight=min_weight,
+                     owns_connection=False)
+
     async def close(self) -> None:
-        """Close both connections (idempotent)."""
-        if not self.connection.is_closed:
+        """Close this relay's connections (a lane closes its channel, not the shared connection); idempotent."""
+        if self._owns_connection and not self.connection.is_closed:
             await self.connection.close()
+        elif not self._owns_connection and not self.channel.is_closed:
+            with contextlib.suppress(Exception):  # the shared connection may be gone already
+                await self.channel.close()
         if not self.db.closed:
             await self.db.close()
 
@@ -112,13 +138,15 @@ class Relay:
         """Claim, publish and commit one batch; returns how many rows it took off ``pending``."""
         began = time.monotonic()
         async with self.db.transaction():
-            rows = await run_async(self.db, queries.CLAIM, {"limit": self.settings.relay_batch_size})
+            rows = await run_async(self.db, queries.CLAIM, {"limit": self.settings.relay_batch_size,
+                                                            "min_weight": self.min_weight})
             if not rows:
                 return 0
             expired = [r[0] for r in rows if r[9]]
             live = [r for r in rows if not r[9]]
             outcome = await self.publish(live)
-            if outcome.confirmed and self._pause_before_commit_s:
+            # Main lane only: a test holds a batch in flight and watches the urgent lane go past it.
+            if outcome.confirmed and self._pause_before_commit_s and self.min_weight == 0:
                 await asyncio.sleep(self._pause_before_commit_s)
             await self._record(outcome, expired)
         self.published_total += len(outcome.confirmed)
@@ -177,7 +205,7 @@ class Relay:
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest pending row is due (<= 0: due now); None if none."""
         async with self.db.transaction():
-            rows = await run_async(self.db, queries.NEXT_DUE_IN)
+            rows = await run_async(self.db, queries.NEXT_DUE_IN, {"min_weight": self.min_weight})
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     async def lag(self) -> dict[str, tuple[int, float]]:

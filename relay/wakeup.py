@@ -1,12 +1,14 @@
 """How the relay learns that work is due: LISTEN/NOTIFY, the next due time, and a poll.
 
 The ``outbox.notify_pending`` trigger sends one NOTIFY per inserting
-statement on channel ``tierbox_pending``; Postgres folds duplicates within a
-transaction and this class folds bursts into one wake-up (an Event). If the
-listening connection dies, the relay still polls every
-``relay_poll_interval_s`` while the listener reconnects. This is the one
-swappable piece of the wake-up design: replace the trigger and this class
-together.
+statement on channel ``tierbox_pending`` when it inserted a row of an urgent
+tier (``outbox.tiers.notify``); Postgres folds duplicates within a
+transaction and this class folds bursts into one wake-up per subscriber (an
+Event each, so two lanes never clear each other's wake-up). Rows of other
+tiers are found by the main lane's poll (``relay_poll_interval_s``). If the
+listening connection dies, every lane polls while the listener reconnects.
+This is the one swappable piece of the wake-up design: replace the trigger
+and this class together.
 """
 
 from __future__ import annotations
@@ -23,14 +25,46 @@ CHANNEL = "tierbox_pending"
 log = logging.getLogger("tierbox.relay")
 
 
+class Wakeup:
+    """One subscriber's wake-up: set by a NOTIFY (if subscribed to them) or by :meth:`poke`."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def clear(self) -> None:
+        """Forget wake-ups seen so far (call before scanning)."""
+        self._event.clear()
+
+    def poke(self) -> None:
+        """Wake the waiter now (shutdown, tests)."""
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait for a wake-up, at most ``timeout_s``; True if one arrived."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), max(timeout_s, 0.0))
+        return self._event.is_set()
+
+
 class Waker:
-    """Set when a NOTIFY arrives; :meth:`wait` returns on it or on timeout."""
+    """Listens on ``tierbox_pending`` and wakes every subscriber on each notification."""
 
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._event = asyncio.Event()
+        self._subscribers: list[Wakeup] = []
         self._task: asyncio.Task[None] | None = None
         self.listening = False
+
+    def subscribe(self) -> Wakeup:
+        """A new wake-up that every NOTIFY sets (and the reconnect of the listener)."""
+        wakeup = Wakeup()
+        self._subscribers.append(wakeup)
+        return wakeup
+
+    def unsubscribe(self, wakeup: Wakeup) -> None:
+        """Stop waking ``wakeup``."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(wakeup)
 
     def start(self) -> None:
         """Start listening in the background (reconnecting on its own)."""
@@ -43,19 +77,9 @@ class Waker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def clear(self) -> None:
-        """Forget wake-ups seen so far (call before scanning)."""
-        self._event.clear()
-
-    def poke(self) -> None:
-        """Wake the waiter now (shutdown, tests)."""
-        self._event.set()
-
-    async def wait(self, timeout_s: float) -> bool:
-        """Wait for a notification, at most ``timeout_s``; True if one arrived."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), max(timeout_s, 0.0))
-        return self._event.is_set()
+    def _wake_all(self) -> None:
+        for wakeup in self._subscribers:
+            wakeup.poke()
 
     async def _listen_forever(self) -> None:
         delay = 0.5
@@ -66,10 +90,10 @@ class Waker:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening, delay = True, 0.5
-                    self._event.set()  # anything committed while we were deaf
+                    self._wake_all()  # anything committed while we were deaf
                     event(log, "relay.listening", channel=CHANNEL)
                     async for _ in conn.notifies():
-                        self._event.set()
+                        self._wake_all()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: poll meanwhile and reconnect

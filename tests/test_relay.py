@@ -244,3 +244,52 @@ def test_relay_serves_its_counters_on_metrics_port(settings: Settings, procs, tm
     assert 'tierbox_relay_published_total{tier="normal"} 3.0' in body
     assert "tierbox_relay_batch_seconds_count" in body
 
+
+
+def test_only_urgent_rows_notify_the_relay(db_url: str) -> None:
+    """The trigger NOTIFYs for tiers marked notify (urgent ones) and for tiers it does not know."""
+    from outbox.maintenance import sync_tiers
+    from outbox.tiers import DEFAULT_TOPOLOGY
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        sync_tiers(conn, DEFAULT_TOPOLOGY)
+    assert {t for t, spec in DEFAULT_TOPOLOGY.tiers.items() if spec.urgent} == {"critical", "high", "calls"}
+
+    def notified_by(task: str | None, tier_sql: str | None = None) -> int:
+        with psycopg.connect(db_url, autocommit=True) as listener:
+            listener.execute("LISTEN tierbox_pending")
+            if task is not None:
+                enqueue_committed(db_url, task, args=[1])
+            else:
+                with psycopg.connect(db_url) as conn:  # a tier the mirror has never heard of
+                    job = conn.execute(
+                        "INSERT INTO outbox.jobs (id, task, tier, priority, payload, max_retries) "
+                        "VALUES (gen_random_uuid(), 't', %s, 1, '{}', 0) RETURNING id", (tier_sql,)).fetchone()
+                    conn.execute("INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at) "
+                                 "VALUES (%s, %s, 1, 1, now())", (job[0], tier_sql))  # type: ignore[index]
+            return len(list(listener.notifies(timeout=0.5)))
+
+    assert notified_by("sample.otp") == 1  # critical
+    assert notified_by("sample.call_summary") == 1  # calls
+    assert notified_by("sample.invoice") == 0  # normal: the main lane's poll finds it
+    assert notified_by("sample.export") == 0  # bulk
+    assert notified_by(None, "brand_new_tier") == 1
+
+
+@pytest.mark.slow
+async def test_urgent_lane_publishes_past_a_batch_in_flight(settings: Settings, amqp, procs, tmp_path: Path):
+    """A critical row is published while the main lane sits on a confirmed, uncommitted batch."""
+    [held] = enqueue_committed(settings.database_url, "sample.invoice", args=[1])
+    relay = Proc(["relay"], settings, tmp_path / "relay.log", {"TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S": "60"})
+    procs.append(relay)
+    await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("normal")), timeout=20,
+                           what="the main lane's batch confirmed (and now held before its commit)")
+    [urgent] = enqueue_committed(settings.database_url, "sample.otp", args=[2])
+    await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("critical")), timeout=10,
+                           what="the urgent lane publishes the critical row")
+    with psycopg.connect(settings.database_url) as conn:
+        published = dict(conn.execute("SELECT id, published_at IS NOT NULL FROM outbox.jobs").fetchall())
+    assert published == {urgent: True, held: False}  # the held batch is still uncommitted
+    relay.kill(signal.SIGKILL)
+    relay.wait()
+    assert pending_count(settings.database_url) == 1  # the held row is still owed: it will be republished
