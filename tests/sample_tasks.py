@@ -83,6 +83,11 @@ async def async_effect(ctx: outbox.TaskContext, note: str = "") -> None:
                               {"j": ctx.job_id, "a": ctx.attempt, "n": note})
 
 
+@outbox.task(tier=Tier.HIGH, name="sample.async_ping")
+async def async_ping(n: int) -> None:
+    """Async, without ctx: the worker's sessionless path (success autocommitted on its own)."""
+
+
 @outbox.task(tier=Tier.HIGH, name="sample.effect_then_die", max_retries=3)
 def effect_then_die(ctx: outbox.TaskContext) -> None:
     """Insert the effect, then die on the first attempt before the commit."""

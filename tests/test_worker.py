@@ -31,8 +31,11 @@ def test_commit_runs_once_and_ledger_says_succeeded(system: System) -> None:
     system.worker()
     job = system.enqueue("sample.effect", "hello")
     ajob = system.enqueue("sample.async_effect", "async")
+    ping = system.enqueue("sample.async_ping", 1)
     system.wait_status(job, "succeeded")
     system.wait_status(ajob, "succeeded")
+    system.wait_status(ping, "succeeded")
+    assert system.outcomes(ping) == ["succeeded"]
     assert system.effects(job) == [(1, "hello")]
     assert system.effects(ajob) == [(1, "async")]
     assert system.runs(job) == 1

@@ -34,6 +34,7 @@ from outbox.encoding import Payload
 from outbox.registry import Task
 from outbox.sql import run, run_async
 from workers import queries
+from workers.ledger import autocommit
 
 
 class Result(enum.Enum):
@@ -70,6 +71,8 @@ class Executor:
         return await self._run_sync(task, payload, ctx)
 
     async def _run_async(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection) -> Result:
+        if not task.takes_context:
+            return await self._run_async_sessionless(task, payload, ctx, conn)
         # The session owns the transaction it begins on ``conn`` (commit/rollback are real).
         session = AsyncSession(bind=conn)
         ctx.session = session
@@ -92,6 +95,18 @@ class Executor:
             except Exception:  # noqa: BLE001
                 with contextlib.suppress(Exception):
                     await conn.invalidate()
+
+    async def _run_async_sessionless(self, task: Task, payload: Payload, ctx: TaskContext,
+                                     conn: AsyncConnection) -> Result:
+        # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
+        # for the success to commit with: SUCCEED alone, autocommitted (one round trip instead of
+        # BEGIN + SUCCEED + COMMIT and an AsyncSession).
+        try:
+            await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
+        except TimeoutError as exc:
+            raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
+        rows = await autocommit(conn, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
+        return Result.SUCCEEDED if rows[0][0] == 1 else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         abandoned = threading.Event()

@@ -18,10 +18,11 @@ import uuid
 from typing import Any
 
 import msgspec
+import psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox.logs import clip
-from outbox.sql import run_async
+from outbox.sql import Statement, run_async
 from workers import queries
 
 MAX_ERROR_MESSAGE_CHARS = 2000
@@ -60,6 +61,31 @@ class StartResult(msgspec.Struct, frozen=True):
     headers: dict[str, Any]
 
 
+async def autocommit(conn: AsyncConnection, stmt: Statement, params: dict[str, Any]) -> list[Any]:
+    """Run one statement on a checked-out connection not in a transaction, committed when it returns.
+
+    It goes straight to the psycopg connection in autocommit mode (prepared, one round trip, no
+    SQLAlchemy execution machinery: measured as most of the worker's CPU per job), and leaves the
+    connection as it found it: SQLAlchemy never sees a transaction, the driver is back in
+    transactional mode for the next user.
+    """
+    if conn.in_transaction():
+        raise RuntimeError("ledger statements must not run inside a caller's transaction")
+    driver: psycopg.AsyncConnection[Any] = (await conn.get_raw_connection()).driver_connection  # type: ignore[assignment]
+    try:
+        await driver.set_autocommit(True)
+        try:
+            return await run_async(driver, stmt, params)
+        finally:
+            if not (driver.closed or driver.broken):
+                await driver.set_autocommit(False)
+    except psycopg.Error:
+        if driver.closed or driver.broken:  # tell the pool, which did not see the error, to drop it
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+        raise
+
+
 class Ledger:
     """Ledger operations of one worker process."""
 
@@ -67,28 +93,13 @@ class Ledger:
         self.engine = engine
         self.worker_id = worker_id
         self.lease_s = lease_s
-        # Shares the pool; SQLAlchemy sets psycopg's autocommit flag on checkout and resets it on
-        # check-in (client-side attributes, no round trip).
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def _one(self, stmt: Any, params: dict[str, Any], conn: AsyncConnection | None = None) -> list[Any]:
         """Run one statement, committed when it returns (autocommit: one round trip)."""
         if conn is None:
-            async with self._autocommit.connect() as own:
-                return await run_async(own, stmt, params)
-        if conn.in_transaction():
-            raise RuntimeError("ledger statements must not run inside a caller's transaction")
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        try:
-            rows = await run_async(conn, stmt, params)
-            await conn.commit()  # ends SQLAlchemy's logical transaction; autocommit: nothing is sent
-            return rows
-        finally:
-            if conn.in_transaction():
-                with contextlib.suppress(Exception):  # the statement's own error is the one to raise
-                    await conn.rollback()
-            if not conn.invalidated:
-                await conn.execution_options(isolation_level=conn.default_isolation_level or "READ COMMITTED")
+            async with self.engine.connect() as own:
+                return await autocommit(own, stmt, params)
+        return await autocommit(conn, stmt, params)
 
     async def start(self, job_id: uuid.UUID, acked_early: bool, conn: AsyncConnection | None = None) -> StartResult:
         """Count the attempt and take the lease, or learn why the delivery must not run.

@@ -1,0 +1,129 @@
+"""One attempt on the worker's executor, in process, against real Postgres.
+
+The system tests drive handlers through real worker processes; these pin down the
+executor's two async paths on one pooled connection: a handler that takes ``ctx`` runs in
+a transaction with its success, one that does not gets an autocommitted, fenced SUCCEED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import outbox
+from outbox.context import TaskContext
+from outbox.encoding import Payload
+from outbox.registry import Task
+from workers.execute import AttemptTimeout, Executor, Result
+from workers.ledger import Ledger
+
+CALLS: list[str] = []
+
+
+@outbox.task(tier="high", name="tests.exec.plain")
+async def plain(note: str) -> None:
+    """No ctx: the sessionless path."""
+    CALLS.append(note)
+
+
+@outbox.task(tier="high", name="tests.exec.slow", timeout_s=0.2)
+async def slow() -> None:
+    """No ctx, past its timeout."""
+    await asyncio.sleep(5)
+
+
+@outbox.task(tier="high", name="tests.exec.with_ctx")
+async def with_ctx(ctx: outbox.TaskContext, note: str) -> None:
+    """ctx: its write commits with the success."""
+    await ctx.session.execute(text("INSERT INTO public.exec_effects (job_id, note) VALUES (:j, :n)"),
+                              {"j": ctx.job_id, "n": note})
+
+
+def _sa(url: str, driver: str) -> str:
+    return f"postgresql+{driver}://" + url.partition("://")[2]
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.exec_effects (job_id uuid, note text)")
+    eng = create_async_engine(_sa(db_url, "psycopg"), pool_size=1, max_overflow=0)
+    yield eng
+    await eng.dispose()
+
+
+async def _attempt(db_url: str, engine: AsyncEngine, task: Task, *args: Any,
+                   bump_attempts: bool = False) -> tuple[uuid.UUID, Any]:
+    with psycopg.connect(db_url) as conn:
+        job = outbox.enqueue(conn, task, args=list(args))
+    executor = Executor(engine, create_engine(_sa(db_url, "psycopg")), threads=1)
+    ledger = Ledger(engine, "test-worker", lease_s=30)
+    try:
+        async with engine.connect() as conn:
+            start = await ledger.start(job, acked_early=False, conn=conn)
+            assert start.decision == "run"
+            if bump_attempts:  # as if the lease was reaped and another worker started attempt 2
+                with psycopg.connect(db_url, autocommit=True) as other:
+                    other.execute("UPDATE outbox.jobs SET attempts = attempts + 1 WHERE id = %s", (job,))
+            ctx = TaskContext(job_id=job, task=task.name, tier="high", attempt=start.attempt,
+                              max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers={})
+            try:
+                outcome: Any = await executor.run(task, Payload(args=list(args)), ctx, conn)
+            except AttemptTimeout as exc:
+                outcome = exc
+            # Whatever happened, the connection is back to a clean, usable, transactional state.
+            assert not conn.in_transaction()
+            assert (await conn.exec_driver_sql("SELECT 1")).scalar() == 1
+            await conn.rollback()
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw.autocommit is False
+    finally:
+        executor.shutdown()
+    return job, outcome
+
+
+def _job(db_url: str, job: uuid.UUID) -> tuple[Any, ...]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(  # type: ignore[return-value]
+            "SELECT j.status, a.outcome, (SELECT count(*) FROM outbox.leases l WHERE l.job_id = j.id) "
+            "FROM outbox.jobs j JOIN outbox.attempts a ON a.job_id = j.id WHERE j.id = %s", (job,)).fetchone()
+
+
+async def test_sessionless_success_is_recorded(db_url: str, engine: AsyncEngine) -> None:
+    job, outcome = await _attempt(db_url, engine, plain, "one")
+    assert outcome is Result.SUCCEEDED and CALLS[-1] == "one"
+    assert _job(db_url, job) == ("succeeded", "succeeded", 0)
+
+
+async def test_sessionless_success_is_fenced_when_the_ledger_moved_on(db_url: str, engine: AsyncEngine) -> None:
+    job, outcome = await _attempt(db_url, engine, plain, "late", bump_attempts=True)
+    assert outcome is Result.FENCED
+    assert _job(db_url, job) == ("running", None, 1)  # nothing written: the newer attempt owns the job
+
+
+async def test_sessionless_timeout_leaves_the_connection_usable(db_url: str, engine: AsyncEngine) -> None:
+    job, outcome = await _attempt(db_url, engine, slow)
+    assert isinstance(outcome, AttemptTimeout)
+    assert _job(db_url, job) == ("running", None, 1)  # the pool records the failure, not the executor
+
+
+async def test_ctx_handler_commits_its_write_with_the_success(db_url: str, engine: AsyncEngine) -> None:
+    job, outcome = await _attempt(db_url, engine, with_ctx, "written")
+    assert outcome is Result.SUCCEEDED
+    assert _job(db_url, job) == ("succeeded", "succeeded", 0)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT job_id, note FROM public.exec_effects").fetchall() == [(job, "written")]
+
+
+async def test_ctx_handler_write_is_fenced_too(db_url: str, engine: AsyncEngine) -> None:
+    _, outcome = await _attempt(db_url, engine, with_ctx, "stale", bump_attempts=True)
+    assert outcome is Result.FENCED
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM public.exec_effects").fetchone() == (0,)
