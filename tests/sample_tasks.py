@@ -75,6 +75,12 @@ def effect(ctx: outbox.TaskContext, note: str = "") -> None:
                         {"j": ctx.job_id, "a": ctx.attempt, "n": note})
 
 
+@outbox.task(tier=Tier.NORMAL, name="sample.normal_effect")
+def normal_effect(ctx: outbox.TaskContext, note: str = "") -> None:
+    """:func:`effect` in the normal tier (the relay's main lane)."""
+    effect.fn(ctx, note)
+
+
 @outbox.task(tier=Tier.HIGH, name="sample.async_effect")
 async def async_effect(ctx: outbox.TaskContext, note: str = "") -> None:
     """Async variant of :func:`effect`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +73,24 @@ def stop_and_read(proc: Proc) -> str:
         proc.kill(signal.SIGTERM)
         proc.wait(30)
     return proc.output()
+
+
+def test_start_does_not_wait_for_the_relay_batch_and_the_republish_is_absorbed(system: System) -> None:
+    """A worker runs a job whose relay batch is confirmed but not committed; the relay dies; the copy
+    published again is absorbed: one run, one attempt, nothing left pending."""
+    held = system.start("relay", env={"TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S": "60"})
+    worker = system.worker("--pool", "normal")
+    job = system.enqueue("sample.normal_effect", "in flight")
+    system.wait_status(job, "succeeded", timeout=15)  # the relay still holds the pending row, uncommitted
+    assert system.q("SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == [(1,)]
+    held.kill(signal.SIGKILL)
+    held.wait()
+    system.relay()  # publishes the row again: its batch was never committed
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.pending") == [(0,)], what="row republished")
+    time.sleep(1.5)  # the copy is in the queue (confirmed); let the worker take it
+    assert "skipped_finished=1" in stop_and_read(worker)  # counters are printed on stop
+    assert system.runs(job) == 1 and system.effects(job) == [(1, "in flight")]
+    assert system.outcomes(job) == ["succeeded"] and system.status(job) == "succeeded"
 
 
 def test_sigkill_mid_handler_is_recovered_with_one_crashed_attempt(system: System) -> None:
