@@ -165,6 +165,28 @@ SELECT count(*) FROM j
 """)
 
 
+# Success of several sessionless attempts in one statement (workers.batch.SuccessBatcher):
+# SUCCEED for each (job_id, attempt) pair, fenced the same way; returns the ids that succeeded.
+SUCCEED_MANY = Statement("ledger.succeed_many", """
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+input AS (
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS integer[])) AS t(job_id, attempt)
+),
+j AS (
+    UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL
+    FROM input
+    WHERE jobs.id = input.job_id AND jobs.attempts = input.attempt AND jobs.status = 'running'
+    RETURNING jobs.id, jobs.attempts
+), a AS (
+    UPDATE outbox.attempts SET finished_at = (SELECT at FROM ts), outcome = 'succeeded'
+    FROM j WHERE attempts.job_id = j.id AND attempts.attempt = j.attempts
+), l AS (
+    DELETE FROM outbox.leases USING j WHERE leases.job_id = j.id
+)
+SELECT id FROM j
+""")
+
+
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
 RETRY = Statement("ledger.retry", """
 WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition

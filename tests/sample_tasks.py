@@ -75,6 +75,12 @@ def effect(ctx: outbox.TaskContext, note: str = "") -> None:
                         {"j": ctx.job_id, "a": ctx.attempt, "n": note})
 
 
+@outbox.task(tier=Tier.HIGH, name="sample.async_nap", max_retries=5)
+async def async_nap(seconds: float, n: int = 0) -> None:
+    """Async, without ctx, taking a while: in flight when a test kills its worker."""
+    await asyncio.sleep(seconds)
+
+
 @outbox.task(tier=Tier.NORMAL, name="sample.normal_effect")
 def normal_effect(ctx: outbox.TaskContext, note: str = "") -> None:
     """:func:`effect` in the normal tier (the relay's main lane)."""

@@ -54,7 +54,7 @@ def _sa(url: str, driver: str) -> str:
 async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.exec_effects (job_id uuid, note text)")
-    eng = create_async_engine(_sa(db_url, "psycopg"), pool_size=1, max_overflow=0)
+    eng = create_async_engine(_sa(db_url, "psycopg"), pool_size=2, max_overflow=0)  # the attempt + the success batcher
     yield eng
     await eng.dispose()
 
@@ -127,3 +127,24 @@ async def test_ctx_handler_write_is_fenced_too(db_url: str, engine: AsyncEngine)
     assert outcome is Result.FENCED
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM public.exec_effects").fetchone() == (0,)
+
+
+async def test_successes_finishing_together_share_a_statement_and_keep_their_own_fence(
+        db_url: str, engine: AsyncEngine) -> None:
+    from workers.batch import SuccessBatcher
+
+    with psycopg.connect(db_url) as conn:
+        jobs = [outbox.enqueue(conn, plain, args=[str(i)]) for i in range(40)]
+    ledger = Ledger(engine, "test-worker", lease_s=30)
+    for job in jobs:
+        assert (await ledger.start(job, acked_early=False)).decision == "run"
+    with psycopg.connect(db_url, autocommit=True) as other:  # the last ten were reaped and restarted elsewhere
+        other.execute("UPDATE outbox.jobs SET attempts = attempts + 1 WHERE id = ANY(%s)", (jobs[30:],))
+    batcher = SuccessBatcher(engine)
+    results = await asyncio.gather(*(batcher.succeed(job, 1) for job in jobs))
+    assert results == [True] * 30 + [False] * 10
+    assert batcher.recorded == 40 and batcher.flushes < 40  # 40 finished together: batched
+    with psycopg.connect(db_url) as conn:
+        statuses = dict(conn.execute("SELECT id, status FROM outbox.jobs").fetchall())
+        assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (10,)
+    assert [statuses[j] for j in jobs] == ["succeeded"] * 30 + ["running"] * 10

@@ -109,6 +109,29 @@ def test_sigkill_mid_handler_is_recovered_with_one_crashed_attempt(system: Syste
     assert len(system.effects(job)) == 1
 
 
+def test_sigkill_with_sessionless_jobs_in_flight_loses_none(system: System) -> None:
+    """Async handlers without ctx (batched successes): a worker SIGKILLed mid-flight loses nothing."""
+    system.relay()
+    first = system.worker()
+    with psycopg.connect(system.settings.database_url) as conn:
+        jobs = outbox.enqueue_many(conn, [outbox.job("sample.async_nap", args=[0.05 * (i % 5), i])
+                                          for i in range(300)])
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'succeeded'")[0][0] >= 30,
+                what="some succeeded")
+    first.kill(signal.SIGKILL)
+    first.wait()
+    system.worker()
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'succeeded'") == [(300,)],
+                timeout=60, what="every job succeeded after the kill")
+    assert system.q("SELECT count(*) FROM outbox.pending") == [(0,)]
+    assert system.q("SELECT count(*) FROM outbox.leases") == [(0,)]
+    # Each job ended with exactly one succeeded attempt; attempts cut short by the kill say crashed.
+    assert system.q("SELECT count(*) FROM outbox.attempts WHERE outcome = 'succeeded'") == [(300,)]
+    assert system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(0,)]
+    assert system.q("SELECT count(*) > 0 FROM outbox.attempts WHERE outcome = 'crashed'") == [(True,)]  # it bit
+    assert len(jobs) == 300
+
+
 def test_db_effect_exactly_once_when_killed_before_commit(system: System) -> None:
     system.relay()
     system.worker()

@@ -34,7 +34,7 @@ from outbox.encoding import Payload
 from outbox.registry import Task
 from outbox.sql import run, run_async
 from workers import queries
-from workers.ledger import autocommit
+from workers.batch import SuccessBatcher
 
 
 class Result(enum.Enum):
@@ -56,6 +56,7 @@ class Executor:
         self.async_engine = async_engine
         self.sync_engine = sync_engine
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierbox-handler")
+        self.successes = SuccessBatcher(async_engine)
 
     async def run(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection | None = None) -> Result:
         """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`.
@@ -99,14 +100,13 @@ class Executor:
     async def _run_async_sessionless(self, task: Task, payload: Payload, ctx: TaskContext,
                                      conn: AsyncConnection) -> Result:
         # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
-        # for the success to commit with: SUCCEED alone, autocommitted (one round trip instead of
-        # BEGIN + SUCCEED + COMMIT and an AsyncSession).
+        # for the success to commit with: it is recorded autocommitted, batched with the others that
+        # finish meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.
         try:
             await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
         except TimeoutError as exc:
             raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
-        rows = await autocommit(conn, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
-        return Result.SUCCEEDED if rows[0][0] == 1 else Result.FENCED
+        return Result.SUCCEEDED if await self.successes.succeed(ctx.job_id, ctx.attempt) else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         abandoned = threading.Event()
