@@ -184,9 +184,16 @@ class Relay:
 
     async def _publish_one(self, row: Sequence[Any]) -> Any:
         job_id, _weight, task, tier, priority, payload, headers, attempts, enqueued_at, _ = row
-        message = build_message(job_id, task, tier, priority, payload, headers, attempts, enqueued_at)
-        return await self.exchange.publish(
-            message, routing_key=tier, mandatory=True, timeout=self.settings.relay_confirm_timeout_s
+        body, properties = build_publish(job_id, task, tier, priority, payload, headers, attempts, enqueued_at)
+        if self.channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
+        # Straight to aiormq (what aio-pika's Exchange.publish calls after building an
+        # aio_pika.Message): the same frames and confirm/return results, without a Message object
+        # per row (measured: build_message was ~10% of the relay's CPU).
+        underlay = await self.channel.get_underlay_channel()
+        return await underlay.basic_publish(
+            body, exchange=self.exchange.name, routing_key=tier, properties=properties, mandatory=True,
+            timeout=self.settings.relay_confirm_timeout_s,
         )
 
     async def _record(self, outcome: PublishOutcome, expired: list[uuid.UUID]) -> None:
@@ -215,26 +222,35 @@ class Relay:
         return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
 
-def build_message(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,
-                  attempts: int, enqueued_at: dt.datetime | None) -> aio_pika.Message:
-    """The persistent AMQP message for one job (body: the versioned envelope)."""
-    user_headers: dict[str, Any] = encoding.decode_headers(headers)
-    amqp_headers: dict[str, Any] = {
-        **{k: v for k, v in user_headers.items() if k in ("traceparent", "tracestate")},
-        encoding.HEADER_TASK: task,
-        encoding.HEADER_TIER: tier,
-        encoding.HEADER_ATTEMPT: attempts + 1,
-        encoding.HEADER_ENQUEUED_AT: enqueued_at.isoformat() if enqueued_at else "",
-    }
-    return aio_pika.Message(
-        body=encoding.encode_envelope(job_id, task, tier, payload, enqueued_at),
+def build_publish(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,
+                  attempts: int, enqueued_at: dt.datetime | None) -> tuple[bytes, aiormq.spec.Basic.Properties]:
+    """Body (the versioned envelope) and AMQP properties of the persistent message for one job."""
+    amqp_headers: dict[str, Any] = {}
+    if headers != "{}":  # the common case: no user headers, nothing to decode
+        user_headers: dict[str, Any] = encoding.decode_headers(headers)
+        amqp_headers.update((k, v) for k, v in user_headers.items() if k in ("traceparent", "tracestate"))
+    amqp_headers[encoding.HEADER_TASK] = task
+    amqp_headers[encoding.HEADER_TIER] = tier
+    amqp_headers[encoding.HEADER_ATTEMPT] = attempts + 1
+    amqp_headers[encoding.HEADER_ENQUEUED_AT] = enqueued_at.isoformat() if enqueued_at else ""
+    properties = aiormq.spec.Basic.Properties(
         content_type=encoding.CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
         message_id=str(job_id),
         priority=priority,
         headers=amqp_headers,
         timestamp=enqueued_at,
     )
+    return encoding.encode_envelope(job_id, task, tier, payload, enqueued_at), properties
+
+
+def build_message(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,
+                  attempts: int, enqueued_at: dt.datetime | None) -> aio_pika.Message:
+    """:func:`build_publish` as an ``aio_pika.Message`` (tests and the benchmark's raw publisher)."""
+    body, p = build_publish(job_id, task, tier, priority, payload, headers, attempts, enqueued_at)
+    return aio_pika.Message(body=body, content_type=p.content_type, delivery_mode=p.delivery_mode,
+                            message_id=p.message_id, priority=p.priority, headers=p.headers,
+                            timestamp=p.timestamp)
 
 
 def _count_failure(tier: str, result: Any) -> None:
@@ -250,7 +266,8 @@ def _describe(result: Any) -> str:
     if isinstance(result, BaseException):
         return clip(f"{type(result).__name__}: {result}", 200) if str(result) else type(result).__name__
     if isinstance(result, aiormq.abc.DeliveredMessage):
-        return clip(f"returned by broker: {result.delivery.reply_text} (no queue bound for this tier)", 200)
+        reply = getattr(result.delivery, "reply_text", "")  # a Basic.Return carries one
+        return clip(f"returned by broker: {reply} (no queue bound for this tier)", 200)
     return clip(f"unexpected publish result {type(result).__name__}", 200)
 
 

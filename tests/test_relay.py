@@ -293,3 +293,24 @@ async def test_urgent_lane_publishes_past_a_batch_in_flight(settings: Settings, 
     relay.kill(signal.SIGKILL)
     relay.wait()
     assert pending_count(settings.database_url) == 1  # the held row is still owed: it will be republished
+
+
+def test_relay_frames_are_what_aio_pika_would_send() -> None:
+    """The relay publishes through aiormq with pre-built properties; the header frame must be
+    byte-for-byte the one aio-pika builds from build_message (user trace headers kept, others not)."""
+    from pamqp.header import ContentHeader
+
+    from relay.relay import build_message, build_publish
+
+    job = uuid.uuid4()
+    at = dt.datetime(2026, 11, 24, 5, 0, tzinfo=dt.UTC)
+    for headers in ("{}", '{"traceparent": "00-abc-01", "secret": "not forwarded"}'):
+        args = (job, "sample.invoice", "normal", 5, '{"args": [1], "kwargs": {}}', headers, 2, at)
+        body, properties = build_publish(*args)
+        message = build_message(*args)
+        assert body == message.body
+        direct = ContentHeader(properties=properties, body_size=len(body)).marshal()
+        via_aio_pika = ContentHeader(properties=message.properties, body_size=len(body)).marshal()
+        assert direct == via_aio_pika
+        assert properties.headers is not None and "secret" not in properties.headers
+        assert properties.delivery_mode == 2 and properties.message_id == str(job)
