@@ -20,6 +20,8 @@ from bench.systems import Tierbox
 
 TARGET_HISTORY = 0.9
 TARGET_HELD = 0.8
+#: How long the full run holds the snapshot (the issue's 2 minutes).
+HOLD_S = 120.0
 FILL_HISTORY = """
 WITH j AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, max_retries, status, attempts, enqueued_at,
@@ -57,7 +59,7 @@ def dead_tuples(url: str) -> str:
 
 def run(report: Report, quick: bool) -> None:
     """Measure and report item 6."""
-    history, n, reps = (200_000, 1_000, 2) if quick else (2_000_000, 5_000, 3)
+    history, n, reps, hold_s = (200_000, 1_000, 2, 0.0) if quick else (10_000_000, 5_000, 3, HOLD_S)
     report.section("6. Scale of history")
     empty: list[float] = []
     full: list[float] = []
@@ -79,16 +81,19 @@ def run(report: Report, quick: bool) -> None:
             holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
             holder.execute("SELECT count(*) FROM outbox.tiers")  # takes the snapshot that pins xmin
             t_held = time.perf_counter()
-            for _ in range(reps):
+            # At least `reps` measurements and at least hold_s under the snapshot; the last `reps`
+            # (the most dead tuples behind them) are the ones compared.
+            while len(held) < reps or time.perf_counter() - t_held < hold_s:
                 held.append(measure(tierbox, url, n))
             held_s = time.perf_counter() - t_held
+            held = held[-reps:]
             time.sleep(0.6)  # statistics collector catches up
             dead = dead_tuples(url)
             holder.rollback()
     report.note(f"{history:,} finished jobs (+ one attempt row each) added in {fill_s:.0f} s"
                 f"{'' if history >= 10_000_000 else ' (the issue asks 10M; this run uses fewer to fit the time)'}; "
                 f"{n:,} no-op jobs per measurement, {reps} repetitions each; snapshot held {held_s:.0f} s "
-                "(the issue asks 2 min).")
+                f"while measuring (the last {reps} measurements under it are compared).")
     report.table(["ledger", "jobs/s end to end"], [["empty", fmt(empty)], [f"+{history:,} finished", fmt(full)],
                                                    ["+ history, vacuum held back", fmt(held)]])
     report.note(f"Dead tuples with the snapshot held, after the runs: {dead}")
