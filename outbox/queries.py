@@ -172,10 +172,15 @@ WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for ev
 input AS (
     SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS integer[])) AS t(job_id, attempt)
 ),
+-- Job rows locked in id order, as every multi-row ledger/relay statement does: no deadlock cycles.
+ordered AS MATERIALIZED (
+    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM input) ORDER BY id FOR UPDATE
+),
 j AS (
     UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL
     FROM input
     WHERE jobs.id = input.job_id AND jobs.attempts = input.attempt AND jobs.status = 'running'
+      AND jobs.id IN (SELECT id FROM ordered)
     RETURNING jobs.id, jobs.attempts
 ), a AS (
     UPDATE outbox.attempts SET finished_at = (SELECT at FROM ts), outcome = 'succeeded'
@@ -183,18 +188,23 @@ j AS (
 ), l AS (
     DELETE FROM outbox.leases USING j WHERE leases.job_id = j.id
 )
-SELECT id FROM j
+SELECT id, attempts FROM j
 """)
 
 
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
+# The job's pending row may still exist: start_attempt does not wait for the relay that published
+# the attempt's message, so that relay may hold the row (and delete it when its batch commits).
+# Lock it first, in the relay's order (pending, then jobs), waiting out that batch; then upsert.
 RETRY = Statement("ledger.retry", """
 WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
 j AS (
     UPDATE outbox.jobs
     SET status = 'retrying', available_at = (SELECT at FROM ts) + make_interval(secs => CAST(:delay_s AS float8)),
         last_error = :error_message
     WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+      AND (SELECT count(*) FROM locked) >= 0  -- evaluated before the job row is locked
     RETURNING id, tier, priority, available_at
 ), a AS (
     UPDATE outbox.attempts
@@ -207,6 +217,7 @@ j AS (
     INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
     SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
     FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
+    ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
 )
 SELECT count(*) FROM j
 """)

@@ -25,6 +25,9 @@ log = logging.getLogger("tierbox.relay")
 #: Reconnect back-off: first wait and cap, seconds.
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
+#: Wait of a lane that found due rows it could not claim (held by another batch), seconds: not 0,
+#: which would spin on the claim for the whole of the other batch's confirms.
+CONTENDED_WAIT_S = 0.05
 #: How often the relay logs its lag per tier, seconds.
 LAG_LOG_INTERVAL_S = 30.0
 
@@ -103,7 +106,12 @@ async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, 
             if handled:
                 continue
             due_in = await relay.next_due_in()
-            timeout = settings.relay_poll_interval_s if due_in is None else min(due_in, settings.relay_poll_interval_s)
+            if due_in is None:
+                timeout = settings.relay_poll_interval_s
+            elif due_in <= 0:  # due rows, none claimable: another lane or relay holds them mid-batch
+                timeout = min(CONTENDED_WAIT_S, settings.relay_poll_interval_s)
+            else:
+                timeout = min(due_in, settings.relay_poll_interval_s)
             await wakeup.wait(timeout)
     finally:
         stopper.cancel()

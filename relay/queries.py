@@ -30,11 +30,15 @@ ORDER BY p.weight DESC, p.priority DESC, p.available_at
 MARK_PUBLISHED = Statement("relay.mark_published", """
 WITH done AS (
     DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
+),
+-- Job rows locked in id order (workers' batched successes lock in the same order): no deadlock cycle.
+ordered AS MATERIALIZED (
+    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM done) ORDER BY id FOR UPDATE
 )
 UPDATE outbox.jobs AS j
 SET published_at = clock_timestamp(),
     status = CASE WHEN j.status IN ('pending', 'retrying') THEN 'published' ELSE j.status END
-FROM done WHERE j.id = done.job_id
+FROM ordered WHERE j.id = ordered.id
 """)
 
 # Not confirmed (nack, return, timeout, closed channel): keep pending, try again later.
@@ -50,10 +54,13 @@ WHERE job_id = ANY(CAST(:ids AS uuid[]))
 MARK_EXPIRED = Statement("relay.mark_expired", """
 WITH done AS (
     DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
+),
+ordered AS MATERIALIZED (  -- id order, as MARK_PUBLISHED
+    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM done) ORDER BY id FOR UPDATE
 )
 UPDATE outbox.jobs AS j
 SET status = 'expired', finished_at = now(), last_error = 'expired before it was published'
-FROM done WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'published')
+FROM ordered WHERE j.id = ordered.id AND j.status IN ('pending', 'retrying', 'published')
 """)
 
 # When the lane's next delayed row becomes due (the lane sleeps until then at most).

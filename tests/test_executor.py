@@ -148,3 +148,16 @@ async def test_successes_finishing_together_share_a_statement_and_keep_their_own
         statuses = dict(conn.execute("SELECT id, status FROM outbox.jobs").fetchall())
         assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (10,)
     assert [statuses[j] for j in jobs] == ["succeeded"] * 30 + ["running"] * 10
+
+
+async def test_a_success_postgres_will_not_take_is_outcome_not_recorded_not_a_handler_failure() -> None:
+    from tests.helpers import free_port
+    from workers.batch import OutcomeNotRecorded, SuccessBatcher
+
+    dead = create_async_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing",
+                               connect_args={"connect_timeout": 1})
+    try:
+        with pytest.raises(OutcomeNotRecorded, match="OperationalError"):
+            await SuccessBatcher(dead).succeed(uuid.uuid4(), 1)
+    finally:
+        await dead.dispose()

@@ -39,6 +39,7 @@ from outbox.registry import Registry, Task
 from outbox.tiers import PoolSpec
 from workers import metrics
 from workers.admission import PAUSE_REFRESH_S, RUN, Admission
+from workers.batch import OutcomeNotRecorded
 from workers.buffer import PriorityBuffer
 from workers.dlq import DlqSweeper, safe_headers
 from workers.execute import AttemptTimeout, Executor, Result
@@ -325,6 +326,12 @@ class Pool:
         except AttemptTimeout as exc:
             ok = False
             await self._failed(task, env, start, exc, "timeout")
+        except OutcomeNotRecorded as exc:
+            # The handler succeeded but Postgres would not record it: not the handler's failure.
+            # Leave the job to its lease (no heartbeat once it leaves _running); the reaper retries it.
+            self._count("outcome_not_recorded")
+            event(log, "worker.outcome_not_recorded", logging.WARNING, job_id=env.id, attempt=start.attempt,
+                  error=str(exc)[:200])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger

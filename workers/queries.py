@@ -15,10 +15,13 @@ __all__ = ["DEAD", "DEAD_MESSAGE", "DEAD_WITHOUT_ATTEMPT", "DEFER", "HEARTBEAT",
            "RETRY", "START_ATTEMPT", "SUCCEED"]
 
 # A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
+# Locks the pending row first, in the relay's lock order (pending, then jobs), as DEFER and RETRY do.
 DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", """
-WITH j AS (
+WITH locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
+j AS (
     UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
     WHERE id = :job_id AND status IN ('pending', 'published', 'retrying')
+      AND (SELECT count(*) FROM locked) >= 0  -- evaluated before the job row is locked
     RETURNING *
 ), p AS (
     DELETE FROM outbox.pending WHERE job_id IN (SELECT id FROM j)

@@ -1,4 +1,4 @@
-"""start_attempt no longer waits for the relay's batch to commit.
+"""start_attempt no longer waits for the relay's batch to commit; reap and RETRY cope with that.
 
 A relay holds its claimed ``pending`` rows locked from the claim until its batch commits, which
 is after every confirm of the batch and the ``MARK_PUBLISHED`` statement. A worker usually
@@ -10,13 +10,21 @@ Now ``start_attempt`` locks only the job row and deletes the ``pending`` row onl
 holds it (``FOR UPDATE SKIP LOCKED``). A relay that holds it either commits
 ``MARK_PUBLISHED``, which deletes it and keeps the job's ``running`` status, or rolls back /
 marks the publish failed, and the row is published again: a duplicate, which ``start_attempt``
-absorbs (``running`` or ``finished``), never a loss. No lock is ever awaited on ``pending`` while
-the job row is held, so there is no lock-order cycle with the relay (pending, then jobs).
+absorbs (``running`` or ``finished``), never a loss.
+
+So a ``running`` job may still have a ``pending`` row. Everything that gives a running job a new
+``pending`` row therefore locks the old one first, in the relay's order (pending, then jobs), and
+upserts: ``RETRY`` (a Python statement) waits out the relay's batch; ``reap`` (here), which holds
+other jobs' locks in its loop and so must not wait, skips a job whose row a relay holds and gets
+it on its next round. Multi-row statements lock job rows in id order (``MARK_PUBLISHED``,
+``MARK_EXPIRED``, ``SUCCEED_MANY``, and ``reap`` here), so they cannot deadlock each other.
 
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24
 """
+
+import importlib
 
 from alembic import op
 
@@ -82,11 +90,78 @@ DOWNGRADE = BODY.format(
 )
 
 
+REAP = r"""
+CREATE OR REPLACE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
+RETURNS TABLE (job_id uuid, decision text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    l outbox.leases%ROWTYPE;
+    j outbox.jobs%ROWTYPE;
+    w smallint;
+    msg text := 'lease expired: the worker died or lost its database connection';
+BEGIN
+    FOR l IN
+        SELECT * FROM (
+            SELECT * FROM outbox.leases le WHERE le.expires_at < now()
+            ORDER BY le.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+        ) AS expired ORDER BY expired.job_id  -- job rows in id order, as every multi-row statement
+    LOOP
+        {pending_guard}
+        DELETE FROM outbox.leases le WHERE le.job_id = l.job_id;
+        UPDATE outbox.attempts a
+           SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg
+         WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
+        SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id AND attempts = l.attempt AND status = 'running'
+           FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        IF j.attempts >= j.max_retries + 1 THEN
+            UPDATE outbox.jobs SET status = 'dead', finished_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                             error_message, attempts, enqueued_at, redrive_count)
+            VALUES (j.id, j.task, j.tier, j.priority, j.payload, j.headers, 'crashed', 'WorkerLost', msg,
+                    j.attempts, j.enqueued_at, j.redrive_count)
+            ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING;
+            job_id := j.id; decision := 'dead';
+        ELSE
+            SELECT t.weight INTO w FROM outbox.tiers t WHERE t.name = j.tier;
+            UPDATE outbox.jobs SET status = 'retrying', available_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+            VALUES (j.id, j.tier, COALESCE(w, 5), j.priority, now())
+            ON CONFLICT ON CONSTRAINT pk_pending {pending_conflict};
+            job_id := j.id; decision := 'retry';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+"""
+
+REAP_UPGRADE = REAP.format(
+    pending_guard="""-- A relay mid-batch on this job's pending row: do not wait for it while holding other jobs'
+        -- locks; the lease stays expired and the next round takes it.
+        PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id;
+        IF FOUND THEN
+            PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+        END IF;""",
+    pending_conflict="DO UPDATE SET available_at = EXCLUDED.available_at",
+)
+
+def _reap_0001() -> str:
+    """The reap function exactly as revision 0001 created it (the downgrade must restore it verbatim)."""
+    first = importlib.import_module("migrations.versions.0001_outbox_schema")
+    start = first.FUNCTIONS.index("CREATE FUNCTION outbox.reap(")
+    end = first.FUNCTIONS.index("END $$;", start) + len("END $$;")
+    return "CREATE OR REPLACE FUNCTION" + first.FUNCTIONS[start + len("CREATE FUNCTION"):end]
+
+
 def upgrade() -> None:
-    """Replace start_attempt with the version that skips a pending row a relay holds."""
+    """Replace start_attempt (skips a pending row a relay holds) and reap (skips, upserts, id order)."""
     op.execute(UPGRADE)
+    op.execute(REAP_UPGRADE)
 
 
 def downgrade() -> None:
-    """Restore the version that waits for the relay's lock."""
+    """Restore the versions that wait for the relay's lock."""
     op.execute(DOWNGRADE)
+    op.execute(_reap_0001())

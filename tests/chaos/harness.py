@@ -30,7 +30,7 @@ import psycopg
 
 from outbox.config import Settings
 from tests.chaos import tasks
-from tests.helpers import ROOT, Proc, settings_env
+from tests.helpers import ROOT, Proc, settings_env, wait_until
 
 POOLS = ("urgent", "normal", "deferred", "calls")
 BASE_FAULTS = ("sigkill_relay", "sigkill_worker", "sigterm_pool", "close_connections", "pg_terminate",
@@ -228,6 +228,11 @@ class ChaosRun:
         pool = self.rng.choice(POOLS)
         self._affected = self.settings.topology.pools[pool].tiers
         proc = self.pools[pool]
+        # The fault is a graceful stop of a running pool. A pool restarted by an earlier fault may still
+        # be importing, before its SIGTERM handler exists (the default action then kills it, exit -15,
+        # which is a different fault: a crash, already covered by sigkill_worker).
+        wait_until(lambda: "worker.started" in proc.output() or not proc.alive(), timeout=30,
+                   what=f"pool {pool} started before its SIGTERM")
         self._note_rss(proc)
         proc.kill(signal.SIGTERM)
         code = proc.wait(60)

@@ -1,0 +1,135 @@
+"""The ledger's transitions against a relay that holds a job's pending row mid-batch.
+
+``start_attempt`` does not wait for the relay that published a job (migration 0005), so a
+running job may still have a ``pending`` row that a relay holds until its batch commits. These
+tests hold that row from a second connection, exactly as a relay batch does, and check that
+``RETRY`` waits it out and upserts, and that ``reap`` skips the job rather than wait (and takes
+it on its next round).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+
+import outbox
+from outbox import queries
+from relay import queries as relay_queries
+from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+from tests.helpers import wait_until
+from workers import queries as worker_queries
+
+
+def _started(db_url: str) -> uuid.UUID:
+    """A job whose attempt 1 is running while its pending row still exists (published, uncommitted)."""
+    with psycopg.connect(db_url) as conn:
+        job = outbox.enqueue(conn, "sample.invoice", args=[1])
+    return job
+
+
+def _start(db_url: str, job: uuid.UUID) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(queries.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
+                                                      "acked_early": False}).fetchone()
+    assert row is not None and row[0] == "run"
+
+
+def _one(db_url: str, sql: str, *params: Any) -> Any:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+
+def _relay_holds(db_url: str, job: uuid.UUID) -> psycopg.Connection[Any]:
+    holder = psycopg.connect(db_url)
+    assert holder.execute("SELECT job_id FROM outbox.pending WHERE job_id = %s FOR UPDATE", (job,)).fetchone()
+    return holder
+
+
+def test_start_leaves_a_held_pending_row_to_its_relay(db_url: str) -> None:
+    job = _started(db_url)
+    holder = _relay_holds(db_url, job)
+    try:
+        _start(db_url, job)  # returns at once: the held row is not awaited
+        assert _one(db_url, "SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == 1
+    finally:
+        holder.rollback()
+        holder.close()
+    assert _one(db_url, "SELECT status FROM outbox.jobs WHERE id = %s", job) == "running"
+
+
+def _retry_in_thread(db_url: str, job: uuid.UUID, out: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                out["rows"] = conn.execute(queries.RETRY.pg, {
+                    "job_id": job, "attempt": 1, "delay_s": 60.0, "outcome": "failed", "error_type": "E",
+                    "error_message": "boom", "traceback": None}).fetchall()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            out["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _waiting_on_lock(db_url: str) -> bool:
+    return bool(_one(db_url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                             "AND query LIKE %s", "%outbox.jobs%retrying%"))
+
+
+def test_retry_waits_for_the_relay_that_commits_its_batch(db_url: str) -> None:
+    job = _started(db_url)
+    holder = _relay_holds(db_url, job)
+    _start(db_url, job)
+    out: dict[str, Any] = {}
+    thread = _retry_in_thread(db_url, job, out)
+    wait_until(lambda: _waiting_on_lock(db_url), timeout=10, what="RETRY waiting for the relay's batch")
+    # The relay's batch commits MARK_PUBLISHED: the row goes, the running status stays.
+    holder.execute(relay_queries.MARK_PUBLISHED.pg, {"ids": [job]})
+    holder.commit()
+    holder.close()
+    thread.join(10)
+    assert "error" not in out, out.get("error")
+    assert out["rows"] == [(1,)]
+    assert _one(db_url, "SELECT status FROM outbox.jobs WHERE id = %s", job) == "retrying"
+    assert _one(db_url, "SELECT available_at > now() + interval '50 seconds' FROM outbox.pending "
+                        "WHERE job_id = %s", job) is True  # a fresh row, due at the retry time
+
+
+def test_retry_upserts_when_the_relay_rolls_back(db_url: str) -> None:
+    job = _started(db_url)
+    holder = _relay_holds(db_url, job)
+    _start(db_url, job)
+    out: dict[str, Any] = {}
+    thread = _retry_in_thread(db_url, job, out)
+    wait_until(lambda: _waiting_on_lock(db_url), timeout=10, what="RETRY waiting for the relay's batch")
+    holder.rollback()  # the relay died or its publish failed: its row stays
+    holder.close()
+    thread.join(10)
+    assert "error" not in out, out.get("error")  # was: duplicate key on pk_pending
+    assert out["rows"] == [(1,)]
+    assert _one(db_url, "SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == 1
+    assert _one(db_url, "SELECT available_at > now() + interval '50 seconds' FROM outbox.pending "
+                        "WHERE job_id = %s", job) is True
+
+
+def test_reap_skips_a_job_a_relay_holds_and_takes_it_next_round(db_url: str) -> None:
+    job = _started(db_url)
+    holder = _relay_holds(db_url, job)
+    _start(db_url, job)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE outbox.leases SET expires_at = now() - interval '1 second' WHERE job_id = %s", (job,))
+        reaped = conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall()  # returns at once
+        assert reaped == []
+        assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (1,)  # kept for the next round
+        holder.rollback()  # the relay's batch ends; its row stays
+        holder.close()
+        assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
+        assert conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (job,)).fetchone() == ("retrying",)
+        assert conn.execute("SELECT count(*), bool_and(available_at <= now()) FROM outbox.pending "
+                            "WHERE job_id = %s", (job,)).fetchone() == (1, True)  # upserted, due now
+        assert conn.execute("SELECT outcome FROM outbox.attempts WHERE job_id = %s", (job,)).fetchall() == [
+            ("crashed",)]
