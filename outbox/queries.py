@@ -174,7 +174,7 @@ input AS (
 ),
 -- Job rows locked in id order, as every multi-row ledger/relay statement does: no deadlock cycles.
 ordered AS MATERIALIZED (
-    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM input) ORDER BY id FOR UPDATE
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:job_ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
 ),
 j AS (
     UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL

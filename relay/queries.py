@@ -32,13 +32,21 @@ WITH done AS (
     DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
 ),
 -- Job rows locked in id order (workers' batched successes lock in the same order): no deadlock cycle.
+-- (= ANY of the parameter, not IN (done): an index scan, where IN over a CTE planned a seq scan.)
 ordered AS MATERIALIZED (
-    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM done) ORDER BY id FOR UPDATE
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE outbox.jobs AS j
 SET published_at = clock_timestamp(),
     status = CASE WHEN j.status IN ('pending', 'retrying') THEN 'published' ELSE j.status END
-FROM ordered WHERE j.id = ordered.id
+FROM done JOIN ordered ON ordered.id = done.job_id WHERE j.id = done.job_id
+""")
+
+# A batch that both publishes and expires rows locks all their job rows first, in id order, in one
+# statement: MARK_PUBLISHED and MARK_EXPIRED each lock in id order, but one after the other they
+# would lock two sorted runs, which a worker's batched success could cross (a deadlock cycle).
+LOCK_JOBS = Statement("relay.lock_jobs", """
+SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
 """)
 
 # Not confirmed (nack, return, timeout, closed channel): keep pending, try again later.
@@ -56,11 +64,12 @@ WITH done AS (
     DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
 ),
 ordered AS MATERIALIZED (  -- id order, as MARK_PUBLISHED
-    SELECT id FROM outbox.jobs WHERE id IN (SELECT job_id FROM done) ORDER BY id FOR UPDATE
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
 )
 UPDATE outbox.jobs AS j
 SET status = 'expired', finished_at = now(), last_error = 'expired before it was published'
-FROM ordered WHERE j.id = ordered.id AND j.status IN ('pending', 'retrying', 'published')
+FROM done JOIN ordered ON ordered.id = done.job_id
+WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'published')
 """)
 
 # When the lane's next delayed row becomes due (the lane sleeps until then at most).

@@ -197,6 +197,8 @@ class Relay:
         )
 
     async def _record(self, outcome: PublishOutcome, expired: list[uuid.UUID]) -> None:
+        if outcome.confirmed and expired:
+            await run_async(self.db, queries.LOCK_JOBS, {"ids": [*outcome.confirmed, *expired]})
         if outcome.confirmed:
             await run_async(self.db, queries.MARK_PUBLISHED, {"ids": outcome.confirmed})
         if expired:

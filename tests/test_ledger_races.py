@@ -133,3 +133,42 @@ def test_reap_skips_a_job_a_relay_holds_and_takes_it_next_round(db_url: str) -> 
                             "WHERE job_id = %s", (job,)).fetchone() == (1, True)  # upserted, due now
         assert conn.execute("SELECT outcome FROM outbox.attempts WHERE job_id = %s", (job,)).fetchall() == [
             ("crashed",)]
+
+
+def test_reap_skips_a_job_a_worker_is_finishing_and_takes_it_next_round(db_url: str) -> None:
+    """Reap holds up to 100 leases: it must not wait for a job row a finishing worker holds
+    (that worker waits for the lease next: a cycle), so it skips the job this round."""
+    job = _started(db_url)
+    _start(db_url, job)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM outbox.pending WHERE job_id = %s", (job,))
+        conn.execute("UPDATE outbox.leases SET expires_at = now() - interval '1 second' WHERE job_id = %s", (job,))
+        finisher = psycopg.connect(db_url)  # a SUCCEED in flight: it has locked the job row
+        finisher.execute("SELECT 1 FROM outbox.jobs WHERE id = %s FOR NO KEY UPDATE", (job,))
+        try:
+            conn.execute("SET statement_timeout = '5s'")  # waiting would fail the test, not hang it
+            assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == []
+            assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (1,)
+        finally:
+            finisher.rollback()
+            finisher.close()
+        assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
+
+
+def test_heartbeat_skips_a_lease_another_statement_holds(db_url: str) -> None:
+    job = _started(db_url)
+    _start(db_url, job)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        before = conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone()
+        holder = psycopg.connect(db_url)
+        holder.execute("SELECT 1 FROM outbox.leases WHERE job_id = %s FOR UPDATE", (job,))
+        try:
+            conn.execute("SET statement_timeout = '5s'")
+            conn.execute(worker_queries.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
+            assert conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone() == before
+        finally:
+            holder.rollback()
+            holder.close()
+        conn.execute(worker_queries.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
+        after = conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone()
+        assert after is not None and before is not None and after[0] > before[0]

@@ -47,9 +47,16 @@ ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 
 # Keep alive the leases of the jobs this worker is running right now. Only those: a lease whose
 # outcome could not be recorded (Postgres failed mid-finish) must expire so the reaper recovers it.
+# A lease another statement holds (a success or retry deleting it, the reaper) is skipped, never
+# waited for: the heartbeat then cannot be part of a lock cycle, and the next beat (lease_s / 3
+# later) renews a lease that is still there.
 HEARTBEAT = Statement("worker.heartbeat", """
 UPDATE outbox.leases SET expires_at = now() + make_interval(secs => CAST(:lease_s AS float8))
-WHERE worker_id = :worker_id AND job_id = ANY(CAST(:job_ids AS uuid[]))
+WHERE job_id IN (
+    SELECT job_id FROM outbox.leases
+    WHERE worker_id = :worker_id AND job_id = ANY(CAST(:job_ids AS uuid[]))
+    FOR UPDATE SKIP LOCKED
+)
 """)
 
 # Recover expired leases (see the SQL function outbox.reap).

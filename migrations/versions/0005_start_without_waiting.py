@@ -17,7 +17,9 @@ So a ``running`` job may still have a ``pending`` row. Everything that gives a r
 upserts: ``RETRY`` (a Python statement) waits out the relay's batch; ``reap`` (here), which holds
 other jobs' locks in its loop and so must not wait, skips a job whose row a relay holds and gets
 it on its next round. Multi-row statements lock job rows in id order (``MARK_PUBLISHED``,
-``MARK_EXPIRED``, ``SUCCEED_MANY``, and ``reap`` here), so they cannot deadlock each other.
+``MARK_EXPIRED``, the relay's ``LOCK_JOBS`` when a batch runs both, ``SUCCEED_MANY``); ``reap``
+(here) and the heartbeat take what they need with ``SKIP LOCKED`` and never wait, and reap takes
+a job row before its lease and attempt, the order of every finishing statement.
 
 Revision ID: 0005
 Revises: 0004
@@ -108,13 +110,15 @@ BEGIN
         ) AS expired ORDER BY expired.job_id  -- job rows in id order, as every multi-row statement
     LOOP
         {pending_guard}
+        -- The job row before the lease's neighbours (the order every finishing statement uses: job,
+        -- attempts, lease), and never waited for: a worker finishing this job right now holds it.
+        SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         DELETE FROM outbox.leases le WHERE le.job_id = l.job_id;
         UPDATE outbox.attempts a
            SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg
          WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
-        SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id AND attempts = l.attempt AND status = 'running'
-           FOR UPDATE;
-        CONTINUE WHEN NOT FOUND;
+        CONTINUE WHEN NOT (j.attempts = l.attempt AND j.status = 'running');
         IF j.attempts >= j.max_retries + 1 THEN
             UPDATE outbox.jobs SET status = 'dead', finished_at = now(), last_error = msg WHERE id = j.id;
             INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
