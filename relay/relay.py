@@ -81,19 +81,23 @@ class Relay:
         self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
 
     @classmethod
-    async def connect(cls, settings: Settings) -> Relay:
-        """Open the Postgres and RabbitMQ connections and declare the topology."""
+    async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "") -> Relay:
+        """Open the Postgres and RabbitMQ connections; the main relay also mirrors the tiers and
+        declares the topology (a ``lane`` relies on its main relay having done so)."""
         from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
         from outbox.maintenance import sync_tiers_async
 
-        db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name="tierbox-relay")
+        role = f"tierbox-relay{'-' + lane if lane else ''}"
+        db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
         connection: aio_pika.abc.AbstractConnection | None = None
         try:
-            async with db.transaction():
-                await sync_tiers_async(db, settings.topology)
-            name = f"tierbox-relay {settings.queue_prefix}".strip()  # the prefix lets tests find their own
+            if not lane:
+                async with db.transaction():
+                    await sync_tiers_async(db, settings.topology)
+            name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
-            await declare_topology(connection, settings)
+            if not lane:
+                await declare_topology(connection, settings)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
             exchange = await channel.get_exchange(settings.exchange_name, ensure=False)
         except BaseException:
@@ -101,7 +105,7 @@ class Relay:
                 await connection.close()
             await db.close()
             raise
-        return cls(settings, db, connection, channel, exchange)
+        return cls(settings, db, connection, channel, exchange, min_weight=min_weight)
 
     async def lane(self, min_weight: int) -> Relay:
         """A second relay (own AMQP connection, own Postgres connection) that claims only rows of at
@@ -111,19 +115,7 @@ class Relay:
         broker in order, so an urgent publish on a shared socket would queue behind the main lane's
         500 BULK frames (measured under a 100,000-job backlog: CRITICAL p99 570 ms shared).
         """
-        db = await psycopg.AsyncConnection.connect(self.settings.psycopg_url, application_name="tierbox-relay-urgent")
-        connection: aio_pika.abc.AbstractConnection | None = None
-        try:
-            name = f"tierbox-relay-urgent {self.settings.queue_prefix}".strip()
-            connection = await aio_pika.connect(self.settings.amqp_url, client_properties={"connection_name": name})
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
-            exchange = await channel.get_exchange(self.settings.exchange_name, ensure=False)
-        except BaseException:
-            if connection is not None:
-                await connection.close()
-            await db.close()
-            raise
-        return Relay(self.settings, db, connection, channel, exchange, min_weight=min_weight)
+        return await Relay.connect(self.settings, min_weight=min_weight, lane="urgent")
 
     async def close(self) -> None:
         """Close both connections (idempotent)."""
