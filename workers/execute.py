@@ -78,10 +78,7 @@ class Executor:
         session = AsyncSession(bind=conn)
         ctx.session = session
         try:
-            try:
-                await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
-            except TimeoutError as exc:
-                raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
+            await _call_in_time(task, payload, ctx)
             rows = await run_async(session, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
             if rows[0][0] != 1:
                 await session.rollback()
@@ -102,10 +99,7 @@ class Executor:
         # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
         # for the success to commit with: it is recorded autocommitted, batched with the others that
         # finish meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.
-        try:
-            await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
-        except TimeoutError as exc:
-            raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
+        await _call_in_time(task, payload, ctx)
         return Result.SUCCEEDED if await self.successes.succeed(ctx.job_id, ctx.attempt) else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
@@ -143,6 +137,14 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
             return Result.FENCED
         session.commit()
         return Result.SUCCEEDED
+
+
+async def _call_in_time(task: Task, payload: Payload, ctx: TaskContext) -> None:
+    """Await an async handler, cancelled at the task's time limit (raised as AttemptTimeout)."""
+    try:
+        await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
+    except TimeoutError as exc:
+        raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
 
 
 async def _call(task: Task, payload: Payload, ctx: TaskContext) -> Any:
