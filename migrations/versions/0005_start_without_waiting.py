@@ -35,7 +35,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-BODY = r"""
+START_ATTEMPT = r"""
 CREATE OR REPLACE FUNCTION outbox.start_attempt(p_job_id uuid, p_worker text, p_lease_s double precision,
                                                 p_acked_early boolean DEFAULT false)
 RETURNS TABLE (decision text, attempt integer, max_retries integer, enqueued_at timestamptz, headers jsonb)
@@ -44,7 +44,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     j outbox.jobs%ROWTYPE;
 BEGIN
-    {pending_lock}
+    -- the pending row is not awaited: a relay may hold it until its batch commits
     SELECT * INTO j FROM outbox.jobs WHERE id = p_job_id FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown'::text, 0, 0, NULL::timestamptz, NULL::jsonb;
@@ -62,7 +62,9 @@ BEGIN
         RETURN QUERY SELECT 'not_due'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
         RETURN;
     END IF;
-    {pending_delete}
+    -- a stale republish candidate; one a relay holds is its to delete (MARK_PUBLISHED) or republish
+    DELETE FROM outbox.pending p
+     WHERE p.job_id IN (SELECT q.job_id FROM outbox.pending q WHERE q.job_id = p_job_id FOR UPDATE SKIP LOCKED);
     IF j.expires_at IS NOT NULL AND j.expires_at <= now() THEN
         UPDATE outbox.jobs SET status = 'expired', finished_at = now(), last_error = 'expired before it started'
          WHERE id = p_job_id;
@@ -78,19 +80,6 @@ BEGIN
     RETURN QUERY SELECT 'run'::text, j.attempts + 1, j.max_retries, j.enqueued_at, j.headers;
 END $$;
 """
-
-UPGRADE = BODY.format(
-    pending_lock="-- the pending row is not awaited: a relay may hold it until its batch commits",
-    pending_delete="""-- a stale republish candidate; one a relay holds is its to delete (MARK_PUBLISHED) or republish
-    DELETE FROM outbox.pending p
-     WHERE p.job_id IN (SELECT q.job_id FROM outbox.pending q WHERE q.job_id = p_job_id FOR UPDATE SKIP LOCKED);""",
-)
-
-DOWNGRADE = BODY.format(
-    pending_lock="PERFORM 1 FROM outbox.pending p WHERE p.job_id = p_job_id FOR UPDATE;",
-    pending_delete="DELETE FROM outbox.pending p WHERE p.job_id = p_job_id;  -- a stale republish candidate",
-)
-
 
 REAP = r"""
 CREATE OR REPLACE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
@@ -109,7 +98,13 @@ BEGIN
             ORDER BY le.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
         ) AS expired ORDER BY expired.job_id  -- job rows in id order, as every multi-row statement
     LOOP
-        {pending_guard}
+        -- A relay mid-batch on this job's pending row: do not wait for it while holding other jobs'
+        -- locks; the lease stays expired and the next round takes it.
+        PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id;
+        IF FOUND THEN
+            PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+        END IF;
         -- The job row before the lease's neighbours (the order every finishing statement uses: job,
         -- attempts, lease), and never waited for: a worker finishing this job right now holds it.
         SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id FOR NO KEY UPDATE SKIP LOCKED;
@@ -132,7 +127,7 @@ BEGIN
             UPDATE outbox.jobs SET status = 'retrying', available_at = now(), last_error = msg WHERE id = j.id;
             INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
             VALUES (j.id, j.tier, COALESCE(w, 5), j.priority, now())
-            ON CONFLICT ON CONSTRAINT pk_pending {pending_conflict};
+            ON CONFLICT ON CONSTRAINT pk_pending DO UPDATE SET available_at = EXCLUDED.available_at;
             job_id := j.id; decision := 'retry';
         END IF;
         RETURN NEXT;
@@ -140,32 +135,22 @@ BEGIN
 END $$;
 """
 
-REAP_UPGRADE = REAP.format(
-    pending_guard="""-- A relay mid-batch on this job's pending row: do not wait for it while holding other jobs'
-        -- locks; the lease stays expired and the next round takes it.
-        PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id;
-        IF FOUND THEN
-            PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id FOR UPDATE SKIP LOCKED;
-            CONTINUE WHEN NOT FOUND;
-        END IF;""",
-    pending_conflict="DO UPDATE SET available_at = EXCLUDED.available_at",
-)
 
-def _reap_0001() -> str:
-    """The reap function exactly as revision 0001 created it (the downgrade must restore it verbatim)."""
+def _from_0001(name: str) -> str:
+    """A function exactly as revision 0001 created it (a downgrade must restore it verbatim)."""
     first = importlib.import_module("migrations.versions.0001_outbox_schema")
-    start = first.FUNCTIONS.index("CREATE FUNCTION outbox.reap(")
+    start = first.FUNCTIONS.index(f"CREATE FUNCTION outbox.{name}(")
     end = first.FUNCTIONS.index("END $$;", start) + len("END $$;")
     return "CREATE OR REPLACE FUNCTION" + first.FUNCTIONS[start + len("CREATE FUNCTION"):end]
 
 
 def upgrade() -> None:
     """Replace start_attempt (skips a pending row a relay holds) and reap (skips, upserts, id order)."""
-    op.execute(UPGRADE)
-    op.execute(REAP_UPGRADE)
+    op.execute(START_ATTEMPT)
+    op.execute(REAP)
 
 
 def downgrade() -> None:
     """Restore the versions that wait for the relay's lock."""
-    op.execute(DOWNGRADE)
-    op.execute(_reap_0001())
+    op.execute(_from_0001("start_attempt"))
+    op.execute(_from_0001("reap"))
