@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 import outbox
 from outbox import queries
@@ -80,40 +81,27 @@ def _waiting_on_lock(db_url: str) -> bool:
                              "AND query LIKE %s", "%outbox.jobs%retrying%"))
 
 
-def test_retry_waits_for_the_relay_that_commits_its_batch(db_url: str) -> None:
+@pytest.mark.parametrize("relay_ends", ["commits MARK_PUBLISHED", "rolls back"])
+def test_retry_waits_out_the_relay_batch_then_upserts(db_url: str, relay_ends: str) -> None:
     job = _started(db_url)
     holder = _relay_holds(db_url, job)
     _start(db_url, job)
     out: dict[str, Any] = {}
     thread = _retry_in_thread(db_url, job, out)
     wait_until(lambda: _waiting_on_lock(db_url), timeout=10, what="RETRY waiting for the relay's batch")
-    # The relay's batch commits MARK_PUBLISHED: the row goes, the running status stays.
-    holder.execute(relay_queries.MARK_PUBLISHED.pg, {"ids": [job]})
-    holder.commit()
+    if relay_ends == "commits MARK_PUBLISHED":  # the row goes, the running status stays
+        holder.execute(relay_queries.MARK_PUBLISHED.pg, {"ids": [job]})
+        holder.commit()
+    else:  # the relay died or its publish failed: its row stays
+        holder.rollback()
     holder.close()
     thread.join(10)
-    assert "error" not in out, out.get("error")
+    assert "error" not in out, out.get("error")  # was: duplicate key on pk_pending after a rollback
     assert out["rows"] == [(1,)]
     assert _one(db_url, "SELECT status FROM outbox.jobs WHERE id = %s", job) == "retrying"
-    assert _one(db_url, "SELECT available_at > now() + interval '50 seconds' FROM outbox.pending "
-                        "WHERE job_id = %s", job) is True  # a fresh row, due at the retry time
-
-
-def test_retry_upserts_when_the_relay_rolls_back(db_url: str) -> None:
-    job = _started(db_url)
-    holder = _relay_holds(db_url, job)
-    _start(db_url, job)
-    out: dict[str, Any] = {}
-    thread = _retry_in_thread(db_url, job, out)
-    wait_until(lambda: _waiting_on_lock(db_url), timeout=10, what="RETRY waiting for the relay's batch")
-    holder.rollback()  # the relay died or its publish failed: its row stays
-    holder.close()
-    thread.join(10)
-    assert "error" not in out, out.get("error")  # was: duplicate key on pk_pending
-    assert out["rows"] == [(1,)]
     assert _one(db_url, "SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == 1
     assert _one(db_url, "SELECT available_at > now() + interval '50 seconds' FROM outbox.pending "
-                        "WHERE job_id = %s", job) is True
+                        "WHERE job_id = %s", job) is True  # due at the retry time
 
 
 def test_reap_skips_a_job_a_relay_holds_and_takes_it_next_round(db_url: str) -> None:
