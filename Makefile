@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: help demo test lint typecheck check bench chaos clean
 
@@ -14,6 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The peers (Celery, procrastinate) and py-spy only for `make bench`: `make test` stays lean.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample jobs, print what happened
 	$(BIN)/tierbox migrate
@@ -28,8 +34,8 @@ lint: $(STAMP)  ## ruff on every package
 typecheck: $(STAMP)  ## mypy --strict on outbox/
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## Benchmarks (not part of `make test`)
-	$(BIN)/python -m bench
+bench: $(BENCH_STAMP)  ## Benchmarks (not part of `make test`); BENCH_ARGS=--quick for a short run
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 chaos: $(STAMP)  ## Long chaos profile: 1,000,000 jobs over 30 min under faults (release check; not in `make test`)
 	$(BIN)/python -m tests.chaos --jobs 1000000 --minutes 30
