@@ -7,15 +7,14 @@ finishes (its confirms are awaited and committed), then the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
 
 from outbox.config import Settings, redact_url
 from outbox.logs import event
+from outbox.runtime import serve_until_signalled, wait_any
 from relay import metrics
 from relay.relay import Relay
 from relay.wakeup import Waker, Wakeup
@@ -44,7 +43,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             except Exception as exc:  # noqa: BLE001 - logged as one line, then retried
                 event(log, "relay.connect_failed", logging.WARNING, error=exc, retry_in_s=delay,
                       database=redact_url(settings.database_url), amqp=redact_url(settings.amqp_url))
-                await _sleep_or_stop(stop, delay)
+                await wait_any(stop, timeout_s=delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             event(log, "relay.connected")
@@ -131,21 +130,9 @@ async def _log_lag(relay: Relay) -> None:
         event(log, "relay.lag", tier=tier, due=count, oldest_age_s=round(age_s, 3))
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
 def main(settings: Settings, metrics_port: int | None = None) -> int:
     """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
     if metrics_port:
         metrics.serve(metrics_port)
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    asyncio.run(runner())
+    serve_until_signalled(lambda stop: serve(settings, stop))
     return 0

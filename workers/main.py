@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import threading
 
 from outbox.config import Settings
 from outbox.errors import ConfigError
 from outbox.registry import Registry
+from outbox.runtime import serve_until_signalled
 from outbox.tiers import PoolSpec
 from workers.pool import Pool
 
@@ -42,14 +41,7 @@ def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metr
         from workers.metrics import serve
 
         serve(metrics_port)
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Pool(settings, name, spec, registry).run(stop)
-
-    asyncio.run(runner())
+    serve_until_signalled(lambda stop: Pool(settings, name, spec, registry).run(stop))
     if threading.active_count() > 1:
         # Abandoned sync handlers (timeouts, grace period over) would hold the interpreter open.
         os._exit(0)

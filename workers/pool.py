@@ -36,6 +36,7 @@ from outbox.context import TaskContext
 from outbox.errors import TopologyMismatchError
 from outbox.logs import event
 from outbox.registry import Registry, Task
+from outbox.runtime import wait_any
 from outbox.tiers import PoolSpec
 from workers import metrics
 from workers.admission import PAUSE_REFRESH_S, RUN, Admission
@@ -142,11 +143,11 @@ class Pool:
                 event(log, "worker.connect_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}",
                       retry_in_s=delay)
                 await self._close_connection()
-                await _wait_any(stop, asyncio.Event(), delay)
+                await wait_any(stop, timeout_s=delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
             delay = RECONNECT_FIRST_S
-            await _wait_any(stop, lost, None)
+            await wait_any(stop, lost)
             if not stop.is_set():
                 dropped = len(self.buffer.drain())
                 event(log, "worker.disconnected", logging.WARNING, buffered_dropped=dropped)
@@ -405,15 +406,6 @@ class Pool:
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
         metrics.EVENTS.labels(self.name, key).inc()
-
-
-async def _wait_any(stop: asyncio.Event, other: asyncio.Event, limit_s: float | None) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(other.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
