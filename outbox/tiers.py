@@ -22,6 +22,10 @@ Why these shapes:
 * ``min_share`` on a pool queue is the anti-starvation floor: strict priority
   otherwise, but that queue gets at least this fraction of recent starts while
   it has work waiting.
+* ``reserved`` slots of a pool run only their tier, on top of ``concurrency``:
+  strict priority decides which message a *free* slot starts, but a CRITICAL
+  job arriving while every slot runs a 50 ms HIGH job still waits for one of
+  them to finish (and record its outcome); a reserved slot starts it at once.
 """
 
 from __future__ import annotations
@@ -81,13 +85,21 @@ class PoolSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     ``prefetch`` is how many messages per queue may wait in the pool's local
     buffer on top of those running, so the channel QoS is
-    ``concurrency + prefetch``.
+    ``concurrency + reserved[tier] + prefetch``. ``reserved`` maps a tier of
+    the pool to slots that start only that tier's messages, in addition to
+    the ``concurrency`` slots that start any.
     """
 
     tiers: tuple[str, ...]
     concurrency: int = 4
     prefetch: int = 1
     min_share: dict[str, float] = msgspec.field(default_factory=dict)
+    reserved: dict[str, int] = msgspec.field(default_factory=dict)
+
+    @property
+    def slots(self) -> int:
+        """Every slot of the pool: ``concurrency`` plus the reserved ones."""
+        return self.concurrency + sum(self.reserved.values())
 
 
 class Topology(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,6 +134,9 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
             for tier, share in pool.min_share.items():
                 if tier not in pool.tiers or not 0 <= share < 1:
                     out.append(f"pool {name!r}: min_share for {tier!r} must name its tier, 0 <= share < 1")
+            for tier, count in pool.reserved.items():
+                if tier not in pool.tiers or count < 0:
+                    out.append(f"pool {name!r}: reserved for {tier!r} must name its tier, >= 0 slots")
         return out
 
     def spec(self, tier: str) -> TierSpec:
@@ -152,7 +167,8 @@ DEFAULT_TOPOLOGY = Topology(
         Tier.CALLS: TierSpec(weight=9, slo_s=30, queue_type="classic", max_priority=10, pool="calls"),
     },
     pools={
-        "urgent": PoolSpec(tiers=("critical", "high"), concurrency=8, prefetch=1, min_share={"high": 0.1}),
+        "urgent": PoolSpec(tiers=("critical", "high"), concurrency=8, prefetch=1, min_share={"high": 0.1},
+                           reserved={"critical": 2}),
         "normal": PoolSpec(tiers=("normal",), concurrency=4, prefetch=4),
         "deferred": PoolSpec(tiers=("low", "bulk"), concurrency=4, prefetch=4, min_share={"bulk": 0.1}),
         "calls": PoolSpec(tiers=("calls",), concurrency=4, prefetch=1),

@@ -46,3 +46,32 @@ async def test_drain_returns_everything_waiting() -> None:
     await buf.put("critical", 0, "c")
     assert sorted(item for _, item in buf.drain()) == ["c", "h"]
     assert len(buf) == 0
+
+
+async def test_reserved_waiter_takes_only_its_tier_and_never_swallows_a_wakeup() -> None:
+    """A slot reserved for critical ignores high; a high put still wakes the general slot."""
+    import asyncio
+
+    buf = PriorityBuffer(WEIGHTS)
+    reserved = asyncio.create_task(buf.get(only="critical"))
+    general = asyncio.create_task(buf.get())
+    await asyncio.sleep(0)  # both wait
+    await buf.put("high", 0, "h")
+    got_general = await asyncio.wait_for(general, 1)
+    assert got_general == ("high", "h")
+    assert not reserved.done()  # the high message was not for it, and it is still waiting
+    await buf.put("critical", 0, "c")
+    assert await asyncio.wait_for(reserved, 1) == ("critical", "c")
+    assert len(buf) == 0
+
+
+async def test_reserved_and_general_waiters_share_a_critical_burst() -> None:
+    import asyncio
+
+    buf = PriorityBuffer(WEIGHTS)
+    waiters = [asyncio.create_task(buf.get(only="critical")), asyncio.create_task(buf.get())]
+    await asyncio.sleep(0)
+    await buf.put("critical", 0, "c1")
+    await buf.put("critical", 0, "c2")
+    got = await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    assert sorted(item for _, item in got) == ["c1", "c2"]  # each waiter got one: no wake-up lost

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,21 @@ def test_json_forms_of_rich_arguments() -> None:
 def test_non_finite_floats_are_refused(value: float) -> None:
     with pytest.raises(outbox.PayloadEncodeError, match="NaN and infinite"):
         encode_payload([], {"x": [value]}, 10_000)
+
+
+@pytest.mark.parametrize(("pool", "message"), [
+    ({"tiers": ["critical", "high"], "reserved": {"bulk": 1}}, "reserved for 'bulk' must name its tier"),
+    ({"tiers": ["critical", "high"], "reserved": {"critical": -1}}, "reserved for 'critical' must name its tier, >= 0"),
+])
+def test_bad_reserved_slots_are_refused_with_the_pool_named(tmp_path: Path, pool: dict[str, object],
+                                                           message: str) -> None:
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps({"pools": {"urgent": pool}}))
+    with pytest.raises(outbox.ConfigError, match=f"pool 'urgent': {message}"):
+        _ = Settings(topology_file=str(path)).topology
+
+
+def test_default_urgent_pool_reserves_two_critical_slots_beyond_its_concurrency() -> None:
+    spec = Settings().topology.pools["urgent"]
+    assert spec.reserved == {"critical": 2}
+    assert spec.slots == spec.concurrency + 2

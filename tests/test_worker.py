@@ -301,6 +301,29 @@ def test_critical_starts_in_next_free_slot_during_high_flood(system: System) -> 
     assert sum(1 for j in flood if system.status(j) != "succeeded") > 5  # the flood was still going
 
 
+def test_reserved_slot_starts_critical_while_every_slot_runs_high(system: System) -> None:
+    """The urgent pool reserves slots for critical: a critical job starts before any busy slot frees,
+    and the reserved slots never run high work."""
+    system.relay()
+    system.worker("--pool", "urgent", "--concurrency", "2")  # 2 general slots + the topology's reserved critical
+    flood = [system.enqueue("sample.sleep", 1.5, "high") for _ in range(8)]
+    system.wait(lambda: sum(system.runs(j) for j in flood) >= 2, timeout=20, what="both general slots busy")
+    critical = system.enqueue("sample.critical_effect", "critical")
+    system.wait_status(critical, "succeeded", timeout=20)
+    started = system.q("SELECT started_at FROM outbox.attempts WHERE job_id = %s", critical)[0][0]
+    first_high_done = system.q("""SELECT min(a.finished_at) FROM outbox.attempts a JOIN outbox.jobs j ON j.id = a.job_id
+                                  WHERE j.task = 'sample.sleep'""")[0][0]
+    assert first_high_done is None or started < first_high_done, (started, first_high_done)
+    system.wait(lambda: all(system.status(j) == "succeeded" for j in flood), timeout=30, what="flood done")
+    overlap = system.q("""SELECT max(n) FROM (
+                              SELECT (SELECT count(*) FROM outbox.attempts b JOIN outbox.jobs jb ON jb.id = b.job_id
+                                      WHERE jb.task = 'sample.sleep' AND b.started_at <= a.started_at
+                                        AND b.finished_at > a.started_at) AS n
+                              FROM outbox.attempts a JOIN outbox.jobs j ON j.id = a.job_id
+                              WHERE j.task = 'sample.sleep') AS s""")[0][0]
+    assert overlap == 2, overlap  # high never ran in a reserved slot: at most the 2 general slots at once
+
+
 def test_pipeline_step_enqueues_next_atomically(system: System) -> None:
     system.relay()
     system.worker("--pool", "normal")

@@ -14,6 +14,9 @@ message it starts is chosen here:
 2. Otherwise strict priority: the highest tier weight that has a message.
 3. Within a queue: the message's AMQP priority, then arrival order.
 
+Reserved slots (``PoolSpec.reserved``) wait for their one tier only
+(:meth:`PriorityBuffer.get` with ``only``); they count in the shares like any start.
+
 Trade-off: a ``min_share`` of 0.1 means that under a sustained flood of a
 higher tier, one start in ten goes to the lower tier, so the higher tier's
 wait grows by about that much; a share of 0 gives pure strict priority and
@@ -44,7 +47,11 @@ class PriorityBuffer:
         self._heaps: dict[str, list[tuple[int, int, Any]]] = {t: [] for t in weights}
         self._recent: deque[str] = deque(maxlen=window)
         self._seq = itertools.count()
-        self._ready = asyncio.Condition()
+        lock = asyncio.Lock()
+        self._ready = asyncio.Condition(lock)
+        # One condition per tier for reserved slots: a put wakes one slot of each kind that can take
+        # it, so a reserved slot never swallows the wake-up of a message it may not start.
+        self._ready_for = {t: asyncio.Condition(lock) for t in weights}
         self._by_weight = sorted(weights, key=lambda t: -weights[t])
         self._starving_order = sorted(self._min_share, key=lambda t: weights[t])
 
@@ -60,12 +67,17 @@ class PriorityBuffer:
         heapq.heappush(self._heaps[tier], (-priority, next(self._seq), item))
         async with self._ready:
             self._ready.notify()
+            self._ready_for[tier].notify()
 
-    async def get(self) -> tuple[str, Any]:
-        """Wait for a message and take the one the policy picks."""
+    async def get(self, only: str | None = None) -> tuple[str, Any]:
+        """Wait for a message and take the one the policy picks (of tier ``only``, if given)."""
         async with self._ready:
-            await self._ready.wait_for(lambda: len(self) > 0)
-            tier = self.pick()
+            if only is None:
+                await self._ready.wait_for(lambda: len(self) > 0)
+                tier = self.pick()
+            else:
+                await self._ready_for[only].wait_for(lambda: len(self._heaps[only]) > 0)
+                tier = only
             _, _, item = heapq.heappop(self._heaps[tier])
             self._recent.append(tier)
             return tier, item

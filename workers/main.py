@@ -29,7 +29,8 @@ def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurre
             raise ConfigError("--pool", f"{pool!r} is not a pool; known: {', '.join(topology.pools)} (or --queues)")
         base, name = topology.pools[pool], pool
     spec = PoolSpec(tiers=base.tiers, concurrency=concurrency or base.concurrency,
-                    prefetch=base.prefetch if prefetch is None else prefetch, min_share=base.min_share)
+                    prefetch=base.prefetch if prefetch is None else prefetch, min_share=base.min_share,
+                    reserved=base.reserved)
     if spec.concurrency < 1 or spec.prefetch < 0:
         raise ConfigError("--concurrency", "concurrency must be >= 1 and prefetch >= 0")
     return name, spec

@@ -83,15 +83,15 @@ class Pool:
         # start/outcome statements. No pre-ping: every delivery's first statement (start_attempt) is
         # its liveness check; a dead pooled connection fails it before any handler runs, SQLAlchemy
         # then recycles the whole pool, and Pool.process retries the delivery after a back-off.
-        self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.concurrency + 3,
-                                                max_overflow=spec.concurrency, pool_pre_ping=False)
+        self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.slots + 3,
+                                                max_overflow=spec.slots, pool_pre_ping=False)
         # Sync engine: only sync handlers' transactions, in threads. It keeps pre-ping: a sync
         # handler's first statement is the handler's own, and a dead connection there would be
         # recorded as a failed attempt rather than retried as infrastructure trouble.
-        self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.concurrency,
+        self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
                                          max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
-        self.executor = Executor(self.async_engine, self.sync_engine, spec.concurrency)
+        self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine)
         self._holds: dict[uuid.UUID, Hold | None] = {}
         self.connection: aio_pika.abc.AbstractConnection | None = None
@@ -113,19 +113,24 @@ class Pool:
         self.connection.close_callbacks.add(lambda *_: lost.set())
         self._consumers = []
         await declare_topology(self.connection, self.settings, list(self.spec.tiers))
-        qos = self.spec.concurrency + self.spec.prefetch
         for tier in self.spec.tiers:
             channel = await self.connection.channel()
             channel.close_callbacks.add(lambda *_: lost.set())
-            await channel.set_qos(prefetch_count=qos)
+            await channel.set_qos(prefetch_count=self._qos(tier))
             queue = await channel.get_queue(self.settings.queue_name(tier), ensure=False)
             tag = await queue.consume(self._receiver(tier))
             self._consumers.append((queue, tag))
         self.sweeper = DlqSweeper(self.settings, self.connection, self.ledger, list(self.spec.tiers))
         await self.sweeper.start()
         event(log, "worker.started", pool=self.name, worker_id=self.worker_id, tiers=",".join(self.spec.tiers),
-              concurrency=self.spec.concurrency, qos=qos)
+              concurrency=self.spec.concurrency, reserved=_spelled(self.spec.reserved),
+              qos=",".join(f"{t}:{self._qos(t)}" for t in self.spec.tiers))
         return lost
+
+    def _qos(self, tier: str) -> int:
+        """Unacked messages the broker may hand this pool from ``tier``'s queue: every slot that may run
+        it, plus ``prefetch`` waiting in the buffer."""
+        return self.spec.concurrency + self.spec.reserved.get(tier, 0) + self.spec.prefetch
 
     async def _connected(self, stop: asyncio.Event) -> None:
         """Stay connected until ``stop``: reconnect with capped back-off whenever the broker connection drops.
@@ -167,6 +172,8 @@ class Pool:
         """Work until ``stop`` is set (reconnecting as needed), then shut down gracefully."""
         await self._refresh_pauses()
         slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
+        slots += [asyncio.create_task(self._slot(only=tier), name=f"slot-{tier}-{i}")
+                  for tier, count in self.spec.reserved.items() for i in range(count)]
         chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._heartbeat, "heartbeat")),
                   asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap")),
                   asyncio.create_task(self._every(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"))]
@@ -175,9 +182,9 @@ class Pool:
         finally:
             await self.shutdown(slots, chores)
 
-    async def _slot(self) -> None:
+    async def _slot(self, only: str | None = None) -> None:
         while not self._stopping:
-            tier, message = await self.buffer.get()
+            tier, message = await self.buffer.get(only)
             self._busy += 1
             self._idle.clear()
             try:
@@ -406,6 +413,10 @@ class Pool:
     def _count(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
         metrics.EVENTS.labels(self.name, key).inc()
+
+
+def _spelled(counts: dict[str, int]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in counts.items()) or "-"
 
 
 async def _ack(message: AbstractIncomingMessage) -> None:
