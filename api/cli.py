@@ -95,15 +95,18 @@ def migrate(database_url: str | None, revision: str) -> None:
 @click.option("--amqp-url", help="RabbitMQ URL.")
 @click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
 @click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Idle poll per lane, s [0.25].")
+@click.option("--lane", type=click.Choice(["all", "main", "urgent"]), default="all", show_default=True,
+              help="Run both lanes in this process, or one: main (every tier, polls) or urgent (urgent tiers, "
+                   "NOTIFY); run one process of each to keep urgent rows off the main lane's event loop.")
 @click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
 @friendly
-def relay(metrics_port: int | None, **overrides: Any) -> None:
+def relay(metrics_port: int | None, lane: str, **overrides: Any) -> None:
     """Run the relay process."""
     from relay.main import main
 
     _setup_logging()
     settings = _settings(**overrides)
-    sys.exit(main(settings, metrics_port))
+    sys.exit(main(settings, metrics_port, lane))
 
 
 @cli.command(help="Run a worker pool until SIGTERM (graceful: in-flight jobs get a grace period)." + ENV_HELP)

@@ -31,40 +31,61 @@ CONTENDED_WAIT_S = 0.05
 LAG_LOG_INTERVAL_S = 30.0
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Relay until ``stop`` is set; reconnects with capped back-off on any connection loss."""
+#: What one relay process runs: both lanes, or one of them (see :func:`serve`).
+LANES = ("all", "main", "urgent")
+
+
+async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> None:
+    """Relay until ``stop`` is set; reconnects with capped back-off on any connection loss.
+
+    ``lane``: ``all`` (the default) runs the main lane (every tier) and, if the topology has urgent
+    tiers, the urgent lane in this process; ``main`` runs only the main lane and ``urgent`` only the
+    urgent lane, for deployments that give the urgent lane a process (or a machine) of its own.
+    """
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {LANES}, not {lane!r}")
+    urgent_weight = settings.topology.urgent_weight()
+    if lane == "urgent" and urgent_weight is None:
+        raise ValueError("lane 'urgent': the topology has no urgent tier (slo_s <= URGENT_SLO_S)")
     waker = Waker(settings.psycopg_url)
-    waker.start()
+    if lane != "main" or urgent_weight is None:
+        waker.start()  # a main-only lane of a topology with urgent tiers polls: the urgent lane takes NOTIFYs
     delay = RECONNECT_FIRST_S
     try:
         while not stop.is_set():
             try:
-                relay = await Relay.connect(settings)
+                if lane == "urgent":
+                    relay = await Relay.connect(settings, min_weight=urgent_weight or 0, lane="urgent", declare=True)
+                else:
+                    relay = await Relay.connect(settings)
             except Exception as exc:  # noqa: BLE001 - logged as one line, then retried
-                event(log, "relay.connect_failed", logging.WARNING, error=exc, retry_in_s=delay,
+                event(log, "relay.connect_failed", logging.WARNING, error=exc, retry_in_s=delay, lane=lane,
                       database=redact_url(settings.database_url), amqp=redact_url(settings.amqp_url))
                 await wait_any(stop, timeout_s=delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
-            event(log, "relay.connected")
+            event(log, "relay.connected", lane=lane)
             delay = RECONNECT_FIRST_S
             try:
-                await _loop(relay, waker, settings, stop)
+                await _loop(relay, waker, settings, stop, lane, urgent_weight)
             except Exception as exc:  # noqa: BLE001 - connection lost mid-batch: rows stay pending
                 metrics.RECONNECTS.inc()
-                event(log, "relay.disconnected", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+                event(log, "relay.disconnected", logging.WARNING, lane=lane, error=f"{type(exc).__name__}: {exc}")
             finally:
                 await relay.close()
     finally:
         await waker.stop()
-    event(log, "relay.stopped")
+    event(log, "relay.stopped", lane=lane)
 
 
-async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event) -> None:
-    """Run the main lane and, if the topology has urgent tiers, the urgent lane, until stop or an error."""
-    urgent_weight = settings.topology.urgent_weight()
-    if urgent_weight is None:  # no urgent tiers: the main lane listens for every NOTIFY itself
-        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=True)
+async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event, lane: str,
+                urgent_weight: int | None) -> None:
+    """Run this process's lanes until stop or an error."""
+    if lane == "urgent" or urgent_weight is None:  # the one lane listens for every NOTIFY itself
+        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=lane != "urgent")
+        return
+    if lane == "main":  # NOTIFYs come only from urgent rows, which the urgent process takes
+        await _lane(relay, Wakeup(), waker, settings, stop, log_lag=True)
         return
     urgent = await relay.lane(urgent_weight)
     try:
@@ -130,9 +151,9 @@ async def _log_lag(relay: Relay) -> None:
         event(log, "relay.lag", tier=tier, due=count, oldest_age_s=round(age_s, 3))
 
 
-def main(settings: Settings, metrics_port: int | None = None) -> int:
+def main(settings: Settings, metrics_port: int | None = None, lane: str = "all") -> int:
     """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
     if metrics_port:
         metrics.serve(metrics_port)
-    serve_until_signalled(lambda stop: serve(settings, stop))
+    serve_until_signalled(lambda stop: serve(settings, stop, lane))
     return 0

@@ -81,9 +81,10 @@ class Relay:
         self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
 
     @classmethod
-    async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "") -> Relay:
+    async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "", declare: bool = False) -> Relay:
         """Open the Postgres and RabbitMQ connections; the main relay also mirrors the tiers and
-        declares the topology (a ``lane`` relies on its main relay having done so)."""
+        declares the topology (a ``lane`` relies on its main relay having done so, unless ``declare``:
+        a lane in a process of its own declares the topology too, it may start first)."""
         from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
         from outbox.maintenance import sync_tiers_async
 
@@ -96,7 +97,7 @@ class Relay:
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
-            if not lane:
+            if declare or not lane:
                 await declare_topology(connection, settings)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
             exchange = await channel.get_exchange(settings.exchange_name, ensure=False)

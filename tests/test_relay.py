@@ -295,6 +295,33 @@ async def test_urgent_lane_publishes_past_a_batch_in_flight(settings: Settings, 
     assert pending_count(settings.database_url) == 1  # the held row is still owed: it will be republished
 
 
+@pytest.mark.slow
+async def test_lanes_in_processes_of_their_own(settings: Settings, amqp, procs, tmp_path: Path):
+    """--lane urgent alone declares the topology and publishes only urgent rows; --lane main the rest."""
+    [normal] = enqueue_committed(settings.database_url, "sample.invoice", args=[1])
+    urgent_relay = Proc(["relay", "--lane", "urgent"], settings, tmp_path / "urgent.log")
+    procs.append(urgent_relay)
+    [critical] = enqueue_committed(settings.database_url, "sample.otp", args=[2])
+    await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("critical")), timeout=20,
+                           what="the urgent-lane process declares the queues and publishes the critical row")
+    await asyncio.sleep(1.0)  # four of the main lane's polls: the urgent process must leave the normal row alone
+    assert await queue_depth(amqp, settings.queue_name("normal")) == 0
+    with psycopg.connect(settings.database_url) as conn:
+        assert [r[0] for r in conn.execute("SELECT job_id FROM outbox.pending").fetchall()] == [normal]
+    main_relay = Proc(["relay", "--lane", "main"], settings, tmp_path / "main.log")
+    procs.append(main_relay)
+    await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("normal")), timeout=20,
+                           what="the main-lane process publishes the normal row")
+    async def drained() -> bool:
+        return pending_count(settings.database_url) == 0
+
+    await wait_until_async(drained, timeout=10, what="the main lane commits its batch")
+    assert "lane=urgent" in urgent_relay.output() and "lane=main" in main_relay.output()
+    with psycopg.connect(settings.database_url) as conn:
+        stamped = dict(conn.execute("SELECT id, published_at IS NOT NULL FROM outbox.jobs").fetchall())
+    assert stamped == {critical: True, normal: True}
+
+
 def test_relay_frames_are_what_aio_pika_would_send() -> None:
     """The relay publishes through aiormq with pre-built properties; the header frame must be
     byte-for-byte the one aio-pika builds from build_message (user trace headers kept, others not)."""
