@@ -147,6 +147,16 @@ SELECT decision, attempt, max_retries, enqueued_at, headers
 FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean))
 """)
 
+# start_attempt for several deliveries in one statement (one commit): workers.batch.StartBatcher.
+# The caller passes the ids sorted, and the function runs once per row in array order, so job rows
+# are locked in id order like every other multi-row statement. n: the row's position in the arrays.
+START_MANY = Statement("ledger.start_many", """
+SELECT s.n, r.decision, r.attempt, r.max_retries, r.enqueued_at, r.headers
+FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[])) WITH ORDINALITY AS s(job_id, acked_early, n)
+CROSS JOIN LATERAL outbox.start_attempt(s.job_id, :worker_id, CAST(:lease_s AS float8), s.acked_early) AS r
+ORDER BY s.n
+""")
+
 
 # Success, fenced on the attempt; runs in the handler's own transaction.
 SUCCEED = Statement("ledger.succeed", """

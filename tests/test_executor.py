@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -143,7 +144,7 @@ async def test_successes_finishing_together_share_a_statement_and_keep_their_own
     batcher = SuccessBatcher(engine)
     results = await asyncio.gather(*(batcher.succeed(job, 1) for job in jobs))
     assert results == [True] * 30 + [False] * 10
-    assert batcher.recorded == 40 and batcher.flushes < 40  # 40 finished together: batched
+    assert batcher.group.recorded == 40 and batcher.group.flushes < 40  # 40 finished together: batched
     with psycopg.connect(db_url) as conn:
         statuses = dict(conn.execute("SELECT id, status FROM outbox.jobs").fetchall())
         assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (10,)
@@ -159,5 +160,43 @@ async def test_a_success_postgres_will_not_take_is_outcome_not_recorded_not_a_ha
     try:
         with pytest.raises(OutcomeNotRecorded, match="OperationalError"):
             await SuccessBatcher(dead).succeed(uuid.uuid4(), 1)
+    finally:
+        await dead.dispose()
+
+
+async def test_deliveries_starting_together_share_a_statement_and_get_their_own_decision(
+        db_url: str, engine: AsyncEngine) -> None:
+    from workers.batch import StartBatcher
+
+    with psycopg.connect(db_url) as conn:
+        jobs = [outbox.enqueue(conn, plain, args=[str(i)]) for i in range(30)]
+        conn.execute("UPDATE outbox.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", (jobs[0],))
+    unknown = uuid.uuid4()
+    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    # jobs[1] is delivered twice at once (a redelivery racing the original): exactly one copy runs.
+    requests = [*jobs, jobs[1], unknown]
+    results = await asyncio.gather(*(starts.start(job, acked_early=False) for job in requests))
+    decisions = [r.decision for r in results]
+    assert decisions[0] == "finished" and decisions[-1] == "unknown"
+    assert sorted([decisions[1], decisions[-2]]) == ["run", "running"]
+    assert decisions[2:30] == ["run"] * 28 and all(r.attempt == 1 for r in results[2:30])
+    assert starts.group.recorded == 32 and starts.group.flushes < 32  # started together: batched
+    with psycopg.connect(db_url) as conn:
+        leases = {r[0] for r in conn.execute("SELECT job_id FROM outbox.leases").fetchall()}
+        attempts = conn.execute("SELECT count(*) FROM outbox.attempts").fetchone()
+    assert leases == set(jobs[1:]) and attempts == (29,)  # one lease and one attempt per job that runs
+
+
+async def test_a_start_postgres_refuses_fails_each_waiter_with_the_error() -> None:
+    from tests.helpers import free_port
+    from workers.batch import StartBatcher
+
+    dead = create_async_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing",
+                               connect_args={"connect_timeout": 1})
+    try:
+        starts = StartBatcher(dead, "test-worker", lease_s=30)
+        results = await asyncio.gather(*(starts.start(uuid.uuid4(), acked_early=False) for _ in range(3)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, sqlalchemy.exc.OperationalError) for r in results), results
     finally:
         await dead.dispose()

@@ -1,95 +1,169 @@
-"""Group commit for sessionless successes: one statement for the attempts that finish together.
+"""Group commit for the ledger statements every delivery makes: starts and sessionless successes.
 
-An async handler without ``ctx`` has nothing to commit with its success, so its ``SUCCEED`` can
-share a statement (and a commit, and its fsync) with the others that finished meanwhile: while
-one flush is in flight, finishing attempts queue up and go in the next. At low load a batch is
-one attempt and costs what a lone ``SUCCEED`` costs; under load the per-job statement count
-falls towards one (``start_attempt``). Each caller still learns its own fenced result.
+While one statement is in flight, the requests that arrive queue up and go in the next one: at low
+load a batch is one request and costs what a lone statement costs; under load the worker makes one
+statement (one commit, one fsync, one round trip) per batch instead of one per job. Each caller
+still gets its own result (its own start decision, its own fence).
 
-A flush that fails is tried again (the statement is fenced, so a retry after a commit whose reply
-was lost reports the attempt as fenced, never twice succeeded); if it keeps failing, every waiter
-gets :class:`OutcomeNotRecorded`, which is infrastructure trouble, not the handler's failure: the
-job is left to its lease, as if the worker had died (the reaper retries it).
+* :class:`StartBatcher`: ``outbox.start_attempt`` for several deliveries in one statement, job rows
+  locked in id order (as every multi-row statement: no deadlock cycle). A failed statement fails
+  its waiters with the error, and each delivery goes through the pool's infrastructure back-off, as
+  a lone failed start would; it is not retried here, because a retry after a commit whose reply was
+  lost would find its own leases and report the deliveries as duplicates.
+* :class:`SuccessBatcher`: ``SUCCEED`` for async handlers without ``ctx``, which have nothing to
+  commit with their success. A failed flush is tried again (the statement is fenced, so a retry
+  after a lost reply reports the attempt as fenced, never twice succeeded); if it keeps failing,
+  every waiter gets :class:`OutcomeNotRecorded`, which is infrastructure trouble, not the handler's
+  failure: the job is left to its lease, as if the worker had died (the reaper retries it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import queries
-from workers.ledger import autocommit
+from workers.ledger import StartResult, autocommit
 
-#: Most attempts recorded by one statement.
+#: Most requests recorded by one statement.
 MAX_BATCH = 256
-#: Waits between tries of a failed flush, seconds (then the waiters get OutcomeNotRecorded).
+#: Waits between tries of a failed success flush, seconds (then the waiters get OutcomeNotRecorded).
 RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
 
-Waiter = tuple[uuid.UUID, int, "asyncio.Future[bool]"]
+Request = TypeVar("Request")
+Outcome = TypeVar("Outcome")
 
 
 class OutcomeNotRecorded(Exception):  # noqa: N818 - names the outcome, like AttemptTimeout
     """The handler finished but Postgres did not take its success; the lease will recover the job."""
 
 
-class SuccessBatcher:
-    """Records sessionless successes in batches; :meth:`succeed` returns False when fenced out."""
+class GroupCommit(Generic[Request, Outcome]):
+    """Runs ``record(conn, requests)`` for every request that arrived while the previous call ran.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    ``record`` returns one outcome per request, in order. ``retry_backoff_s``: waits between tries
+    of a failed call (empty: no retry). ``failure`` turns the last error (or the cancellation at
+    shutdown) into what every waiter of the batch raises.
+    """
+
+    def __init__(self, engine: AsyncEngine,
+                 record: Callable[[AsyncConnection, list[Request]], Awaitable[list[Outcome]]], *, name: str,
+                 failure: Callable[[BaseException], BaseException], retry_backoff_s: tuple[float, ...] = ()) -> None:
         self.engine = engine
-        self._waiting: list[Waiter] = []
+        self._record = record
+        self._name = name
+        self._failure = failure
+        self._backoff = retry_backoff_s
+        self._waiting: list[tuple[Request, asyncio.Future[Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        #: Statements committed so far (batches), beside the attempts they recorded.
+        #: Statements committed so far (batches), beside the requests they recorded.
         self.flushes = 0
         self.recorded = 0
 
-    async def succeed(self, job_id: uuid.UUID, attempt: int) -> bool:
-        """Mark ``attempt`` of ``job_id`` succeeded (committed when this returns); False if fenced.
-
-        Raises :class:`OutcomeNotRecorded` when Postgres kept refusing the statement.
-        """
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((job_id, attempt, future))
+    async def submit(self, request: Request) -> Outcome:
+        """Queue ``request``; returns its outcome once the statement that carried it has committed."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="tierbox-success-batch")
+            self._flusher = asyncio.create_task(self._flush(), name=self._name)
         return await future
 
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                done = await self._record(batch)
-            except asyncio.CancelledError:  # shutdown: nobody may wait for an outcome that will not come
-                _fail(batch + self._waiting, OutcomeNotRecorded("worker stopping: success not recorded"))
+                outcomes = await self._try([request for request, _ in batch])
+            except asyncio.CancelledError as exc:  # shutdown: nobody may wait for an outcome that will not come
+                _fail(batch + self._waiting, self._failure(exc))
                 self._waiting = []
                 raise
             except Exception as exc:  # noqa: BLE001 - every try failed: this batch's waiters learn it
-                _fail(batch, OutcomeNotRecorded(f"{type(exc).__name__}: {exc}"))
+                _fail(batch, self._failure(exc))
                 continue
-            for job_id, attempt, future in batch:
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():  # a waiter cancelled at shutdown is left alone
-                    future.set_result((job_id, attempt) in done)
+                    future.set_result(outcome)
 
-    async def _record(self, batch: list[Waiter]) -> set[tuple[uuid.UUID, int]]:
-        params = {"job_ids": [job_id for job_id, _, _ in batch], "attempts": [a for _, a, _ in batch]}
-        for backoff in (*RETRY_BACKOFF_S, None):
+    async def _try(self, requests: list[Request]) -> list[Outcome]:
+        for backoff in (*self._backoff, None):
             try:
                 async with self.engine.connect() as conn:
-                    rows = await autocommit(conn, queries.SUCCEED_MANY, params)
+                    outcomes = await self._record(conn, requests)
             except Exception:
                 if backoff is None:
                     raise
                 await asyncio.sleep(backoff)
                 continue
             self.flushes += 1
-            self.recorded += len(batch)
-            return {(r[0], r[1]) for r in rows}
+            self.recorded += len(requests)
+            return outcomes
         raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _fail(batch: list[Waiter], exc: Exception) -> None:
-    for _, _, future in batch:
+class StartBatcher:
+    """``outbox.start_attempt`` for the deliveries of one worker, batched."""
+
+    def __init__(self, engine: AsyncEngine, worker_id: str, lease_s: float) -> None:
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.group: GroupCommit[tuple[uuid.UUID, bool], StartResult] = GroupCommit(
+            engine, self._record, name="tierbox-start-batch", failure=_as_is)
+
+    async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
+        """Count the attempt and take the lease (committed when this returns), or learn why not."""
+        return await self.group.submit((job_id, acked_early))
+
+    async def _record(self, conn: AsyncConnection, requests: list[tuple[uuid.UUID, bool]]) -> list[StartResult]:
+        order = sorted(range(len(requests)), key=lambda i: requests[i][0])  # job rows locked in id order
+        rows = await autocommit(conn, queries.START_MANY, {
+            "job_ids": [requests[i][0] for i in order], "acked_early": [requests[i][1] for i in order],
+            "worker_id": self.worker_id, "lease_s": self.lease_s})
+        results: list[Any] = [None] * len(requests)
+        for n, decision, attempt, max_retries, enqueued_at, headers in rows:
+            results[order[n - 1]] = StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
+        return results
+
+
+class SuccessBatcher:
+    """Records sessionless successes in batches; :meth:`succeed` returns False when fenced out."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.group: GroupCommit[tuple[uuid.UUID, int], bool] = GroupCommit(
+            engine, _succeed_many, name="tierbox-success-batch", failure=_not_recorded,
+            retry_backoff_s=RETRY_BACKOFF_S)
+
+    async def succeed(self, job_id: uuid.UUID, attempt: int) -> bool:
+        """Mark ``attempt`` of ``job_id`` succeeded (committed when this returns); False if fenced.
+
+        Raises :class:`OutcomeNotRecorded` when Postgres kept refusing the statement.
+        """
+        return await self.group.submit((job_id, attempt))
+
+
+async def _succeed_many(conn: AsyncConnection, requests: list[tuple[uuid.UUID, int]]) -> list[bool]:
+    rows = await autocommit(conn, queries.SUCCEED_MANY, {"job_ids": [job_id for job_id, _ in requests],
+                                                         "attempts": [attempt for _, attempt in requests]})
+    done = {(r[0], r[1]) for r in rows}
+    return [request in done for request in requests]
+
+
+def _as_is(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncio.CancelledError):
+        return ConnectionAbortedError("worker stopping: the attempt was not started")
+    return exc
+
+
+def _not_recorded(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncio.CancelledError):
+        return OutcomeNotRecorded("worker stopping: success not recorded")
+    return OutcomeNotRecorded(f"{type(exc).__name__}: {exc}")
+
+
+def _fail(batch: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in batch:
         if not future.done():
             future.set_exception(exc)

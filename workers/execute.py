@@ -61,19 +61,19 @@ class Executor:
     async def run(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection | None = None) -> Result:
         """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`.
 
-        ``conn``: for async handlers, a checked-out connection not in a transaction (the one
-        ``start_attempt`` just committed on); the attempt's transaction is opened on it.
+        ``conn``: for async handlers that take ``ctx``, a checked-out connection not in a
+        transaction to open the attempt's transaction on (default: one from the engine's pool).
         """
-        if task.is_async:
-            if conn is None:
-                async with self.async_engine.connect() as own:
-                    return await self._run_async(task, payload, ctx, own)
-            return await self._run_async(task, payload, ctx, conn)
-        return await self._run_sync(task, payload, ctx)
+        if not task.is_async:
+            return await self._run_sync(task, payload, ctx)
+        if not task.takes_context:  # no session to open: no connection held while the handler runs
+            return await self._run_async_sessionless(task, payload, ctx)
+        if conn is None:
+            async with self.async_engine.connect() as own:
+                return await self._run_async(task, payload, ctx, own)
+        return await self._run_async(task, payload, ctx, conn)
 
     async def _run_async(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection) -> Result:
-        if not task.takes_context:
-            return await self._run_async_sessionless(task, payload, ctx, conn)
         # The session owns the transaction it begins on ``conn`` (commit/rollback are real).
         session = AsyncSession(bind=conn)
         ctx.session = session
@@ -94,8 +94,7 @@ class Executor:
                 with contextlib.suppress(Exception):
                     await conn.invalidate()
 
-    async def _run_async_sessionless(self, task: Task, payload: Payload, ctx: TaskContext,
-                                     conn: AsyncConnection) -> Result:
+    async def _run_async_sessionless(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
         # for the success to commit with: it is recorded autocommitted, batched with the others that
         # finish meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.

@@ -28,7 +28,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import encoding
 from outbox.config import Settings
@@ -40,7 +40,7 @@ from outbox.runtime import wait_any
 from outbox.tiers import PoolSpec
 from workers import metrics
 from workers.admission import PAUSE_REFRESH_S, RUN, Admission
-from workers.batch import OutcomeNotRecorded
+from workers.batch import OutcomeNotRecorded, StartBatcher
 from workers.buffer import PriorityBuffer
 from workers.dlq import DlqSweeper, safe_headers
 from workers.execute import AttemptTimeout, Executor, Result
@@ -91,6 +91,7 @@ class Pool:
         self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
                                          max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
+        self.starts = StartBatcher(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine)
         self._holds: dict[uuid.UUID, Hold | None] = {}
@@ -219,7 +220,10 @@ class Pool:
         await self._close_connection()  # unacked (buffered, unstarted) messages go back to their queues
         await self.async_engine.dispose()
         self.sync_engine.dispose()
-        event(log, "worker.stopped", pool=self.name, released=len(unfinished), **self.counts)
+        event(log, "worker.stopped", pool=self.name, released=len(unfinished), **self.counts,
+              starts=self.starts.group.recorded, start_statements=self.starts.group.flushes,
+              sessionless_successes=self.executor.successes.group.recorded,
+              success_statements=self.executor.successes.group.flushes)
 
     async def _release(self, unfinished: dict[uuid.UUID, tuple[StartResult, AbstractIncomingMessage | None]]) -> None:
         """Hand jobs still running after the grace period back to the outbox (or dead-letter a spent one)."""
@@ -259,39 +263,31 @@ class Pool:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead_message(tier, message, "undecodable", exc)
             return
-        task = self.registry.get(env.task)
-        if task is not None and task.is_async:
-            # One pooled connection for the whole attempt: start_attempt (committed), then the
-            # handler's transaction with SUCCEED.
-            async with self.async_engine.connect() as conn:
-                await self._deliver(tier, message, env, payload, task, conn)
-        else:
-            await self._deliver(tier, message, env, payload, task, None)
+        await self._deliver(tier, message, env, payload, self.registry.get(env.task))
 
     async def _deliver(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
-                       payload: encoding.Payload, task: Task | None, conn: AsyncConnection | None) -> None:
+                       payload: encoding.Payload, task: Task | None) -> None:
         decision = await self.admission.admit(task, env.tier, payload.kwargs) if task is not None else RUN
         if not decision.run:
-            await self._defer(env, decision, message, conn)
+            await self._defer(env, decision, message)
             return
         try:
-            await self._deliver_admitted(tier, message, env, payload, task, conn, decision)
+            await self._deliver_admitted(tier, message, env, payload, task, decision)
         finally:
             if task is not None and decision.token is not None:
                 await self.admission.finished(task, decision, None)
 
-    async def _defer(self, env: encoding.Envelope, decision: Decision, message: AbstractIncomingMessage,
-                     conn: AsyncConnection | None) -> None:
-        deferred = await self.ledger.defer(env.id, decision.delay_s, conn)
+    async def _defer(self, env: encoding.Envelope, decision: Decision, message: AbstractIncomingMessage) -> None:
+        deferred = await self.ledger.defer(env.id, decision.delay_s)
         self._count(f"deferred_{decision.reason}" if deferred else "skipped_defer")
         event(log, "worker.deferred", logging.DEBUG, job_id=env.id, reason=decision.reason,
               delay_s=round(decision.delay_s, 3), deferred=deferred)
         await _ack(message)
 
     async def _deliver_admitted(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
-                                payload: encoding.Payload, task: Task | None, conn: AsyncConnection | None,
-                                decision: Decision) -> None:
-        start = await self.ledger.start(env.id, acked_early=bool(task and task.long), conn=conn)
+                                payload: encoding.Payload, task: Task | None, decision: Decision) -> None:
+        # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
+        start = await self.starts.start(env.id, acked_early=bool(task and task.long))
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
                                      env=env)
@@ -310,13 +306,13 @@ class Pool:
             return
         self._holds[env.id] = decision.token
         try:
-            ok = await self._run(task, env, payload, start, message, conn)
+            ok = await self._run(task, env, payload, start, message)
         finally:
             self._holds.pop(env.id, None)
         await self.admission.finished(task, Decision(run=True), ok)
 
     async def _run(self, task: Task, env: encoding.Envelope, payload: encoding.Payload, start: StartResult,
-                   message: AbstractIncomingMessage, conn: AsyncConnection | None = None) -> bool | None:
+                   message: AbstractIncomingMessage) -> bool | None:
         """Run one attempt and record it; returns how the downstream fared (for breakers)."""
         ok: bool | None = None
         if task.long:
@@ -330,7 +326,7 @@ class Pool:
         ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
         try:
-            result = await self.executor.run(task, payload, ctx, conn)
+            result = await self.executor.run(task, payload, ctx)
         except AttemptTimeout as exc:
             ok = False
             await self._failed(task, env, start, exc, "timeout")
