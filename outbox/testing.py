@@ -37,6 +37,7 @@ import msgspec
 from outbox import queries
 from outbox.context import TaskContext
 from outbox.encoding import decode_payload
+from outbox.failure import ErrorInfo
 from outbox.registry import Registry, Task, registry
 from outbox.sql import run, savepoint
 
@@ -124,7 +125,7 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
 
 def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, attempt: int, max_retries: int,
           exc: Exception) -> DrainedJob:
-    error = {"error_type": type(exc).__qualname__, "error_message": str(exc)[:2000], "traceback": None}
+    error = ErrorInfo.of(exc).params()
     retryable = task is not None and task.retryable(exc)
     if retryable and attempt < max_retries + 1:
         run(session, queries.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",

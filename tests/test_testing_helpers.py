@@ -66,3 +66,7 @@ def test_drain_runs_chained_steps_and_records_failures(session: Session) -> None
     assert results["example.declined"].status == "dead"
     reason = session.execute(text("SELECT reason FROM outbox.dead_letters WHERE job_id = :i"), {"i": rejected})
     assert reason.scalar() == "non_retryable"
+    # Recorded as a worker records it (outbox.failure.ErrorInfo): type, message and traceback.
+    error_type, traceback = session.execute(text("SELECT error_type, traceback FROM outbox.attempts WHERE job_id = :i"),
+                                            {"i": rejected}).one()
+    assert error_type == "Reject" and "Traceback (most recent call last)" in traceback

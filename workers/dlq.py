@@ -19,8 +19,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from outbox import encoding
 from outbox.config import Settings
+from outbox.failure import ErrorInfo
 from outbox.logs import event
-from workers.ledger import ErrorInfo, Ledger
+from workers.ledger import Ledger
 
 log = logging.getLogger("tierbox.worker")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import traceback as tb
 import uuid
 from typing import Any
 
@@ -21,34 +20,12 @@ import msgspec
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox.logs import clip
+from outbox.failure import ErrorInfo
 from outbox.sql import Statement, run_async
 from workers import queries
 
-MAX_ERROR_MESSAGE_CHARS = 2000
-MAX_TRACEBACK_CHARS = 16000
 #: Bytes of an unrunnable message's body kept in dead_letters.raw_body (the size is always recorded).
 MAX_RAW_BODY_BYTES = 64 * 1024
-
-
-class ErrorInfo(msgspec.Struct, frozen=True):
-    """An exception, bounded in size for the attempts and dead_letters tables."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-
-    @classmethod
-    def of(cls, exc: BaseException) -> ErrorInfo:
-        """Capture ``exc`` with its traceback."""
-        text = "".join(tb.format_exception(exc))
-        if len(text) > MAX_TRACEBACK_CHARS:
-            text = "...\n" + text[-MAX_TRACEBACK_CHARS:]
-        return cls(type(exc).__qualname__, clip(str(exc) or type(exc).__name__, MAX_ERROR_MESSAGE_CHARS), text)
-
-    def params(self) -> dict[str, Any]:
-        """As statement parameters."""
-        return {"error_type": self.type, "error_message": self.message, "traceback": self.traceback}
 
 
 class StartResult(msgspec.Struct, frozen=True):

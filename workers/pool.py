@@ -34,6 +34,7 @@ from outbox import encoding
 from outbox.config import Settings
 from outbox.context import TaskContext
 from outbox.errors import TopologyMismatchError
+from outbox.failure import ErrorInfo
 from outbox.logs import event
 from outbox.registry import Registry, Task
 from outbox.runtime import wait_any
@@ -45,7 +46,7 @@ from workers.buffer import PriorityBuffer
 from workers.dlq import DlqSweeper, safe_headers
 from workers.execute import AttemptTimeout, Executor, Result
 from workers.gate import Decision, Hold
-from workers.ledger import ErrorInfo, Ledger, StartResult
+from workers.ledger import Ledger, StartResult
 
 log = logging.getLogger("tierbox.worker")
 
