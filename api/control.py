@@ -96,9 +96,12 @@ async def overrides(conn: Any) -> list[Override]:
 
 async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
     """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable."""
+    from outbox.registry import registry
     from workers.gate import Gate, connect
 
-    gate = Gate(settings, connect(settings), None)
+    # Declared policies count failures over their own windows; this process knows those its
+    # imported modules declared (tierbox --app / TIERBOX_APP), the rest show the default window.
+    gate = Gate(settings, connect(settings), None, policies=registry.breakers)
     try:
         return await gate.breaker_states()
     finally:

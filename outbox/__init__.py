@@ -32,7 +32,7 @@ from outbox.errors import (
 )
 from outbox.flow import cron
 from outbox.redrive import discard, redrive, redrive_async
-from outbox.registry import Task, registry, task
+from outbox.registry import Task, breaker, registry, task
 from outbox.schema import metadata
 from outbox.tiers import Tier
 
@@ -54,6 +54,7 @@ __all__ = [
     "TopologyMismatchError",
     "UnknownTaskError",
     "UnknownTierError",
+    "breaker",
     "configure",
     "cron",
     "discard",

@@ -1,4 +1,4 @@
-"""Declarations of time and flow control attached to a task: schedules, rate limits.
+"""Declarations of time and flow control attached to a task: schedules, rate limits, breaker policies.
 
 These are plain data. The scheduler (``relay.scheduler``) and the worker's flow gate
 (``workers.gate``) act on them; this module only parses and validates, so a bad
@@ -78,3 +78,35 @@ def parse_rate(text: str, field: str = "rate_limit") -> RateLimit:
         raise RegistryError(f"{field}: {text!r} is not a rate like '100/s', '10/m' or '5/h'")
     multiple = float(match.group(2) or 1)
     return RateLimit(float(match.group(1)), multiple * _PERIOD_S[match.group(3)])
+
+
+class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """When a circuit breaker opens and how it recovers. Every field has the documented default."""
+
+    #: Failures within ``window_s`` that open the breaker. Defaults to 5.
+    threshold: int = 5
+    #: Sliding window for counting failures, seconds. Defaults to 30.
+    window_s: float = 30.0
+    #: How long the breaker stays open before half-opening, seconds. Defaults to 30.
+    open_s: float = 30.0
+    #: Probe jobs admitted at once while half-open. Defaults to 1.
+    probes: int = 1
+    #: Deferral of a job refused because the probes are busy, seconds. Defaults to 1.
+    probe_retry_s: float = 1.0
+
+
+#: The policy of every breaker that is named by a task but not declared with :func:`breaker_policy`.
+DEFAULT_BREAKER_POLICY = BreakerPolicy()
+
+
+def breaker_policy(*, threshold: int = 5, window_s: float = 30.0, open_s: float = 30.0, probes: int = 1,
+                   probe_retry_s: float = 1.0) -> BreakerPolicy:
+    """A validated :class:`BreakerPolicy`; raises RegistryError naming the bad field."""
+    for field, value, minimum in (("threshold", threshold, 1), ("probes", probes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise RegistryError(f"breaker {field} must be an integer >= {minimum}, got {value!r}")
+    for field, seconds in (("window_s", window_s), ("open_s", open_s), ("probe_retry_s", probe_retry_s)):
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < float("inf"):
+            raise RegistryError(f"breaker {field} must be a positive number of seconds, got {seconds!r}")
+    return BreakerPolicy(threshold=threshold, window_s=float(window_s), open_s=float(open_s), probes=probes,
+                         probe_retry_s=float(probe_retry_s))

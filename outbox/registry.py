@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from outbox.errors import RegistryError, Reject
-from outbox.flow import RateLimit, Schedule, parse_rate
+from outbox.flow import BreakerPolicy, RateLimit, Schedule, breaker_policy, parse_rate
 from outbox.tiers import Tier, Topology
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +80,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        #: Declared breaker policies by breaker name (:func:`breaker`); others use the default.
+        self.breakers: dict[str, BreakerPolicy] = {}
         self._duplicates: list[str] = []
         self._collect = False
 
@@ -131,6 +133,27 @@ class Registry:
 
 
 registry = Registry()
+
+
+def breaker(name: str, *, threshold: int = 5, window_s: float = 30.0, open_s: float = 30.0, probes: int = 1,
+            probe_retry_s: float = 1.0, registry_: Registry | None = None) -> BreakerPolicy:
+    """Declare the policy of the circuit breaker ``name`` (tasks name it with ``breaker=name``).
+
+    Declare it in a module the workers import (beside the tasks): ``outbox.breaker("stripe",
+    threshold=3, open_s=60)``. A breaker named by a task but never declared uses the defaults (5
+    failures within 30 s open it; open 30 s; 1 probe; a busy probe defers others 1 s). Declaring
+    the same name again with a different policy raises :class:`RegistryError`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise RegistryError(f"breaker name must be a non-empty string, got {name!r}")
+    policy = breaker_policy(threshold=threshold, window_s=window_s, open_s=open_s, probes=probes,
+                            probe_retry_s=probe_retry_s)
+    target = registry_ if registry_ is not None else registry
+    existing = target.breakers.get(name)
+    if existing is not None and existing != policy:
+        raise RegistryError(f"breaker {name!r} is already declared with another policy ({existing})")
+    target.breakers[name] = policy
+    return policy
 
 
 def task(

@@ -81,3 +81,22 @@ def test_default_urgent_pool_reserves_two_critical_slots_beyond_its_concurrency(
     spec = Settings().topology.pools["urgent"]
     assert spec.reserved == {"critical": 2}
     assert spec.slots == spec.concurrency + 2
+
+
+def test_declared_breaker_policy_is_validated_and_reaches_the_pool_gate(settings: Settings) -> None:
+    from outbox.registry import Registry
+    from outbox.tiers import PoolSpec
+    from workers.pool import Pool
+
+    reg = Registry()
+    policy = outbox.breaker("stripe", threshold=2, window_s=60, open_s=120, probes=2, registry_=reg)
+    assert outbox.breaker("stripe", threshold=2, window_s=60, open_s=120, probes=2, registry_=reg) == policy
+    with pytest.raises(outbox.RegistryError, match="breaker 'stripe' is already declared"):
+        outbox.breaker("stripe", threshold=3, registry_=reg)
+    with pytest.raises(outbox.RegistryError, match="breaker threshold must be an integer >= 1"):
+        outbox.breaker("other", threshold=0, registry_=reg)
+    with pytest.raises(outbox.RegistryError, match="breaker open_s must be a positive number"):
+        outbox.breaker("other", open_s=-1, registry_=reg)
+    pool = Pool(settings, "urgent", PoolSpec(tiers=("critical",)), reg)
+    assert pool.admission.gate.policy("stripe") == policy
+    assert pool.admission.gate.policy("undeclared").threshold == 5  # the documented default

@@ -16,12 +16,13 @@ and nothing fails because of flow control.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import Settings
+from outbox.flow import BreakerPolicy
 from outbox.logs import event
 from outbox.registry import Task
 from outbox.sql import run_async
@@ -41,10 +42,11 @@ RUN = Decision(run=True)
 class Admission:
     """The pool's admission check; one per pool."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine,
+                 policies: Mapping[str, BreakerPolicy] | None = None) -> None:
         self.settings = settings
         self.engine = engine
-        self.gate = Gate(settings, connect(settings), engine)
+        self.gate = Gate(settings, connect(settings), engine, policies=policies)
         self.paused: set[tuple[str, str]] = set()
         self._limited_tiers = {t for t, spec in settings.topology.tiers.items() if spec.rate_limit}
 

@@ -68,7 +68,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox.config import Settings
-from outbox.flow import RateLimit, parse_rate
+from outbox.flow import DEFAULT_BREAKER_POLICY, BreakerPolicy, RateLimit, parse_rate
 from outbox.registry import Task
 from outbox.sql import run_async
 from workers import gate_scripts
@@ -96,22 +96,6 @@ _US = 1_000_000
 _REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
 
-class BreakerPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """When a breaker opens and how it recovers. Every field has the documented default."""
-
-    #: Failures within ``window_s`` that open the breaker. Defaults to 5.
-    threshold: int = 5
-    #: Sliding window for counting failures, seconds. Defaults to 30.
-    window_s: float = 30.0
-    #: How long the breaker stays open before half-opening, seconds. Defaults to 30.
-    open_s: float = 30.0
-    #: Probe jobs admitted at once while half-open. Defaults to 1.
-    probes: int = 1
-    #: Deferral of a job refused because the probes are busy, seconds. Defaults to 1.
-    probe_retry_s: float = 1.0
-
-
-DEFAULT_BREAKER_POLICY = BreakerPolicy()
 
 
 class Hold(msgspec.Struct, frozen=True):

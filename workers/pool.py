@@ -94,7 +94,7 @@ class Pool:
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.starts = StartBatcher(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
-        self.admission = Admission(settings, self.async_engine)
+        self.admission = Admission(settings, self.async_engine, registry.breakers)
         self._holds: dict[uuid.UUID, Hold | None] = {}
         self.connection: aio_pika.abc.AbstractConnection | None = None
         self.sweeper: DlqSweeper | None = None
