@@ -198,8 +198,14 @@ WITH moved AS (
     FROM outbox.jobs j, outbox.tiers t
     WHERE j.id = p.job_id AND j.task = :task AND t.name = :tier AND p.tier <> :tier
     RETURNING p.job_id, p.priority
+),
+-- Job rows locked in id order, as every multi-row statement (a worker's batched start holds some
+-- of them and waits for the next in id order): no deadlock cycle.
+ordered AS MATERIALIZED (
+    SELECT j.id FROM moved m JOIN outbox.jobs j ON j.id = m.job_id ORDER BY j.id FOR NO KEY UPDATE OF j
 )
-UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority FROM moved WHERE j.id = moved.job_id
+UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
+FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
 RETURNING j.id
 """)
 

@@ -13,8 +13,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from outbox.config import Settings, redact_url
+from outbox.errors import ConfigError
 from outbox.logs import event
 from outbox.runtime import serve_until_signalled, wait_any
+from outbox.tiers import URGENT_SLO_S
 from relay import metrics
 from relay.relay import Relay
 from relay.wakeup import Waker, Wakeup
@@ -42,11 +44,8 @@ async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> N
     tiers, the urgent lane in this process; ``main`` runs only the main lane and ``urgent`` only the
     urgent lane, for deployments that give the urgent lane a process (or a machine) of its own.
     """
-    if lane not in LANES:
-        raise ValueError(f"lane must be one of {LANES}, not {lane!r}")
+    check_lane(settings, lane)
     urgent_weight = settings.topology.urgent_weight()
-    if lane == "urgent" and urgent_weight is None:
-        raise ValueError("lane 'urgent': the topology has no urgent tier (slo_s <= URGENT_SLO_S)")
     waker = Waker(settings.psycopg_url)
     if lane != "main" or urgent_weight is None:
         waker.start()  # a main-only lane of a topology with urgent tiers polls: the urgent lane takes NOTIFYs
@@ -76,6 +75,14 @@ async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> N
     finally:
         await waker.stop()
     event(log, "relay.stopped", lane=lane)
+
+
+def check_lane(settings: Settings, lane: str) -> None:
+    """Refuse a lane this process cannot run, with ConfigError naming ``--lane``."""
+    if lane not in LANES:
+        raise ConfigError("--lane", f"must be one of {', '.join(LANES)}, not {lane!r}")
+    if lane == "urgent" and settings.topology.urgent_weight() is None:
+        raise ConfigError("--lane", f"urgent: the topology has no urgent tier (SLO of at most {URGENT_SLO_S:g} s)")
 
 
 async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event, lane: str,
@@ -153,6 +160,7 @@ async def _log_lag(relay: Relay) -> None:
 
 def main(settings: Settings, metrics_port: int | None = None, lane: str = "all") -> int:
     """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
+    check_lane(settings, lane)  # before the loop: a ConfigError the CLI prints as one line
     if metrics_port:
         metrics.serve(metrics_port)
     serve_until_signalled(lambda stop: serve(settings, stop, lane))

@@ -84,7 +84,7 @@ class Relay:
     async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "", declare: bool = False) -> Relay:
         """Open the Postgres and RabbitMQ connections; the main relay also mirrors the tiers and
         declares the topology (a ``lane`` relies on its main relay having done so, unless ``declare``:
-        a lane in a process of its own declares the topology too, it may start first)."""
+        a lane in a process of its own does both too, as it may start first)."""
         from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
         from outbox.maintenance import sync_tiers_async
 
@@ -92,7 +92,7 @@ class Relay:
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
         connection: aio_pika.abc.AbstractConnection | None = None
         try:
-            if not lane:
+            if declare or not lane:
                 async with db.transaction():
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
@@ -239,3 +240,12 @@ def test_prune_on_a_migrated_database(db_url: str) -> None:
     result = run_cli("prune", env={"TIERBOX_DATABASE_URL": db_url})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "pruned 0 jobs"
+
+
+def test_relay_urgent_lane_without_urgent_tiers_is_one_line_naming_the_option(tmp_path: Path) -> None:
+    slow = {name: {**msgspec.structs.asdict(spec), "slo_s": 120.0} for name, spec in DEFAULT_TOPOLOGY.tiers.items()}
+    topology = write_topology(tmp_path, {"tiers": slow})
+    result = run_cli("relay", "--lane", "urgent", env={"TIERBOX_TOPOLOGY_FILE": topology})
+    assert result.returncode != 0
+    assert stderr_lines(result)[-1].endswith("--lane: urgent: the topology has no urgent tier (SLO of at most 30 s)")
+    assert "Traceback" not in result.stderr

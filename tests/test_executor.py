@@ -200,3 +200,22 @@ async def test_a_start_postgres_refuses_fails_each_waiter_with_the_error() -> No
         assert all(isinstance(r, sqlalchemy.exc.OperationalError) for r in results), results
     finally:
         await dead.dispose()
+
+
+async def test_a_start_whose_slot_was_cancelled_is_handed_to_shutdown_not_lost(
+        db_url: str, engine: AsyncEngine) -> None:
+    """Shutdown cancels a slot while its start is in a batch statement: the committed lease comes back
+    from orphans() so the pool can release the job, instead of waiting for the lease to expire."""
+    from workers.batch import StartBatcher
+
+    with psycopg.connect(db_url) as conn:
+        job = outbox.enqueue(conn, plain, args=["x"])
+    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    waiter = asyncio.create_task(starts.start(job, acked_early=False))
+    await asyncio.sleep(0)  # the waiter has queued its request and the flush is scheduled
+    waiter.cancel()
+    orphans = await starts.orphans()
+    assert [(j, r.decision, r.attempt) for j, r in orphans] == [(job, "run", 1)]
+    assert await starts.orphans() == []  # handed over once
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox.leases WHERE job_id = %s", (job,)).fetchone() == (1,)

@@ -60,6 +60,8 @@ class GroupCommit(Generic[Request, Outcome]):
         self._backoff = retry_backoff_s
         self._waiting: list[tuple[Request, asyncio.Future[Outcome]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Outcomes whose waiter was cancelled before its statement returned (shutdown).
+        self.orphaned: list[tuple[Request, Outcome]] = []
         #: Statements committed so far (batches), beside the requests they recorded.
         self.flushes = 0
         self.recorded = 0
@@ -77,6 +79,7 @@ class GroupCommit(Generic[Request, Outcome]):
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
                 outcomes = await self._try([request for request, _ in batch])
+                paired = list(zip(batch, outcomes, strict=True))
             except asyncio.CancelledError as exc:  # shutdown: nobody may wait for an outcome that will not come
                 _fail(batch + self._waiting, self._failure(exc))
                 self._waiting = []
@@ -84,9 +87,18 @@ class GroupCommit(Generic[Request, Outcome]):
             except Exception as exc:  # noqa: BLE001 - every try failed: this batch's waiters learn it
                 _fail(batch, self._failure(exc))
                 continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():  # a waiter cancelled at shutdown is left alone
+            for (request, future), outcome in paired:
+                if future.done():  # its waiter was cancelled (shutdown): the caller must settle it
+                    self.orphaned.append((request, outcome))
+                else:
                     future.set_result(outcome)
+
+    async def settle(self) -> list[tuple[Request, Outcome]]:
+        """Wait for the statement in flight, if any; returns (and forgets) the orphaned outcomes."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        orphaned, self.orphaned = self.orphaned, []
+        return orphaned
 
     async def _try(self, requests: list[Request]) -> list[Outcome]:
         for backoff in (*self._backoff, None):
@@ -116,6 +128,10 @@ class StartBatcher:
     async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
         """Count the attempt and take the lease (committed when this returns), or learn why not."""
         return await self.group.submit((job_id, acked_early))
+
+    async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:
+        """Starts committed for deliveries whose slot was cancelled meanwhile (shutdown): job id, result."""
+        return [(job_id, result) for (job_id, _), result in await self.group.settle()]
 
     async def _record(self, conn: AsyncConnection, requests: list[tuple[uuid.UUID, bool]]) -> list[StartResult]:
         order = sorted(range(len(requests)), key=lambda i: requests[i][0])  # job rows locked in id order

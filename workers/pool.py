@@ -28,7 +28,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from outbox import encoding
 from outbox.config import Settings
@@ -212,6 +212,11 @@ class Pool:
         for s in idle:
             s.cancel()
         await asyncio.gather(*idle, return_exceptions=True)
+        # A slot cancelled while its start was in a batch statement: the statement may still commit
+        # the lease of a job nobody will run. Wait for it, and hand such jobs back like the rest.
+        for job_id, start in await self.starts.orphans():
+            if start.decision == "run":
+                unfinished[job_id] = (start, None)
         await self._release(unfinished)
         for c in chores:
             c.cancel()
@@ -287,8 +292,22 @@ class Pool:
 
     async def _deliver_admitted(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
                                 payload: encoding.Payload, task: Task | None, decision: Decision) -> None:
+        acked_early = bool(task and task.long)
+        if task is not None and task.is_async and task.takes_context:
+            # The handler's transaction needs a pooled connection: start_attempt runs on it first,
+            # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
+            # infrastructure trouble), never the handler's first statement (a used-up attempt).
+            async with self.async_engine.connect() as conn:
+                start = await self.ledger.start(env.id, acked_early=acked_early, conn=conn)
+                await self._started(tier, message, env, payload, task, decision, start, conn)
+            return
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
-        start = await self.starts.start(env.id, acked_early=bool(task and task.long))
+        start = await self.starts.start(env.id, acked_early=acked_early)
+        await self._started(tier, message, env, payload, task, decision, start, None)
+
+    async def _started(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
+                       payload: encoding.Payload, task: Task | None, decision: Decision, start: StartResult,
+                       conn: AsyncConnection | None) -> None:
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
                                      env=env)
@@ -307,13 +326,13 @@ class Pool:
             return
         self._holds[env.id] = decision.token
         try:
-            ok = await self._run(task, env, payload, start, message)
+            ok = await self._run(task, env, payload, start, message, conn)
         finally:
             self._holds.pop(env.id, None)
         await self.admission.finished(task, Decision(run=True), ok)
 
     async def _run(self, task: Task, env: encoding.Envelope, payload: encoding.Payload, start: StartResult,
-                   message: AbstractIncomingMessage) -> bool | None:
+                   message: AbstractIncomingMessage, conn: AsyncConnection | None) -> bool | None:
         """Run one attempt and record it; returns how the downstream fared (for breakers)."""
         ok: bool | None = None
         if task.long:
@@ -327,7 +346,7 @@ class Pool:
         ctx = TaskContext(job_id=env.id, task=task.name, tier=env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
         try:
-            result = await self.executor.run(task, payload, ctx)
+            result = await self.executor.run(task, payload, ctx, conn)
         except AttemptTimeout as exc:
             ok = False
             await self._failed(task, env, start, exc, "timeout")
