@@ -79,11 +79,12 @@ class Pool:
         self.worker_id = new_worker_id()
         weights = {t: settings.topology.spec(t).weight for t in spec.tiers}
         self.buffer = PriorityBuffer(weights, spec.min_share)
-        # Async engine: one connection per running async attempt (start_attempt, the handler's
-        # transaction and its outcome share it) plus heartbeat, reaper, DLQ sweeper and sync-handler
-        # start/outcome statements. No pre-ping: every delivery's first statement (start_attempt) is
-        # its liveness check; a dead pooled connection fails it before any handler runs, SQLAlchemy
-        # then recycles the whole pool, and Pool.process retries the delivery after a back-off.
+        # Async engine: one connection per running async attempt that takes ctx (its start_attempt,
+        # the handler's transaction and its outcome share it), the batched starts and sessionless
+        # successes (workers.batch), heartbeat, reaper, DLQ sweeper and sync-handler outcomes. No
+        # pre-ping: a delivery's first statement (its start, alone or batched) is the liveness
+        # check; a dead pooled connection fails it before any handler runs, SQLAlchemy then recycles
+        # the whole pool, and Pool.process retries the delivery after a back-off.
         self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.slots + 3,
                                                 max_overflow=spec.slots, pool_pre_ping=False)
         # Sync engine: only sync handlers' transactions, in threads. It keeps pre-ping: a sync
