@@ -148,14 +148,30 @@ FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS fl
 """)
 
 # start_attempt for several deliveries in one statement (one commit): workers.batch.StartBatcher.
-# The caller passes the ids sorted, and the function runs once per row in array order, so job rows
-# are locked in id order like every other multi-row statement. n: the row's position in the arrays.
+# It never waits for a job row: the rows are locked first, in id order, SKIP LOCKED, so one job
+# row held elsewhere (an operator's transaction, a long MOVE_BACKLOG) cannot stall the whole batch;
+# start_attempt then re-locks each row it already holds. A job not locked here (held elsewhere, or
+# not in the ledger at all) comes back as 'busy': the worker starts that delivery alone
+# (START_ATTEMPT, which waits, or answers 'unknown'). n: the row's position in the arrays.
 START_MANY = Statement("ledger.start_many", """
-SELECT s.n, r.decision, r.attempt, r.max_retries, r.enqueued_at, r.headers
-FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[])) WITH ORDINALITY AS s(job_id, acked_early, n)
-CROSS JOIN LATERAL outbox.start_attempt(s.job_id, :worker_id, CAST(:lease_s AS float8), s.acked_early) AS r
-ORDER BY s.n
+WITH req AS (
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[])) WITH ORDINALITY
+        AS s(job_id, acked_early, n)
+),
+free AS MATERIALIZED (
+    SELECT j.id FROM outbox.jobs j WHERE j.id = ANY(CAST(:job_ids AS uuid[])) ORDER BY j.id FOR UPDATE SKIP LOCKED
+),
+started AS MATERIALIZED (
+    SELECT req.n, r.decision, r.attempt, r.max_retries, r.enqueued_at, r.headers
+    FROM req JOIN free ON free.id = req.job_id
+    CROSS JOIN LATERAL outbox.start_attempt(req.job_id, :worker_id, CAST(:lease_s AS float8), req.acked_early) AS r
+)
+SELECT n, decision, attempt, max_retries, enqueued_at, headers FROM started
+UNION ALL
+SELECT req.n, 'busy', 0, 0, NULL::timestamptz, NULL::jsonb FROM req WHERE req.job_id NOT IN (SELECT id FROM free)
+ORDER BY 1
 """)
+
 
 
 # Success, fenced on the attempt; runs in the handler's own transaction.

@@ -219,3 +219,21 @@ async def test_a_start_whose_slot_was_cancelled_is_handed_to_shutdown_not_lost(
     assert await starts.orphans() == []  # handed over once
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT count(*) FROM outbox.leases WHERE job_id = %s", (job,)).fetchone() == (1,)
+
+
+async def test_a_job_row_held_elsewhere_does_not_stall_the_deliveries_batched_with_it(
+        db_url: str, engine: AsyncEngine) -> None:
+    from workers.batch import StartBatcher
+
+    with psycopg.connect(db_url) as conn:
+        held, free = (outbox.enqueue(conn, plain, args=[str(i)]) for i in range(2))
+    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    async with await psycopg.AsyncConnection.connect(db_url) as operator:  # e.g. an open psql transaction
+        await operator.execute("SELECT 1 FROM outbox.jobs WHERE id = %s FOR UPDATE", (held,))
+        waiting = asyncio.create_task(starts.start(held, acked_early=False))
+        result = await asyncio.wait_for(starts.start(free, acked_early=False), 5)
+        assert (result.decision, result.attempt) == ("run", 1)
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # the held job waits for its row, alone
+        await operator.rollback()
+    assert (await asyncio.wait_for(waiting, 5)).decision == "run"

@@ -6,10 +6,12 @@ statement (one commit, one fsync, one round trip) per batch instead of one per j
 still gets its own result (its own start decision, its own fence).
 
 * :class:`StartBatcher`: ``outbox.start_attempt`` for several deliveries in one statement, job rows
-  locked in id order (as every multi-row statement: no deadlock cycle). A failed statement fails
-  its waiters with the error, and each delivery goes through the pool's infrastructure back-off, as
-  a lone failed start would; it is not retried here, because a retry after a commit whose reply was
-  lost would find its own leases and report the deliveries as duplicates.
+  locked first in id order with SKIP LOCKED (as every multi-row statement: no deadlock cycle; and a
+  row held elsewhere cannot stall the batch: that delivery is started alone, waiting as before).
+  A failed statement fails its waiters with the error, and each delivery goes through the pool's
+  infrastructure back-off, as a lone failed start would; it is not retried here, because a retry
+  after a commit whose reply was lost would find its own leases and report the deliveries as
+  duplicates.
 * :class:`SuccessBatcher`: ``SUCCEED`` for async handlers without ``ctx``, which have nothing to
   commit with their success. A failed flush is tried again (the statement is fenced, so a retry
   after a lost reply reports the attempt as fenced, never twice succeeded); if it keeps failing,
@@ -127,7 +129,16 @@ class StartBatcher:
 
     async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
         """Count the attempt and take the lease (committed when this returns), or learn why not."""
-        return await self.group.submit((job_id, acked_early))
+        result = await self.group.submit((job_id, acked_early))
+        if result.decision != "busy":
+            return result
+        # Its job row is held elsewhere (or is not in the ledger): start it alone, waiting for the
+        # row as a lone start always did, without holding up the deliveries batched with it.
+        async with self.group.engine.connect() as conn:
+            rows = await autocommit(conn, queries.START_ATTEMPT, {
+                "job_id": job_id, "worker_id": self.worker_id, "lease_s": self.lease_s, "acked_early": acked_early})
+        decision, attempt, max_retries, enqueued_at, headers = rows[0]
+        return StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
 
     async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:
         """Starts committed for deliveries whose slot was cancelled meanwhile (shutdown): job id, result."""
