@@ -160,7 +160,6 @@ async def _log_lag(relay: Relay) -> None:
 
 def main(settings: Settings, metrics_port: int | None = None, lane: str = "all") -> int:
     """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
-    check_lane(settings, lane)  # before the loop: a ConfigError the CLI prints as one line
     if metrics_port:
         metrics.serve(metrics_port)
     serve_until_signalled(lambda stop: serve(settings, stop, lane))

@@ -91,13 +91,14 @@ class Relay:
         role = f"tierbox-relay{'-' + lane if lane else ''}"
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
         connection: aio_pika.abc.AbstractConnection | None = None
+        declares = declare or not lane
         try:
-            if declare or not lane:
+            if declares:
                 async with db.transaction():
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
-            if declare or not lane:
+            if declares:
                 await declare_topology(connection, settings)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
             exchange = await channel.get_exchange(settings.exchange_name, ensure=False)

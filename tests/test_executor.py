@@ -172,7 +172,7 @@ async def test_deliveries_starting_together_share_a_statement_and_get_their_own_
         jobs = [outbox.enqueue(conn, plain, args=[str(i)]) for i in range(30)]
         conn.execute("UPDATE outbox.jobs SET status = 'succeeded', finished_at = now() WHERE id = %s", (jobs[0],))
     unknown = uuid.uuid4()
-    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    starts = StartBatcher(Ledger(engine, "test-worker", lease_s=30))
     # jobs[1] is delivered twice at once (a redelivery racing the original): exactly one copy runs.
     requests = [*jobs, jobs[1], unknown]
     results = await asyncio.gather(*(starts.start(job, acked_early=False) for job in requests))
@@ -194,7 +194,7 @@ async def test_a_start_postgres_refuses_fails_each_waiter_with_the_error() -> No
     dead = create_async_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing",
                                connect_args={"connect_timeout": 1})
     try:
-        starts = StartBatcher(dead, "test-worker", lease_s=30)
+        starts = StartBatcher(Ledger(dead, "test-worker", lease_s=30))
         results = await asyncio.gather(*(starts.start(uuid.uuid4(), acked_early=False) for _ in range(3)),
                                        return_exceptions=True)
         assert all(isinstance(r, sqlalchemy.exc.OperationalError) for r in results), results
@@ -210,7 +210,7 @@ async def test_a_start_whose_slot_was_cancelled_is_handed_to_shutdown_not_lost(
 
     with psycopg.connect(db_url) as conn:
         job = outbox.enqueue(conn, plain, args=["x"])
-    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    starts = StartBatcher(Ledger(engine, "test-worker", lease_s=30))
     waiter = asyncio.create_task(starts.start(job, acked_early=False))
     await asyncio.sleep(0)  # the waiter has queued its request and the flush is scheduled
     waiter.cancel()
@@ -227,7 +227,7 @@ async def test_a_job_row_held_elsewhere_does_not_stall_the_deliveries_batched_wi
 
     with psycopg.connect(db_url) as conn:
         held, free = (outbox.enqueue(conn, plain, args=[str(i)]) for i in range(2))
-    starts = StartBatcher(engine, "test-worker", lease_s=30)
+    starts = StartBatcher(Ledger(engine, "test-worker", lease_s=30))
     async with await psycopg.AsyncConnection.connect(db_url) as operator:  # e.g. an open psql transaction
         await operator.execute("SELECT 1 FROM outbox.jobs WHERE id = %s FOR UPDATE", (held,))
         waiting = asyncio.create_task(starts.start(held, acked_early=False))

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox import queries
-from workers.ledger import StartResult, autocommit
+from workers.ledger import Ledger, StartResult, autocommit
 
 #: Most requests recorded by one statement.
 MAX_BATCH = 256
@@ -119,13 +119,12 @@ class GroupCommit(Generic[Request, Outcome]):
 
 
 class StartBatcher:
-    """``outbox.start_attempt`` for the deliveries of one worker, batched."""
+    """``outbox.start_attempt`` for the deliveries of one worker (its :class:`Ledger`), batched."""
 
-    def __init__(self, engine: AsyncEngine, worker_id: str, lease_s: float) -> None:
-        self.worker_id = worker_id
-        self.lease_s = lease_s
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
         self.group: GroupCommit[tuple[uuid.UUID, bool], StartResult] = GroupCommit(
-            engine, self._record, name="tierbox-start-batch", failure=_as_is)
+            ledger.engine, self._record, name="tierbox-start-batch", failure=_as_is)
 
     async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
         """Count the attempt and take the lease (committed when this returns), or learn why not."""
@@ -134,24 +133,20 @@ class StartBatcher:
             return result
         # Its job row is held elsewhere (or is not in the ledger): start it alone, waiting for the
         # row as a lone start always did, without holding up the deliveries batched with it.
-        async with self.group.engine.connect() as conn:
-            rows = await autocommit(conn, queries.START_ATTEMPT, {
-                "job_id": job_id, "worker_id": self.worker_id, "lease_s": self.lease_s, "acked_early": acked_early})
-        decision, attempt, max_retries, enqueued_at, headers = rows[0]
-        return StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
+        return await self.ledger.start(job_id, acked_early)
 
     async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:
         """Starts committed for deliveries whose slot was cancelled meanwhile (shutdown): job id, result."""
         return [(job_id, result) for (job_id, _), result in await self.group.settle()]
 
     async def _record(self, conn: AsyncConnection, requests: list[tuple[uuid.UUID, bool]]) -> list[StartResult]:
-        order = sorted(range(len(requests)), key=lambda i: requests[i][0])  # job rows locked in id order
+        # No sorting here: START_MANY itself locks the batch's job rows in id order.
         rows = await autocommit(conn, queries.START_MANY, {
-            "job_ids": [requests[i][0] for i in order], "acked_early": [requests[i][1] for i in order],
-            "worker_id": self.worker_id, "lease_s": self.lease_s})
+            "job_ids": [job_id for job_id, _ in requests], "acked_early": [early for _, early in requests],
+            "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
         results: list[Any] = [None] * len(requests)
-        for n, decision, attempt, max_retries, enqueued_at, headers in rows:
-            results[order[n - 1]] = StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
+        for row in rows:
+            results[row[0] - 1] = StartResult.of(row[1:])
         return results
 
 

@@ -96,8 +96,6 @@ _US = 1_000_000
 _REDIS_DOWN = (RedisError, OSError, TimeoutError)
 
 
-
-
 class Hold(msgspec.Struct, frozen=True):
     """Slots a running job holds (concurrency, breaker probe): give back with ``release``."""
 

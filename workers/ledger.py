@@ -37,6 +37,12 @@ class StartResult(msgspec.Struct, frozen=True):
     enqueued_at: dt.datetime | None
     headers: dict[str, Any]
 
+    @classmethod
+    def of(cls, row: Any) -> StartResult:
+        """From a row of ``outbox.start_attempt``: decision, attempt, max_retries, enqueued_at, headers."""
+        decision, attempt, max_retries, enqueued_at, headers = row
+        return cls(decision, attempt, max_retries, enqueued_at, headers or {})
+
 
 async def autocommit(conn: AsyncConnection, stmt: Statement, params: dict[str, Any]) -> list[Any]:
     """Run one statement on a checked-out connection not in a transaction, committed when it returns.
@@ -85,8 +91,7 @@ class Ledger:
         """
         rows = await self._one(queries.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
                                                        "lease_s": self.lease_s, "acked_early": acked_early}, conn)
-        decision, attempt, max_retries, enqueued_at, headers = rows[0]
-        return StartResult(decision, attempt, max_retries, enqueued_at, headers or {})
+        return StartResult.of(rows[0])
 
     async def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, outcome: str, error: ErrorInfo) -> bool:
         """Schedule the next attempt through the outbox; False if fenced out."""

@@ -93,7 +93,7 @@ class Pool:
         self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
                                          max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
-        self.starts = StartBatcher(self.async_engine, self.worker_id, settings.lease_s)
+        self.starts = StartBatcher(self.ledger)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)
         self._holds: dict[uuid.UUID, Hold | None] = {}
