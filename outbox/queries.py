@@ -144,7 +144,8 @@ WHERE id IN (
 # Decide whether a delivery runs; if so, count the attempt and take the lease (see the SQL function).
 START_ATTEMPT = Statement("ledger.start_attempt", """
 SELECT decision, attempt, max_retries, enqueued_at, headers
-FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean))
+FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean),
+                          CAST(:token AS uuid))
 """)
 
 # start_attempt for several deliveries in one statement (one commit): workers.batch.StartBatcher.
@@ -155,8 +156,8 @@ FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS fl
 # (START_ATTEMPT, which waits, or answers 'unknown'). n: the row's position in the arrays.
 START_MANY = Statement("ledger.start_many", """
 WITH req AS (
-    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[])) WITH ORDINALITY
-        AS s(job_id, acked_early, n)
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[]), CAST(:tokens AS uuid[]))
+        WITH ORDINALITY AS s(job_id, acked_early, token, n)
 ),
 free AS MATERIALIZED (
     SELECT j.id FROM outbox.jobs j WHERE j.id = ANY(CAST(:job_ids AS uuid[])) ORDER BY j.id FOR UPDATE SKIP LOCKED
@@ -164,7 +165,8 @@ free AS MATERIALIZED (
 started AS MATERIALIZED (
     SELECT req.n, r.decision, r.attempt, r.max_retries, r.enqueued_at, r.headers
     FROM req JOIN free ON free.id = req.job_id
-    CROSS JOIN LATERAL outbox.start_attempt(req.job_id, :worker_id, CAST(:lease_s AS float8), req.acked_early) AS r
+    CROSS JOIN LATERAL outbox.start_attempt(req.job_id, :worker_id, CAST(:lease_s AS float8), req.acked_early,
+                                         req.token) AS r
 )
 SELECT n, decision, attempt, max_retries, enqueued_at, headers FROM started
 UNION ALL

@@ -172,6 +172,9 @@ leases = Table(
     Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("acked_early", Boolean, nullable=False, server_default=text("false")),
+    # Revision 0006: the delivery that took the lease, so it can resume after a lost start reply.
+    Column("start_token", UUID(as_uuid=True), comment="Random per delivery: the same delivery asking "
+           "again after a lost reply resumes its attempt."),
     Index("ix_leases_expires_at", "expires_at"),
     Index("ix_leases_worker_id", "worker_id"),
     comment="One row per running job: who runs it and until when; the reaper recovers expired ones.",

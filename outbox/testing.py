@@ -105,7 +105,8 @@ def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = No
 
 def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tier: str, payload: str) -> DrainedJob:
     start = run(session, queries.START_ATTEMPT, {"job_id": job_id, "worker_id": TESTING_WORKER_ID,
-                                                  "lease_s": 3600.0, "acked_early": False})[0]
+                                                  "lease_s": 3600.0, "acked_early": False,
+                                                  "token": None})[0]
     decision, attempt, max_retries, enqueued_at, headers = start
     if decision != "run":
         return DrainedJob(job_id, task_name, decision)

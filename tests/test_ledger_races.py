@@ -34,7 +34,7 @@ def _started(db_url: str) -> uuid.UUID:
 def _start(db_url: str, job: uuid.UUID) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(queries.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
-                                                      "acked_early": False}).fetchone()
+                                                      "acked_early": False, "token": None}).fetchone()
     assert row is not None and row[0] == "run"
 
 

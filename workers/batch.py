@@ -9,9 +9,9 @@ still gets its own result (its own start decision, its own fence).
   locked first in id order with SKIP LOCKED (as every multi-row statement: no deadlock cycle; and a
   row held elsewhere cannot stall the batch: that delivery is started alone, waiting as before).
   A failed statement fails its waiters with the error, and each delivery goes through the pool's
-  infrastructure back-off, as a lone failed start would; it is not retried here, because a retry
-  after a commit whose reply was lost would find its own leases and report the deliveries as
-  duplicates.
+  infrastructure back-off, as a lone failed start would, and is started again with its own start
+  token: if the failed statement had committed (its reply lost), the retry finds the lease with
+  that token and resumes the attempt (migration 0006) instead of reporting a duplicate.
 * :class:`SuccessBatcher`: ``SUCCEED`` for async handlers without ``ctx``, which have nothing to
   commit with their success. A failed flush is tried again (the statement is fenced, so a retry
   after a lost reply reports the attempt as fenced, never twice succeeded); if it keeps failing,
@@ -123,27 +123,31 @@ class StartBatcher:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.group: GroupCommit[tuple[uuid.UUID, bool], StartResult] = GroupCommit(
+        self.group: GroupCommit[tuple[uuid.UUID, bool, uuid.UUID | None], StartResult] = GroupCommit(
             ledger.engine, self._record, name="tierbox-start-batch", failure=_as_is)
 
-    async def start(self, job_id: uuid.UUID, acked_early: bool) -> StartResult:
-        """Count the attempt and take the lease (committed when this returns), or learn why not."""
-        result = await self.group.submit((job_id, acked_early))
+    async def start(self, job_id: uuid.UUID, acked_early: bool, token: uuid.UUID | None = None) -> StartResult:
+        """Count the attempt and take the lease (committed when this returns), or learn why not.
+
+        ``token``: the delivery's start token (see :meth:`Ledger.start`).
+        """
+        result = await self.group.submit((job_id, acked_early, token))
         if result.decision != "busy":
             return result
         # Its job row is held elsewhere (or is not in the ledger): start it alone, waiting for the
         # row as a lone start always did, without holding up the deliveries batched with it.
-        return await self.ledger.start(job_id, acked_early)
+        return await self.ledger.start(job_id, acked_early, token=token)
 
     async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:
         """Starts committed for deliveries whose slot was cancelled meanwhile (shutdown): job id, result."""
-        return [(job_id, result) for (job_id, _), result in await self.group.settle()]
+        return [(request[0], result) for request, result in await self.group.settle()]
 
-    async def _record(self, conn: AsyncConnection, requests: list[tuple[uuid.UUID, bool]]) -> list[StartResult]:
+    async def _record(self, conn: AsyncConnection,
+                      requests: list[tuple[uuid.UUID, bool, uuid.UUID | None]]) -> list[StartResult]:
         # No sorting here: START_MANY itself locks the batch's job rows in id order.
         rows = await autocommit(conn, queries.START_MANY, {
-            "job_ids": [job_id for job_id, _ in requests], "acked_early": [early for _, early in requests],
-            "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
+            "job_ids": [r[0] for r in requests], "acked_early": [r[1] for r in requests],
+            "tokens": [r[2] for r in requests], "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
         results: list[Any] = [None] * len(requests)
         for row in rows:
             results[row[0] - 1] = StartResult.of(row[1:])

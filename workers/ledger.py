@@ -84,13 +84,17 @@ class Ledger:
                 return await autocommit(own, stmt, params)
         return await autocommit(conn, stmt, params)
 
-    async def start(self, job_id: uuid.UUID, acked_early: bool, conn: AsyncConnection | None = None) -> StartResult:
+    async def start(self, job_id: uuid.UUID, acked_early: bool, conn: AsyncConnection | None = None,
+                    token: uuid.UUID | None = None) -> StartResult:
         """Count the attempt and take the lease, or learn why the delivery must not run.
 
-        The attempt is committed when this returns (before any handler runs).
+        The attempt is committed when this returns (before any handler runs). ``token`` names the
+        delivery (one per delivery, kept across its retries): asking again with the same token after
+        a lost reply resumes the attempt that start committed instead of reporting it ``running``.
         """
         rows = await self._one(queries.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
-                                                       "lease_s": self.lease_s, "acked_early": acked_early}, conn)
+                                                       "lease_s": self.lease_s, "acked_early": acked_early,
+                                                       "token": token}, conn)
         return StartResult.of(rows[0])
 
     async def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, outcome: str, error: ErrorInfo) -> bool:

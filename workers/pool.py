@@ -101,6 +101,8 @@ class Pool:
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._running: dict[uuid.UUID, tuple[StartResult, AbstractIncomingMessage | None]] = {}
+        #: Start tokens of deliveries whose handler has run (see process()).
+        self._spent: set[uuid.UUID] = set()
         self._busy = 0
         self._idle = asyncio.Event()
         self._stopping = False
@@ -250,36 +252,47 @@ class Pool:
 
     async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
         """Handle one delivery end to end; never raises (failures are recorded or retried)."""
-        for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
-            try:
-                await self._handle(tier, message)
-                return
-            except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
-                event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
-                      error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
-                if backoff is None or self._stopping:
-                    break
-                await asyncio.sleep(backoff)
-        with contextlib.suppress(Exception):
-            await message.nack(requeue=True)
+        # One start token for the tries of this delivery: a try whose start committed but whose
+        # reply was lost is resumed by the next try, not taken for a duplicate (migration 0006).
+        # Once the handler has run, the token is spent: a later try (its outcome could not be
+        # recorded) must not run it again under the same attempt; it meets the lease, as before.
+        token = uuid.uuid4()
+        try:
+            for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
+                try:
+                    await self._handle(tier, message, token)
+                    return
+                except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
+                    event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
+                          error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
+                    if backoff is None or self._stopping:
+                        break
+                    if token in self._spent:
+                        self._spent.discard(token)
+                        token = uuid.uuid4()
+                    await asyncio.sleep(backoff)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            self._spent.discard(token)
 
-    async def _handle(self, tier: str, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, tier: str, message: AbstractIncomingMessage, token: uuid.UUID) -> None:
         try:
             env = encoding.decode_envelope(message.body)
             payload = encoding.decode_payload(env.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead_message(tier, message, "undecodable", exc)
             return
-        await self._deliver(tier, message, env, payload, self.registry.get(env.task))
+        await self._deliver(tier, message, env, payload, self.registry.get(env.task), token)
 
     async def _deliver(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
-                       payload: encoding.Payload, task: Task | None) -> None:
+                       payload: encoding.Payload, task: Task | None, token: uuid.UUID) -> None:
         decision = await self.admission.admit(task, env.tier, payload.kwargs) if task is not None else RUN
         if not decision.run:
             await self._defer(env, decision, message)
             return
         try:
-            await self._deliver_admitted(tier, message, env, payload, task, decision)
+            await self._deliver_admitted(tier, message, env, payload, task, decision, token)
         finally:
             if task is not None and decision.token is not None:
                 await self.admission.finished(task, decision, None)
@@ -292,23 +305,24 @@ class Pool:
         await _ack(message)
 
     async def _deliver_admitted(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
-                                payload: encoding.Payload, task: Task | None, decision: Decision) -> None:
+                                payload: encoding.Payload, task: Task | None, decision: Decision,
+                                token: uuid.UUID) -> None:
         acked_early = bool(task and task.long)
         if task is not None and task.is_async and task.takes_context:
             # The handler's transaction needs a pooled connection: start_attempt runs on it first,
             # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
             # infrastructure trouble), never the handler's first statement (a used-up attempt).
             async with self.async_engine.connect() as conn:
-                start = await self.ledger.start(env.id, acked_early=acked_early, conn=conn)
-                await self._started(tier, message, env, payload, task, decision, start, conn)
+                start = await self.ledger.start(env.id, acked_early=acked_early, conn=conn, token=token)
+                await self._started(tier, message, env, payload, task, decision, start, conn, token)
             return
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
-        start = await self.starts.start(env.id, acked_early=acked_early)
-        await self._started(tier, message, env, payload, task, decision, start, None)
+        start = await self.starts.start(env.id, acked_early=acked_early, token=token)
+        await self._started(tier, message, env, payload, task, decision, start, None, token)
 
     async def _started(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
                        payload: encoding.Payload, task: Task | None, decision: Decision, start: StartResult,
-                       conn: AsyncConnection | None) -> None:
+                       conn: AsyncConnection | None, token: uuid.UUID) -> None:
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
                                      env=env)
@@ -326,6 +340,7 @@ class Pool:
             await _ack(message)
             return
         self._holds[env.id] = decision.token
+        self._spent.add(token)
         try:
             ok = await self._run(task, env, payload, start, message, conn)
         finally:
