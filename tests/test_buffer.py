@@ -75,3 +75,40 @@ async def test_reserved_and_general_waiters_share_a_critical_burst() -> None:
     await buf.put("critical", 0, "c2")
     got = await asyncio.wait_for(asyncio.gather(*waiters), 1)
     assert sorted(item for _, item in got) == ["c1", "c2"]  # each waiter got one: no wake-up lost
+
+
+async def test_a_general_slot_leaves_critical_to_an_idle_reserved_slot_and_takes_high() -> None:
+    """Every slot waits; critical and high arrive together: the reserved slot runs critical and the
+    general slot high, not the general slot critical while the reserved one idles (and high waits)."""
+    import asyncio
+
+    buf = PriorityBuffer(WEIGHTS)
+    general = asyncio.create_task(buf.get())
+    reserved = asyncio.create_task(buf.get(only="critical"))
+    await asyncio.sleep(0)  # both wait; the general slot has waited longest
+    await buf.put("critical", 0, "c")
+    await buf.put("high", 0, "h")
+    assert await asyncio.wait_for(general, 1) == ("high", "h")
+    assert await asyncio.wait_for(reserved, 1) == ("critical", "c")
+    # More critical messages than idle reserved slots: the general slot takes the surplus.
+    reserved = asyncio.create_task(buf.get(only="critical"))
+    general = asyncio.create_task(buf.get())
+    await asyncio.sleep(0)
+    await buf.put("critical", 0, "c1")
+    await buf.put("critical", 0, "c2")
+    got = await asyncio.wait_for(asyncio.gather(reserved, general), 1)
+    assert sorted(item for _, item in got) == ["c1", "c2"]
+
+
+async def test_a_cancelled_reserved_slot_hands_its_tier_back_to_general_slots() -> None:
+    import asyncio
+
+    buf = PriorityBuffer(WEIGHTS)
+    reserved = asyncio.create_task(buf.get(only="critical"))
+    await asyncio.sleep(0)
+    general = asyncio.create_task(buf.get())
+    await asyncio.sleep(0)
+    # Put without letting the reserved slot run, then cancel it: the general slot must take c.
+    buf._heaps["critical"].append((0, -1, "c"))  # what put() pushes, minus its wake-ups
+    reserved.cancel()
+    assert await asyncio.wait_for(general, 1) == ("critical", "c")

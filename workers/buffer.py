@@ -15,7 +15,10 @@ message it starts is chosen here:
 3. Within a queue: the message's AMQP priority, then arrival order.
 
 Reserved slots (``PoolSpec.reserved``) wait for their one tier only
-(:meth:`PriorityBuffer.get` with ``only``); they count in the shares like any start.
+(:meth:`PriorityBuffer.get` with ``only``); they count in the shares like any start. A message
+an idle reserved slot is waiting for is left to that slot: a general slot takes it only if
+there are more such messages than idle reserved slots, so it stays free for the other tiers
+instead of running a critical job while the critical slot idles.
 
 Trade-off: a ``min_share`` of 0.1 means that under a sustained flood of a
 higher tier, one start in ten goes to the lower tier, so the higher tier's
@@ -52,6 +55,8 @@ class PriorityBuffer:
         # One condition per tier for reserved slots: a put wakes one slot of each kind that can take
         # it, so a reserved slot never swallows the wake-up of a message it may not start.
         self._ready_for = {t: asyncio.Condition(lock) for t in weights}
+        #: Reserved slots waiting, per tier: the messages they will take are not for general slots.
+        self._reserved_idle = dict.fromkeys(weights, 0)
         self._by_weight = sorted(weights, key=lambda t: -weights[t])
         self._starving_order = sorted(self._min_share, key=lambda t: weights[t])
 
@@ -73,25 +78,36 @@ class PriorityBuffer:
         """Wait for a message and take the one the policy picks (of tier ``only``, if given)."""
         async with self._ready:
             if only is None:
-                await self._ready.wait_for(lambda: len(self) > 0)
+                await self._ready.wait_for(lambda: any(self._for_general(t) > 0 for t in self._heaps))
                 tier = self.pick()
             else:
-                await self._ready_for[only].wait_for(lambda: len(self._heaps[only]) > 0)
+                self._reserved_idle[only] += 1
+                try:
+                    await self._ready_for[only].wait_for(lambda: len(self._heaps[only]) > 0)
+                finally:
+                    self._reserved_idle[only] -= 1
+                    # Cancelled (shutdown) with messages waiting: they are the general slots' again.
+                    if self._heaps[only]:
+                        self._ready.notify()
                 tier = only
             _, _, item = heapq.heappop(self._heaps[tier])
             self._recent.append(tier)
             return tier, item
 
+    def _for_general(self, tier: str) -> int:
+        """Messages of ``tier`` a general slot may take: those no idle reserved slot will."""
+        return len(self._heaps[tier]) - self._reserved_idle[tier]
+
     def pick(self) -> str:
-        """The tier the next start comes from (assumes something is waiting)."""
+        """The tier a general slot's next start comes from (assumes one is waiting for it)."""
         if self._recent:
             for tier in self._starving_order:
-                if self._heaps[tier] and self._recent.count(tier) / len(self._recent) < self._min_share[tier]:
+                if self._for_general(tier) > 0 and self._recent.count(tier) / len(self._recent) < self._min_share[tier]:
                     return tier
         for tier in self._by_weight:
-            if self._heaps[tier]:
+            if self._for_general(tier) > 0:
                 return tier
-        raise LookupError("buffer is empty")
+        raise LookupError("nothing waiting for a general slot")
 
     def drain(self) -> list[tuple[str, Any]]:
         """Remove and return everything waiting (shutdown)."""
