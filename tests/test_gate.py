@@ -221,6 +221,22 @@ async def _history(engine: AsyncEngine, breaker: str) -> list[tuple[Any, ...]]:
     return [(r[0], r[1], r[3]) for r in rows]
 
 
+async def test_breaker_states_count_the_workers_window_in_a_process_that_never_declared_it(
+        make_gate: GateFactory, engine: AsyncEngine) -> None:
+    """The admin API does not import the module that declared the breaker: it must still count
+    failures over the workers' window (here 1 s), not the default 30 s, and show their threshold."""
+    worker = make_gate(engine, policies={"stripe": BreakerPolicy(threshold=3, window_s=1.0)})
+    api = make_gate(engine)  # no policies: the default would be 5 failures in 30 s
+    task = make_task("charge", breaker="stripe")
+    for _ in range(2):
+        await worker.record(task, ok=False)
+    now = (await api.breaker_states())["stripe"]
+    assert (now["state"], now["failures"], now["threshold"], now["window_s"]) == ("closed", 2, 3, 1.0)
+    await asyncio.sleep(1.1)  # both failures leave the workers' 1 s window
+    later = (await api.breaker_states())["stripe"]
+    assert (later["failures"], later["window_s"]) == (0, 1.0)
+
+
 async def test_breaker_opens_for_everyone_half_opens_and_closes(make_gate: GateFactory, engine: AsyncEngine) -> None:
     policies = {"stripe": BreakerPolicy(open_s=1.0)}
     a, b = make_gate(engine, policies=policies), make_gate(engine, policies=policies)

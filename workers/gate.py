@@ -240,10 +240,13 @@ class Gate:
             return 0
 
     async def breaker_states(self) -> dict[str, dict[str, Any]]:
-        """Every breaker seen so far: ``{name: {state, failures, half_opens_in_s}}`` ({} if Redis is down).
+        """Every breaker seen so far: ``{name: {state, failures, threshold, window_s, half_opens_in_s}}``
+        ({} if Redis is down).
 
         ``state`` is the effective one: an open breaker whose open period is over reads
-        ``half_open`` even before a job has made (and recorded) that transition.
+        ``half_open`` even before a job has made (and recorded) that transition. ``failures``
+        counts the failures within the window the workers last recorded with (their declared
+        policy), whatever this process has imported.
         """
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S * 2):
@@ -327,11 +330,19 @@ class Gate:
         now_us = seconds * _US + micros
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                state_key, _, failures_key, _ = self._breaker_keys(name)
-                pipe.hgetall(state_key)
-                pipe.zcount(failures_key, now_us - _us(self.policy(name).window_s), "+inf")
-            replies = await pipe.execute()
-        return {name: _state_view(replies[2 * i], replies[2 * i + 1], now_us) for i, name in enumerate(names)}
+                pipe.hgetall(self._breaker_keys(name)[0])
+            states: list[dict[bytes, bytes]] = await pipe.execute()
+        # The window the workers recorded with (kept in the state hash), not this process's idea of
+        # the policy: the API need not import the module that declared the breaker.
+        pairs = list(zip(names, states, strict=True))
+        windows_us = [int(s.get(b"window_us", 0)) or _us(self.policy(n).window_s) for n, s in pairs]
+        thresholds = [int(s.get(b"threshold", 0)) or self.policy(n).threshold for n, s in pairs]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, window_us in zip(names, windows_us, strict=True):
+                pipe.zcount(self._breaker_keys(name)[2], now_us - window_us, "+inf")
+            failures = await pipe.execute()
+        return {name: _state_view(states[i], failures[i], now_us, windows_us[i], thresholds[i])
+                for i, name in enumerate(names)}
 
     async def _publish(self, events: list[BreakerEvent]) -> None:
         """Record transitions in order; a failed insert is logged, never raised to the pool."""
@@ -379,13 +390,15 @@ def _transitions(name: str, now_us: Any, flat: list[Any]) -> list[BreakerEvent]:
     return out
 
 
-def _state_view(fields: dict[bytes, bytes], failures: int, now_us: int) -> dict[str, Any]:
+def _state_view(fields: dict[bytes, bytes], failures: int, now_us: int, window_us: int,
+                threshold: int) -> dict[str, Any]:
     state = _text(fields.get(b"state", b"closed"))
     until_us = int(fields.get(b"until", b"0"))
     if state == "open" and now_us >= until_us:
         state = "half_open"
     reopens = (until_us - now_us) / _US if state == "open" else 0.0
-    return {"state": state, "failures": int(failures), "half_opens_in_s": reopens}
+    return {"state": state, "failures": int(failures), "threshold": threshold, "window_s": window_us / _US,
+            "half_opens_in_s": reopens}
 
 
 def _text(value: Any) -> str:

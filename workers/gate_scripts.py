@@ -112,9 +112,12 @@ return {0, tonumber(ARGV[4]), now, unpack(out)}
 # Breaker outcome (KEYS: state hash, probe zset, failure zset, name set; ARGV: ok, member,
 # window_us, threshold, open_us, name). Closed: a failure joins the sliding window and opens the
 # breaker at the threshold. Half_open: success closes, failure re-opens. Open: outcomes of jobs
-# started before it opened are ignored. Returns {now_us, transitions...}.
+# started before it opened are ignored. The policy's window and threshold are kept in the state
+# hash, so a reader that never imported the declaring module (the admin API) counts the same
+# window. Returns {now_us, transitions...}.
 BREAKER_RECORD = _BREAKER + """
 redis.call('SADD', KEYS[4], ARGV[6])
+redis.call('HSET', KEYS[1], 'window_us', ARGV[3], 'threshold', ARGV[4])
 local open_us = tonumber(ARGV[5])
 if ARGV[1] == '1' then
   if state == 'half_open' then
