@@ -160,3 +160,52 @@ def test_heartbeat_skips_a_lease_another_statement_holds(db_url: str) -> None:
         conn.execute(worker_queries.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
         after = conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone()
         assert after is not None and before is not None and after[0] > before[0]
+
+
+def test_a_tier_override_moving_the_backlog_and_batched_starts_interleave_without_deadlock(db_url: str) -> None:
+    """A worker's batch statement holds started jobs uncommitted while an operator's override moves
+    the task's backlog (``MOVE_BACKLOG``: pending rows, then job rows in id order); the worker then
+    starts more jobs of that task before either commits. Neither waits for the other in a cycle:
+    both commit, no deadlock, and every job ends either running or moved."""
+    from api import queries as api_queries
+
+    with psycopg.connect(db_url) as conn:
+        jobs = sorted(outbox.enqueue(conn, "sample.sync_calendar", args=[i]) for i in range(60))
+    interleaved, late = jobs[::2], jobs[1::2][:10]  # the batches lock ids in order across the whole range
+    many = {"worker_id": "w", "lease_s": 30.0}
+    worker = psycopg.connect(db_url)
+    out: dict[str, Any] = {}
+
+    def move() -> None:
+        try:
+            with psycopg.connect(db_url) as conn:  # commits on exit
+                out["moved"] = conn.execute(api_queries.MOVE_BACKLOG.pg,
+                                            {"task": "sample.sync_calendar", "tier": "high"}).fetchall()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            out["error"] = exc
+
+    try:
+        first = worker.execute(queries.START_MANY.pg, {**many, "job_ids": interleaved,
+                                                       "acked_early": [False] * 30, "tokens": [None] * 30}).fetchall()
+        assert [r[1] for r in first] == ["run"] * 30
+        mover = threading.Thread(target=move)
+        mover.start()
+        wait_until(lambda: _one(db_url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                        "AND query LIKE %s", "%UPDATE outbox.pending p%") == 1,
+                   timeout=10, what="MOVE_BACKLOG waiting for the batch's deleted pending rows")
+        second = worker.execute(queries.START_MANY.pg, {**many, "job_ids": late, "acked_early": [False] * 10,
+                                                        "tokens": [None] * 10}).fetchall()
+        # Each of these job rows is free (the mover holds only pending rows so far): started at once.
+        assert [r[1] for r in second] == ["run"] * 10
+        worker.commit()
+        mover.join(15)
+        assert not mover.is_alive() and "error" not in out, out.get("error")
+    finally:
+        worker.close()
+    with psycopg.connect(db_url) as conn:
+        status = dict(conn.execute("SELECT id, status FROM outbox.jobs").fetchall())
+        pending = dict(conn.execute("SELECT job_id, tier FROM outbox.pending").fetchall())
+    started = set(interleaved) | set(late)
+    assert all(status[j] == "running" for j in started)
+    assert all(pending.get(j) == "high" for j in jobs if j not in started)  # the rest of the backlog moved
+    assert not set(interleaved) & set(pending)  # started by the first batch: its pending row is gone
