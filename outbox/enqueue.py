@@ -174,8 +174,9 @@ def _statement(specs: list[JobSpec]) -> tuple[Statement, dict[str, Any], dict[in
     return queries.ENQUEUE, params, alias
 
 
-def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int, int]]:
-    """Column arrays for ENQUEUE, and which later rows repeat an earlier row's key."""
+def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, Any], dict[int, int]]:
+    """Column arrays for ENQUEUE (payloads and headers as one JSON array text each), and which
+    later rows repeat an earlier row's key."""
     first_by_key: dict[str, int] = {}
     alias: dict[int, int] = {}
     unique: list[JobSpec] = []
@@ -188,11 +189,15 @@ def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, list[Any]], dict[int,
         unique.append(s)
     columns = {
         "ids": "id", "tasks": "task", "tiers": "tier", "weights": "weight", "priorities": "priority",
-        "payloads": "payload", "headers": "headers", "keys": "idempotency_key", "max_retries": "max_retries",
+        "keys": "idempotency_key", "max_retries": "max_retries",
         "run_ats": "run_at", "delays_s": "delay_s", "expires_ats": "expires_at", "expires_s": "expires_s",
         "explicit": "explicit_tier",
     }
-    return {param: [getattr(s, attr) for s in unique] for param, attr in columns.items()}, alias
+    params: dict[str, Any] = {param: [getattr(s, attr) for s in unique] for param, attr in columns.items()}
+    # Each is already a JSON document (encode_payload / encode_headers): joined, they are a JSON array.
+    params["payloads"] = "[" + ",".join(s.payload for s in unique) + "]"
+    params["headers"] = "[" + ",".join(s.headers for s in unique) + "]"
+    return params, alias
 
 
 def _by_key(rows: list[Any]) -> dict[str, uuid.UUID]:

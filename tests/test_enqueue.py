@@ -456,6 +456,22 @@ def test_enqueue_many_duplicate_keys_in_one_batch(caller: SyncCaller) -> None:
     assert caller.scalar("SELECT count(*) FROM outbox.pending WHERE job_id = ANY(:ids)", {"ids": ids}) == 5
 
 
+def test_enqueue_many_keeps_awkward_payloads_and_headers_exactly(db_url: str) -> None:
+    """The array form sends payloads and headers as one JSON array each: every document comes back
+    as it went in, whatever quotes, backslashes, brackets or characters it holds."""
+    awkward = ['say "hi"', "back\\slash \\\"", "\u00fcn\u00efc\u00f6d\u00e9 \u2713 \U0001f680", '{"not": "an object"}',
+               "comma, [bracket]}", "", "tab\tnewline\n"]
+    with psycopg.connect(db_url) as conn:
+        ids = outbox.enqueue_many(conn, [outbox.job("sample.invoice", args=[doc], kwargs={"k": [doc, 1.5, None]},
+                                                    headers={"h": doc}) for doc in awkward])
+        got = {row[0]: row[1:] for row in conn.execute(
+            "SELECT id, payload, headers FROM outbox.jobs WHERE id = ANY(%s)", (ids,)).fetchall()}
+    for job_id, doc in zip(ids, awkward, strict=True):
+        payload, headers = got[job_id]
+        assert payload["args"] == [doc] and payload["kwargs"] == {"k": [doc, 1.5, None]}
+        assert headers["h"] == doc
+
+
 def test_enqueue_many_of_nothing(caller: SyncCaller) -> None:
     assert outbox.enqueue_many(caller.target, []) == []
 
