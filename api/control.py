@@ -99,8 +99,8 @@ async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
     from outbox.registry import registry
     from workers.gate import Gate, connect
 
-    # Declared policies count failures over their own windows; this process knows those its
-    # imported modules declared (tierbox --app / TIERBOX_APP), the rest show the default window.
+    # Failures are counted over the window the workers recorded with (kept in Redis); the policies
+    # this process imported only fill in for a breaker no worker has recorded since that change.
     gate = Gate(settings, connect(settings), None, policies=registry.breakers)
     try:
         return await gate.breaker_states()

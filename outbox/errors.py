@@ -84,6 +84,10 @@ class TopologyMismatchError(TierboxError):
     """RabbitMQ holds a queue or exchange declared with other arguments."""
 
 
+class SchemaOutdatedError(TierboxError):
+    """The database's ``outbox`` schema is older than this code needs: run ``tierbox migrate`` first."""
+
+
 class Reject(Exception):  # noqa: N818 - the name is the verb handlers raise
     """Raise from a handler to fail the job now, with no retry: it is dead-lettered."""
 

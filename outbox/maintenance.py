@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from outbox import queries
+from outbox.errors import SchemaOutdatedError
 from outbox.sql import run, run_async
 from outbox.tiers import Topology
+
+#: The schema revision this code needs (the newest in migrations/versions; a test keeps them equal).
+#: Relays and workers refuse to work against an older one; a newer one is fine (migrate first,
+#: then roll out the code: old processes keep working on the migrated schema).
+REQUIRED_REVISION = "0006"
+#: SQLSTATE of "relation does not exist".
+UNDEFINED_TABLE = "42P01"
 
 #: Rows deleted per prune transaction: small enough that no lock is held long.
 PRUNE_BATCH_ROWS = 5000
@@ -31,6 +39,26 @@ async def sync_tiers_async(conn: Any, topology: Topology) -> None:
     """:func:`sync_tiers` on an async connection (caller commits)."""
     for params in tier_rows(topology):
         await run_async(conn, queries.UPSERT_TIER, params)
+
+
+async def check_schema_async(conn: Any) -> None:
+    """Raise :class:`SchemaOutdatedError` unless the ``outbox`` schema is at :data:`REQUIRED_REVISION` or newer.
+
+    Without it, a worker rolled out before ``tierbox migrate`` fails every start with "function
+    does not exist" and hands every message back, forever; this says what to do instead.
+    """
+    try:
+        rows = await run_async(conn, queries.SCHEMA_REVISION)
+    except Exception as exc:
+        # undefined_table, from psycopg directly or wrapped by SQLAlchemy (.orig)
+        if UNDEFINED_TABLE in (getattr(exc, "sqlstate", None), getattr(getattr(exc, "orig", None), "sqlstate", None)):
+            raise SchemaOutdatedError(f"the database has no outbox schema (needs revision {REQUIRED_REVISION}): "
+                                      "run `tierbox migrate` first") from exc
+        raise
+    found = rows[0][0] if rows else None
+    if found is None or str(found) < REQUIRED_REVISION:
+        raise SchemaOutdatedError(f"the outbox schema is at revision {found}, this Tierbox needs {REQUIRED_REVISION}: "
+                                  "run `tierbox migrate` first (then roll out the new code)")
 
 
 def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE_BATCH_ROWS) -> int:

@@ -143,6 +143,9 @@ WHERE id IN (
 )
 """)
 
+# The outbox schema's alembic revision (its own version table).
+SCHEMA_REVISION = Statement("schema_revision", "SELECT version_num FROM outbox.alembic_version")
+
 # --- Ledger transitions, shared by the workers and outbox.testing. Completion is fenced on the
 # attempt number: a stale worker finishing late changes nothing.
 

@@ -86,15 +86,16 @@ class Relay:
         declares the topology (a ``lane`` relies on its main relay having done so, unless ``declare``:
         a lane in a process of its own does both too, as it may start first)."""
         from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
-        from outbox.maintenance import sync_tiers_async
+        from outbox.maintenance import check_schema_async, sync_tiers_async
 
         role = f"tierbox-relay{'-' + lane if lane else ''}"
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
         connection: aio_pika.abc.AbstractConnection | None = None
         declares = declare or not lane
         try:
-            if declares:
-                async with db.transaction():
+            async with db.transaction():
+                await check_schema_async(db)  # a relay rolled out before `tierbox migrate` says so, and retries
+                if declares:
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})

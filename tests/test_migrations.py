@@ -191,3 +191,39 @@ def test_applications_own_alembic_version_is_untouched(scratch_url: str) -> None
         # Nothing of the outbox landed in public either.
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
                             "AND relkind = 'r'").fetchone() == (1,)
+
+
+def test_the_revision_the_code_requires_is_the_newest_migration() -> None:
+    from outbox.maintenance import REQUIRED_REVISION
+
+    assert REQUIRED_REVISION == script().get_current_head()
+
+
+async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
+        scratch_url: str, service_urls: dict[str, str]) -> None:
+    """Rolled out before `tierbox migrate`: a relay or worker says what to run (and its connect loop
+    retries, so it starts once the schema is migrated) instead of failing every start."""
+    from outbox.config import Settings
+    from outbox.errors import SchemaOutdatedError
+    from outbox.registry import Registry
+    from outbox.tiers import PoolSpec
+    from relay import Relay
+    from workers.pool import Pool
+
+    settings = Settings(database_url=scratch_url, amqp_url=service_urls["rabbitmq"],
+                        redis_url=service_urls["redis"], queue_prefix=f"schema-{uuid.uuid4().hex[:6]}-")
+    pool = Pool(settings, "urgent", PoolSpec(tiers=("critical",)), Registry())
+    try:
+        with pytest.raises(SchemaOutdatedError, match=r"no outbox schema .* run `tierbox migrate` first"):
+            await Relay.connect(settings)
+        migrations.upgrade(scratch_url, "0005")
+        with pytest.raises(SchemaOutdatedError, match="at revision 0005, this Tierbox needs 0006: run `tierbox migrate`"):
+            await Relay.connect(settings)
+        with pytest.raises(SchemaOutdatedError, match="at revision 0005"):
+            await pool.start()
+        migrations.upgrade(scratch_url)
+        relay = await Relay.connect(settings)  # migrated: it connects
+        await relay.close()
+    finally:
+        await pool.async_engine.dispose()
+        pool.sync_engine.dispose()

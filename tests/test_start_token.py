@@ -143,6 +143,58 @@ async def test_a_lost_start_reply_resumes_the_attempt_instead_of_leaving_it_to_t
     assert leases == (0,)
 
 
+@outbox.task(tier="high", name="tests.token.rate_limited", max_retries=0, rate_limit="1/h")
+async def rate_limited(note: str) -> None:
+    """One start an hour: a second admission of the same delivery would be deferred."""
+    RUNS.append(note)
+
+
+async def test_a_retry_after_a_lost_start_reply_is_not_admitted_again(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flow control admits a delivery once: the try after a lost start reply must reach
+    start_attempt with its token, not be deferred by the rate limit its first try already paid
+    (which left the job running under a lease nobody holds, and lost an attempt that never ran)."""
+    monkeypatch.setattr(pool_module, "INFRA_BACKOFF_S", (0.05, 0.05))
+    RUNS.clear()
+    with psycopg.connect(settings.psycopg_url) as conn:
+        job = outbox.enqueue(conn, rate_limited, args=["paid once"])
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == 1
+    finally:
+        await relay.close()
+    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
+    record_many = pool.starts.group._record
+    lost: list[uuid.UUID] = []
+
+    async def record_then_lose_the_reply(conn: Any, requests: Any) -> Any:
+        outcomes = await record_many(conn, requests)  # committed
+        if not lost:
+            lost.extend(request[0] for request in requests)
+            raise psycopg.OperationalError(LOST_REPLY)
+        return outcomes
+
+    pool.starts.group._record = record_then_lose_the_reply  # type: ignore[method-assign]
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(settings.queue_name("high"), ensure=False)
+        message = await queue.get(no_ack=False, timeout=10)
+        assert message is not None
+        await pool.process("high", message)
+    finally:
+        await connection.close()
+        pool.executor.shutdown()
+        await pool.admission.close()
+        await pool.async_engine.dispose()
+        pool.sync_engine.dispose()
+    assert lost == [job] and RUNS == ["paid once"]
+    assert not any(key.startswith("deferred") for key in pool.counts), pool.counts
+    with psycopg.connect(settings.psycopg_url) as conn:
+        assert conn.execute("SELECT status, attempts FROM outbox.jobs WHERE id = %s", (job,)).fetchone() == (
+            "succeeded", 1)
+
+
 @outbox.task(tier="high", name="tests.token.fails", max_retries=3)
 async def fails(note: str) -> None:
     """Fails: its retry is recorded through Ledger.retry."""

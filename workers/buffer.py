@@ -84,11 +84,12 @@ class PriorityBuffer:
                 self._reserved_idle[only] += 1
                 try:
                     await self._ready_for[only].wait_for(lambda: len(self._heaps[only]) > 0)
-                finally:
+                except BaseException:
                     self._reserved_idle[only] -= 1
-                    # Cancelled (shutdown) with messages waiting: they are the general slots' again.
-                    if self._heaps[only]:
+                    if self._heaps[only]:  # cancelled (shutdown) with messages waiting: general slots' again
                         self._ready.notify()
+                    raise
+                self._reserved_idle[only] -= 1
                 tier = only
             _, _, item = heapq.heappop(self._heaps[tier])
             self._recent.append(tier)

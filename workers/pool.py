@@ -57,6 +57,31 @@ RECONNECT_MAX_S = 30.0
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+class Delivery:
+    """One delivery across the pool's tries of it (the infrastructure back-off in ``Pool.process``).
+
+    ``token`` is sent with every start: a try whose start committed but whose reply was lost is
+    resumed by the next try instead of being taken for a duplicate (migration 0006). Once the
+    handler has run, the token is spent (:meth:`next_try` draws a new one): a later try, whose
+    outcome could not be recorded, must not run the handler again under the same attempt; it
+    meets the lease like any other copy. ``admitted``: the flow-control decision, taken once for
+    the delivery, with its concurrency hold, released when the delivery is done.
+    """
+
+    __slots__ = ("admitted", "handler_ran", "task", "token")
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4()
+        self.handler_ran = False
+        self.task: Task | None = None
+        self.admitted: Decision | None = None
+
+    def next_try(self) -> None:
+        """Before another try: keep the token unless the handler has already run with it."""
+        if self.handler_ran:
+            self.token, self.handler_ran = uuid.uuid4(), False
+
+
 def new_worker_id() -> str:
     """Unique per process start: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -101,8 +126,6 @@ class Pool:
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._running: dict[uuid.UUID, tuple[StartResult, AbstractIncomingMessage | None]] = {}
-        #: Start tokens of deliveries whose handler has run (see process()).
-        self._spent: set[uuid.UUID] = set()
         self._busy = 0
         self._idle = asyncio.Event()
         self._stopping = False
@@ -111,7 +134,10 @@ class Pool:
     async def start(self) -> asyncio.Event:
         """Connect, declare the pool's queues and start consuming; the event is set if the connection drops."""
         from outbox.amqp import declare_topology
+        from outbox.maintenance import check_schema_async
 
+        async with self.async_engine.connect() as conn:  # rolled out before `tierbox migrate`: say so, retry
+            await check_schema_async(conn)
         name = f"tierbox-worker {self.settings.queue_prefix}{self.name} {self.worker_id}"
         lost = asyncio.Event()
         self.connection = await aio_pika.connect(self.settings.amqp_url, client_properties={"connection_name": name})
@@ -252,50 +278,46 @@ class Pool:
 
     async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
         """Handle one delivery end to end; never raises (failures are recorded or retried)."""
-        # One start token for the tries of this delivery: a try whose start committed but whose
-        # reply was lost is resumed by the next try, not taken for a duplicate (migration 0006).
-        # Once the handler has run, the token is spent: a later try (its outcome could not be
-        # recorded) must not run it again under the same attempt; it meets the lease, as before.
-        token = uuid.uuid4()
+        delivery = Delivery()
         try:
             for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
                 try:
-                    await self._handle(tier, message, token)
+                    await self._handle(tier, message, delivery)
                     return
                 except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
                     event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
                           error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
                     if backoff is None or self._stopping:
                         break
-                    if token in self._spent:
-                        self._spent.discard(token)
-                        token = uuid.uuid4()
+                    delivery.next_try()
                     await asyncio.sleep(backoff)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
         finally:
-            self._spent.discard(token)
+            if delivery.task is not None and delivery.admitted is not None and delivery.admitted.token is not None:
+                await self.admission.finished(delivery.task, delivery.admitted, None)  # frees its concurrency slot
 
-    async def _handle(self, tier: str, message: AbstractIncomingMessage, token: uuid.UUID) -> None:
+    async def _handle(self, tier: str, message: AbstractIncomingMessage, delivery: Delivery) -> None:
         try:
             env = encoding.decode_envelope(message.body)
             payload = encoding.decode_payload(env.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead_message(tier, message, "undecodable", exc)
             return
-        await self._deliver(tier, message, env, payload, self.registry.get(env.task), token)
+        await self._deliver(tier, message, env, payload, self.registry.get(env.task), delivery)
 
     async def _deliver(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
-                       payload: encoding.Payload, task: Task | None, token: uuid.UUID) -> None:
-        decision = await self.admission.admit(task, env.tier, payload.kwargs) if task is not None else RUN
-        if not decision.run:
-            await self._defer(env, decision, message)
-            return
-        try:
-            await self._deliver_admitted(tier, message, env, payload, task, decision, token)
-        finally:
-            if task is not None and decision.token is not None:
-                await self.admission.finished(task, decision, None)
+                       payload: encoding.Payload, task: Task | None, delivery: Delivery) -> None:
+        decision = delivery.admitted
+        if decision is None:
+            decision = await self.admission.admit(task, env.tier, payload.kwargs) if task is not None else RUN
+            if not decision.run:
+                await self._defer(env, decision, message)
+                return
+            # Admitted once for the delivery, not once per try: a try after a lost start reply must
+            # reach start_attempt with its token, not be deferred by a rate limit it already paid.
+            delivery.task, delivery.admitted = task, decision
+        await self._deliver_admitted(tier, message, env, payload, task, decision, delivery)
 
     async def _defer(self, env: encoding.Envelope, decision: Decision, message: AbstractIncomingMessage) -> None:
         deferred = await self.ledger.defer(env.id, decision.delay_s)
@@ -306,23 +328,23 @@ class Pool:
 
     async def _deliver_admitted(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
                                 payload: encoding.Payload, task: Task | None, decision: Decision,
-                                token: uuid.UUID) -> None:
+                                delivery: Delivery) -> None:
         acked_early = bool(task and task.long)
         if task is not None and task.is_async and task.takes_context:
             # The handler's transaction needs a pooled connection: start_attempt runs on it first,
             # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
             # infrastructure trouble), never the handler's first statement (a used-up attempt).
             async with self.async_engine.connect() as conn:
-                start = await self.ledger.start(env.id, acked_early=acked_early, conn=conn, token=token)
-                await self._started(tier, message, env, payload, task, decision, start, conn, token)
+                start = await self.ledger.start(env.id, acked_early=acked_early, conn=conn, token=delivery.token)
+                await self._started(tier, message, env, payload, task, decision, start, conn, delivery)
             return
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
-        start = await self.starts.start(env.id, acked_early=acked_early, token=token)
-        await self._started(tier, message, env, payload, task, decision, start, None, token)
+        start = await self.starts.start(env.id, acked_early=acked_early, token=delivery.token)
+        await self._started(tier, message, env, payload, task, decision, start, None, delivery)
 
     async def _started(self, tier: str, message: AbstractIncomingMessage, env: encoding.Envelope,
                        payload: encoding.Payload, task: Task | None, decision: Decision, start: StartResult,
-                       conn: AsyncConnection | None, token: uuid.UUID) -> None:
+                       conn: AsyncConnection | None, delivery: Delivery) -> None:
         if start.decision == "unknown":
             await self._dead_message(tier, message, "unknown_job", LookupError(f"job {env.id} is not in the ledger"),
                                      env=env)
@@ -340,7 +362,7 @@ class Pool:
             await _ack(message)
             return
         self._holds[env.id] = decision.token
-        self._spent.add(token)
+        delivery.handler_ran = True
         try:
             ok = await self._run(task, env, payload, start, message, conn)
         finally:
