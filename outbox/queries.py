@@ -183,7 +183,6 @@ ORDER BY 1
 """)
 
 
-
 # Success, fenced on the attempt; runs in the handler's own transaction.
 SUCCEED = Statement("ledger.succeed", """
 WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition

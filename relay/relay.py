@@ -82,9 +82,9 @@ class Relay:
 
     @classmethod
     async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "", declare: bool = False) -> Relay:
-        """Open the Postgres and RabbitMQ connections; the main relay also mirrors the tiers and
-        declares the topology (a ``lane`` relies on its main relay having done so, unless ``declare``:
-        a lane in a process of its own does both too, as it may start first)."""
+        """Open the Postgres and RabbitMQ connections; the main relay also checks the schema revision,
+        mirrors the tiers and declares the topology (a ``lane`` relies on its main relay having done
+        so, unless ``declare``: a lane in a process of its own does all three, as it may start first)."""
         from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
         from outbox.maintenance import check_schema_async, sync_tiers_async
 
@@ -93,9 +93,9 @@ class Relay:
         connection: aio_pika.abc.AbstractConnection | None = None
         declares = declare or not lane
         try:
-            async with db.transaction():
-                await check_schema_async(db)  # a relay rolled out before `tierbox migrate` says so, and retries
-                if declares:
+            if declares:  # a lane in the main relay's process relies on its checks, as on its topology
+                async with db.transaction():
+                    await check_schema_async(db)  # rolled out before `tierbox migrate`: says so, and retries
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
             connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})

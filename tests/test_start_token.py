@@ -13,7 +13,9 @@ connection raises.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -31,6 +33,66 @@ from workers.pool import Pool
 
 RUNS: list[str] = []
 LOST_REPLY = "consuming input failed: server closed the connection unexpectedly (test: reply lost after commit)"
+
+
+async def _published(settings: Settings, count: int) -> None:
+    """Publish the outbox's jobs to their queues (the relay also declares the topology)."""
+    relay = await Relay.connect(settings)
+    try:
+        assert await relay.drain() == count
+    finally:
+        await relay.close()
+
+
+@contextlib.asynccontextmanager
+async def _high_pool(settings: Settings) -> AsyncIterator[Pool]:
+    """A pool over the ``high`` queue, in this process, not consuming: the test hands it messages."""
+    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
+    try:
+        yield pool
+    finally:
+        pool.executor.shutdown()
+        await pool.admission.close()
+        await pool.async_engine.dispose()
+        pool.sync_engine.dispose()
+
+
+async def _process_queued(settings: Settings, pool: Pool, count: int) -> Any:
+    """Take ``count`` messages from ``high`` and let the pool process each; returns what is left
+    on the queue afterwards (None: nothing, every message was acked)."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(settings.queue_name("high"), ensure=False)
+        for _ in range(count):
+            message = await queue.get(no_ack=False, timeout=10)
+            assert message is not None
+            await pool.process("high", message)
+        return await queue.get(no_ack=False, fail=False)
+    finally:
+        await connection.close()
+
+
+def _lose_the_first_start_reply_of_each_job(pool: Pool, lost: list[uuid.UUID]) -> None:
+    """Both start paths commit for real, then raise what a dropped connection raises, once per job."""
+    record_many, start_alone = pool.starts.group._record, pool.ledger.start
+
+    async def record_then_lose_the_reply(conn: Any, requests: Any) -> Any:
+        outcomes = await record_many(conn, requests)  # committed
+        if any(request[0] not in lost for request in requests):
+            lost.extend(request[0] for request in requests)
+            raise psycopg.OperationalError(LOST_REPLY)
+        return outcomes
+
+    async def start_then_lose_the_reply(job_id: uuid.UUID, *args: Any, **kw: Any) -> Any:
+        result = await start_alone(job_id, *args, **kw)  # committed
+        if job_id not in lost:
+            lost.append(job_id)
+            raise psycopg.OperationalError(LOST_REPLY)
+        return result
+
+    pool.starts.group._record = record_then_lose_the_reply  # type: ignore[method-assign]
+    pool.ledger.start = start_then_lose_the_reply  # type: ignore[method-assign]
 
 
 @outbox.task(tier="high", name="tests.token.sync_ctx", max_retries=0)
@@ -90,47 +152,11 @@ async def test_a_lost_start_reply_resumes_the_attempt_instead_of_leaving_it_to_t
     with psycopg.connect(settings.psycopg_url) as conn:
         jobs = {note: outbox.enqueue(conn, task, args=[note])
                 for note, task in (("batched-sync", sync_ctx), ("batched-async", async_plain), ("alone", async_ctx))}
-    relay = await Relay.connect(settings)  # declares the topology
-    try:
-        assert await relay.drain() == 3
-    finally:
-        await relay.close()
-
-    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
+    await _published(settings, 3)
     lost: list[uuid.UUID] = []
-    record_many, start_alone = pool.starts.group._record, pool.ledger.start
-
-    async def record_then_lose_the_reply(conn: Any, requests: Any) -> Any:
-        outcomes = await record_many(conn, requests)  # committed
-        if any(request[0] not in lost for request in requests):  # the first start of each job
-            lost.extend(request[0] for request in requests)
-            raise psycopg.OperationalError(LOST_REPLY)
-        return outcomes
-
-    async def start_then_lose_the_reply(job_id: uuid.UUID, *args: Any, **kw: Any) -> Any:
-        result = await start_alone(job_id, *args, **kw)  # committed
-        if job_id not in lost:
-            lost.append(job_id)
-            raise psycopg.OperationalError(LOST_REPLY)
-        return result
-
-    pool.starts.group._record = record_then_lose_the_reply  # type: ignore[method-assign]
-    pool.ledger.start = start_then_lose_the_reply  # type: ignore[method-assign]
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(settings.queue_name("high"), ensure=False)
-        for _ in jobs:
-            message = await queue.get(no_ack=False, timeout=10)
-            assert message is not None
-            await pool.process("high", message)
-        assert await queue.get(no_ack=False, fail=False) is None  # every message acked, none requeued
-    finally:
-        await connection.close()
-        pool.executor.shutdown()
-        await pool.admission.close()
-        await pool.async_engine.dispose()
-        pool.sync_engine.dispose()
+    async with _high_pool(settings) as pool:
+        _lose_the_first_start_reply_of_each_job(pool, lost)
+        assert await _process_queued(settings, pool, len(jobs)) is None  # every message acked, none requeued
 
     assert sorted(lost) == sorted(jobs.values())  # every job's first start reply was lost
     assert sorted(RUNS) == sorted(jobs)  # each handler ran once, right away
@@ -158,36 +184,11 @@ async def test_a_retry_after_a_lost_start_reply_is_not_admitted_again(
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, rate_limited, args=["paid once"])
-    relay = await Relay.connect(settings)
-    try:
-        assert await relay.drain() == 1
-    finally:
-        await relay.close()
-    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
-    record_many = pool.starts.group._record
+    await _published(settings, 1)
     lost: list[uuid.UUID] = []
-
-    async def record_then_lose_the_reply(conn: Any, requests: Any) -> Any:
-        outcomes = await record_many(conn, requests)  # committed
-        if not lost:
-            lost.extend(request[0] for request in requests)
-            raise psycopg.OperationalError(LOST_REPLY)
-        return outcomes
-
-    pool.starts.group._record = record_then_lose_the_reply  # type: ignore[method-assign]
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(settings.queue_name("high"), ensure=False)
-        message = await queue.get(no_ack=False, timeout=10)
-        assert message is not None
-        await pool.process("high", message)
-    finally:
-        await connection.close()
-        pool.executor.shutdown()
-        await pool.admission.close()
-        await pool.async_engine.dispose()
-        pool.sync_engine.dispose()
+    async with _high_pool(settings) as pool:
+        _lose_the_first_start_reply_of_each_job(pool, lost)
+        await _process_queued(settings, pool, 1)
     assert lost == [job] and RUNS == ["paid once"]
     assert not any(key.startswith("deferred") for key in pool.counts), pool.counts
     with psycopg.connect(settings.psycopg_url) as conn:
@@ -211,30 +212,14 @@ async def test_once_the_handler_ran_a_retried_delivery_does_not_run_it_again_in_
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, fails, args=["once"])
-    relay = await Relay.connect(settings)
-    try:
-        assert await relay.drain() == 1
-    finally:
-        await relay.close()
-    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
+    await _published(settings, 1)
 
     async def retry_not_recorded(*args: Any, **kw: Any) -> bool:
         raise psycopg.OperationalError(LOST_REPLY)
 
-    pool.ledger.retry = retry_not_recorded  # type: ignore[method-assign]
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(settings.queue_name("high"), ensure=False)
-        message = await queue.get(no_ack=False, timeout=10)
-        assert message is not None
-        await pool.process("high", message)
-    finally:
-        await connection.close()
-        pool.executor.shutdown()
-        await pool.admission.close()
-        await pool.async_engine.dispose()
-        pool.sync_engine.dispose()
+    async with _high_pool(settings) as pool:
+        pool.ledger.retry = retry_not_recorded  # type: ignore[method-assign]
+        await _process_queued(settings, pool, 1)
     assert RUNS == ["once"]  # not run again by the retried delivery
     assert pool.counts.get("skipped_running") == 1
     with psycopg.connect(settings.psycopg_url) as conn:

@@ -294,8 +294,8 @@ class Pool:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
         finally:
-            if delivery.task is not None and delivery.admitted is not None and delivery.admitted.token is not None:
-                await self.admission.finished(delivery.task, delivery.admitted, None)  # frees its concurrency slot
+            if delivery.task is not None and delivery.admitted is not None:
+                await self.admission.finished(delivery.task, delivery.admitted, None)  # frees its concurrency hold
 
     async def _handle(self, tier: str, message: AbstractIncomingMessage, delivery: Delivery) -> None:
         try:
