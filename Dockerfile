@@ -11,11 +11,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY outbox ./outbox
-COPY relay ./relay
-COPY workers ./workers
+COPY tierbox ./tierbox
 COPY api ./api
+COPY cli ./cli
+COPY flow ./flow
 COPY migrations ./migrations
+COPY ops ./ops
+COPY relay ./relay
+COPY scheduler ./scheduler
+COPY workers ./workers
 RUN pip install . && useradd --system --no-create-home tierbox
+# The demo's tasks (compose.yml runs them), outside /app so the build folders never shadow the install.
+COPY examples /opt/tierbox-examples/examples
+ENV PYTHONPATH=/opt/tierbox-examples
+WORKDIR /
 
 USER tierbox
 ENTRYPOINT ["tierbox"]

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The repository folders of the installed packages (pyproject.toml maps them into `tierbox`).
+PACKAGES := outbox tierbox api cli flow migrations ops relay scheduler workers
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: help demo test lint typecheck check bench chaos clean
@@ -23,15 +25,15 @@ $(BENCH_STAMP): $(STAMP)
 
 demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample jobs, print what happened
 	$(BIN)/tierbox migrate
-	$(BIN)/tierbox demo
+	$(BIN)/python -m examples.demo
 
 test: $(STAMP) lint typecheck  ## Lint, type-check, then the full test suite against the live services
 	$(BIN)/pytest -q
 
-lint: $(STAMP)  ## ruff on every package
-	$(BIN)/ruff check outbox relay workers api migrations tests
+lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the examples
+	$(BIN)/ruff check $(PACKAGES) tests bench examples
 
-typecheck: $(STAMP)  ## mypy --strict on outbox/
+typecheck: $(STAMP)  ## mypy --strict on every package (outbox and tierbox)
 	$(BIN)/mypy
 
 bench: $(BENCH_STAMP)  ## Benchmarks (not part of `make test`); BENCH_ARGS=--quick for a short run

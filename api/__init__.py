@@ -1,1 +1,1 @@
-"""Operator surface: the tierbox CLI (and, later, the Litestar admin API)."""
+"""The admin HTTP API: a Litestar app (routes, auth, errors) over :mod:`tierbox.ops`."""

@@ -15,16 +15,17 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from api import db, errors, openapi, queries
-from api.auth import TokenStore
-from api.broker import BrokerProbe
-from api.config import ApiConfig
-from api.routes_control import ROUTES as CONTROL_ROUTES
-from api.routes_dlq import DeadLetterController
-from api.routes_jobs import JobController
-from api.routes_tiers import TierController, healthz, readyz, scrape
+from outbox._sql import run_async
 from outbox.config import Settings
-from outbox.sql import run_async
+from tierbox.api import errors, openapi
+from tierbox.api.auth import TokenStore
+from tierbox.api.config import ApiConfig
+from tierbox.api.routes_control import ROUTES as CONTROL_ROUTES
+from tierbox.api.routes_dlq import DeadLetterController
+from tierbox.api.routes_jobs import JobController
+from tierbox.api.routes_tiers import TierController, healthz, readyz, scrape
+from tierbox.ops import db, queries
+from tierbox.ops.broker import BrokerProbe
 
 log = logging.getLogger("tierbox.api")
 VERSION = "1"

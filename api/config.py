@@ -11,8 +11,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from api.auth import ApiToken, load_tokens
 from outbox.errors import ConfigError
+from tierbox.api.auth import ApiToken, load_tokens
+from tierbox.ops.broker import DEFAULT_BROKER_TIMEOUT_S
 
 #: Where ``tierbox api`` listens unless told otherwise.
 DEFAULT_HOST = "127.0.0.1"
@@ -20,7 +21,6 @@ DEFAULT_PORT = 8080
 #: Largest request body accepted (the bulk redrive body is the largest legitimate one: well under 4 KiB).
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 #: Seconds /readyz, /admin/tiers and /metrics wait for RabbitMQ before reporting it unreachable.
-DEFAULT_BROKER_TIMEOUT_S = 3.0
 
 
 class ApiConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,7 +2,7 @@
 
 ::
 
-    ApiError(status, code, message, field)    raised by our handlers
+    RequestError(status, code, message, field)    raised by our handlers
     ├── 400 malformed_json                     the body is not JSON
     ├── 401 unauthenticated / invalid_token    no or unknown bearer token
     ├── 403 forbidden                          the token's scope is too small
@@ -30,14 +30,13 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from outbox.errors import RedriveError
+from tierbox.ops.errors import CODES as _CODES
+from tierbox.ops.errors import RequestError, from_redrive_error
 
 log = logging.getLogger("tierbox.api")
 
 #: SQLSTATE of a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
-_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-          409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
-          429: "too_many_requests", 503: "unavailable"}
 # msgspec says "... - at `$.filter.tier`" for nested fields.
 _PATH = re.compile(r"at `\$\.([\w.\[\]]+)`")
 _UNKNOWN = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
@@ -59,33 +58,12 @@ class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
 
 
-class ApiError(Exception):
-    """An error to return as-is: HTTP status, stable code, message, field."""
-
-    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
-        self.status = status
-        self.code = code or _CODES.get(status, "error")
-        self.message = message
-        self.field = field
-        super().__init__(message)
-
-
-def invalid(field: str, message: str) -> ApiError:
-    """A 422 naming ``field``."""
-    return ApiError(422, f"{field}: {message}", field=field)
-
-
-def from_redrive_error(exc: RedriveError) -> ApiError:
-    """404 when there is no dead letter, 409 when it was already redriven or discarded."""
-    return ApiError(404 if exc.not_found else 409, str(exc))
-
-
 def _respond(status: int, code: str, message: str, field: str | None = None,
              headers: dict[str, str] | None = None) -> Response[ErrorBody]:
     return Response(ErrorBody(ErrorDetail(code, message, field)), status_code=status, headers=headers)
 
 
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+def _api_error(_: Request[Any, Any, Any], exc: RequestError) -> Response[ErrorBody]:
     headers = {"WWW-Authenticate": 'Bearer realm="tierbox"'} if exc.status == 401 else None
     return _respond(exc.status, exc.code, exc.message, exc.field, headers)
 
@@ -136,7 +114,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
 
 
 HANDLERS: ExceptionHandlersMap = {
-    ApiError: _api_error,
+    RequestError: _api_error,
     ValidationException: _validation,
     RedriveError: _redrive,
     DBAPIError: _database,

@@ -10,8 +10,8 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
-from api.auth import INSECURE_DEV, Principal, Scope, TokenStore, bearer
-from api.errors import ApiError
+from tierbox.api.auth import INSECURE_DEV, Principal, Scope, TokenStore, bearer
+from tierbox.ops.errors import RequestError
 
 
 def authenticate(connection: ASGIConnection) -> Principal:  # type: ignore[type-arg]
@@ -20,11 +20,11 @@ def authenticate(connection: ASGIConnection) -> Principal:  # type: ignore[type-
         return INSECURE_DEV
     secret = bearer(connection.headers.get("authorization"))
     if secret is None:
-        raise ApiError(401, "missing bearer token: send Authorization: Bearer <token>", code="unauthenticated")
+        raise RequestError(401, "missing bearer token: send Authorization: Bearer <token>", code="unauthenticated")
     store: TokenStore = connection.app.state.tokens
     principal = store.resolve(secret)
     if principal is None:
-        raise ApiError(401, "unknown or revoked token", code="invalid_token")
+        raise RequestError(401, "unknown or revoked token", code="invalid_token")
     return principal
 
 
@@ -33,6 +33,6 @@ def require(scope: Scope) -> Guard:
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
         principal = authenticate(connection)
         if not principal.may(scope):
-            raise ApiError(403, f"token {principal.name!r} has scope {principal.scope!r}; this needs {scope!r}")
+            raise RequestError(403, f"token {principal.name!r} has scope {principal.scope!r}; this needs {scope!r}")
         connection.state.principal = principal
     return guard

@@ -21,11 +21,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api import queries, tiers
-from api.broker import BrokerProbe
-from api.models import TierHealth
+from outbox._sql import run_async
 from outbox.config import Settings
-from outbox.sql import run_async
+from tierbox.ops import queries
+from tierbox.ops import tier_health as tiers
+from tierbox.ops.broker import BrokerProbe
+from tierbox.ops.models import TierHealth
 
 #: The Prometheus text format's content type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
-from api.errors import ErrorBody
+from tierbox.api.errors import ErrorBody
 
 _SCHEME = "bearer"
 

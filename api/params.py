@@ -1,8 +1,7 @@
-"""Input checks shared by the routes: job ids and tier names, refused with a 422 naming the field."""
+"""Query and path parameters of the routes, as Litestar annotations; the checks live in :mod:`tierbox.ops.params`."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -11,9 +10,8 @@ from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import PathParameter, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from api.errors import invalid
-from api.models import MAX_TEXT
-from outbox.config import Settings
+from tierbox.ops.models import MAX_TEXT
+from tierbox.ops.params import job_id, tier
 
 #: A filter value: at most MAX_TEXT characters.
 FilterText = Annotated[str | None, QueryParameter(min_length=1, max_length=MAX_TEXT)]
@@ -31,18 +29,4 @@ Until = Annotated[datetime | None, QueryParameter(description="Before (ISO 8601)
 #: The request's pooled read connection (see ``api.app.provide_db``).
 Db = NamedDependency[AsyncConnection]
 
-
-def job_id(value: str) -> uuid.UUID:
-    """``value`` as a UUID; 422 naming ``job_id`` otherwise."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise invalid("job_id", f"not a UUID: {value[:64]!r}") from None
-
-
-def tier(settings: Settings, value: str | None, field: str = "tier") -> str | None:
-    """``value`` if it names a tier of the topology; 422 naming ``field`` otherwise."""
-    if value is None or value in settings.topology.tiers:
-        return value
-    known = ", ".join(settings.topology.tiers)
-    raise invalid(field, f"unknown tier {value[:64]!r}; one of {known}")
+__all__ = ["Cursor", "Db", "FilterText", "JobIdPath", "Limit", "Since", "Until", "job_id", "tier"]

@@ -10,12 +10,12 @@ from litestar import Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
-from api import control, params
-from api.errors import invalid
-from api.guards import require
-from api.models import MAX_TEXT
-from api.openapi import ERRORS, WRITE_ERRORS
-from api.routes_dlq import actor
+from tierbox.api import params
+from tierbox.api.guards import require
+from tierbox.api.openapi import ERRORS, WRITE_ERRORS
+from tierbox.api.routes_dlq import actor
+from tierbox.ops import control
+from tierbox.ops.models import MAX_TEXT
 
 #: A task name in a path.
 TaskPath = Annotated[str, PathParameter(min_length=1, max_length=MAX_TEXT, description="The task's name.")]
@@ -52,19 +52,6 @@ class OverrideSet(msgspec.Struct, frozen=True):
     tier: str
     expires_at: dt.datetime
     moved: int
-
-
-def expiry(until: dt.datetime | None, hours: float | None) -> dt.datetime:
-    """When an override ends; 422 unless exactly one of ``until``/``hours`` puts it within 90 days."""
-    if (until is None) == (hours is None):
-        raise invalid("until", "give until or hours (exactly one)")
-    now = dt.datetime.now(dt.UTC)
-    if until is not None and until.tzinfo is None:
-        raise invalid("until", "give a time zone (e.g. 2026-12-01T00:00:00Z)")
-    end = until if until is not None else now + dt.timedelta(hours=hours or 0)
-    if end <= now or end - now > control.MAX_OVERRIDE:
-        raise invalid("until" if until is not None else "hours", "the override must end within 90 days from now")
-    return end
 
 
 async def _pause(request: Request[Any, Any, Any], state: State, scope: control.Scope, name: str,
@@ -116,7 +103,7 @@ async def set_override(request: Request[Any, Any, Any], state: State, task: Task
                        data: JSONBody[OverrideRequest]) -> OverrideSet:
     """Route the task to another tier until a time (audited); its waiting backlog moves too."""
     tier = params.tier(state.settings, data.tier) or data.tier
-    end = expiry(data.until, data.hours)
+    end = control.expiry(data.until, data.hours)
     moved = await control.set_override(state.engine, actor(request), task, tier, end, data.reason)
     return OverrideSet(task, tier, end, moved)
 
@@ -140,9 +127,9 @@ async def list_breakers(state: State) -> dict[str, dict[str, Any]]:
     try:
         return await control.breakers(state.settings)
     except Exception as exc:
-        from api.errors import ApiError
+        from tierbox.ops.errors import RequestError
 
-        raise ApiError(503, f"Redis unreachable: {type(exc).__name__}", code="unavailable") from exc
+        raise RequestError(503, f"Redis unreachable: {type(exc).__name__}", code="unavailable") from exc
 
 
 ROUTES = [list_breakers, pause_tier, resume_tier, pause_task, resume_task, list_pauses, set_override, clear_override,

@@ -8,11 +8,13 @@ from litestar import Controller, Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
-from api import dlq, params
-from api.audit import Actor
-from api.errors import invalid
-from api.guards import require
-from api.models import (
+from tierbox.api import params
+from tierbox.api.guards import require
+from tierbox.api.openapi import ERRORS, WRITE_ERRORS
+from tierbox.ops import dead_letters as dlq
+from tierbox.ops.audit import Actor
+from tierbox.ops.errors import invalid
+from tierbox.ops.models import (
     BulkRedriveRequest,
     BulkRedriveResult,
     DeadLetterDetail,
@@ -24,7 +26,6 @@ from api.models import (
     RedriveRequest,
     TierReasonCount,
 )
-from api.openapi import ERRORS, WRITE_ERRORS
 
 
 def actor(request: Request[Any, Any, Any]) -> Actor:

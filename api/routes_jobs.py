@@ -6,10 +6,11 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.params import FromQuery
 
-from api import jobs, params
-from api.guards import require
-from api.models import JobDetail, JobPage, JobStatus
-from api.openapi import ERRORS
+from tierbox.api import params
+from tierbox.api.guards import require
+from tierbox.api.openapi import ERRORS
+from tierbox.ops import jobs
+from tierbox.ops.models import JobDetail, JobPage, JobStatus
 
 
 class JobController(Controller):

@@ -6,12 +6,14 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 
-from api import metrics, params, queries, tiers
-from api.guards import require
-from api.models import Health, TierHealth
-from api.openapi import ERRORS
-from outbox.logs import clip
-from outbox.sql import run_async
+from outbox._logs import clip
+from outbox._sql import run_async
+from tierbox.api import metrics, params
+from tierbox.api.guards import require
+from tierbox.api.openapi import ERRORS
+from tierbox.ops import queries
+from tierbox.ops import tier_health as tiers
+from tierbox.ops.models import Health, TierHealth
 
 
 class TierController(Controller):

@@ -30,8 +30,8 @@ import aio_pika
 import psycopg
 import redis
 
-import migrations
 from outbox.config import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
+from tierbox import migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -330,7 +330,7 @@ class Procs:
 
     def tierbox(self, settings: Settings, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
         """Start ``tierbox <args>`` (relay, worker) and wait until it says it is ready."""
-        proc = Proc([sys.executable, "-m", "api.cli", *args], child_env(settings, extra_env), args[0])
+        proc = Proc([sys.executable, "-m", "tierbox.cli", *args], child_env(settings, extra_env), args[0])
         self.procs.append(proc)
         proc.wait_for("relay.connected" if args[0] == "relay" else "worker.started")
         return proc

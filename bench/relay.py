@@ -37,7 +37,7 @@ from bench.harness import (
     wait_until,
 )
 from outbox.config import Settings
-from relay.relay import build_message
+from tierbox.relay.relay import build_message
 
 TIER = "high"
 #: One statement fills jobs and pending alike, so every row becomes visible at one commit.

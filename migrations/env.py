@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from migrations import VERSION_SCHEMA, VERSION_TABLE
 from outbox.schema import metadata
+from tierbox.migrations import VERSION_SCHEMA, VERSION_TABLE
 
 config = context.config
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import msgspec
 
-from outbox import queries
+from outbox import _queries as queries
+from outbox._encoding import encode_headers, encode_payload
+from outbox._sql import Statement, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
-from outbox.encoding import encode_headers, encode_payload
 from outbox.errors import ConfigError, InvalidScheduleError, UnknownTaskError, UnknownTierError
 from outbox.registry import Registry, Task, registry
-from outbox.sql import Statement, run, run_async
 from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
 
 log = logging.getLogger("tierbox.enqueue")

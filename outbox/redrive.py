@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from outbox import queries
+from outbox import _queries as queries
+from outbox._sql import run, run_async, savepoint, savepoint_async
 from outbox.errors import RedriveError
-from outbox.sql import run, run_async, savepoint, savepoint_async
 from outbox.tiers import Tier
 
 #: SQLSTATE the SQL functions raise for a refused redrive/discard.

@@ -34,12 +34,12 @@ from typing import Any
 
 import msgspec
 
-from outbox import queries
+from outbox import _queries as queries
+from outbox._encoding import decode_payload
+from outbox._failure import ErrorInfo
+from outbox._sql import run, savepoint
 from outbox.context import TaskContext
-from outbox.encoding import decode_payload
-from outbox.failure import ErrorInfo
 from outbox.registry import Registry, Task, registry
-from outbox.sql import run, savepoint
 
 TESTING_WORKER_ID = "outbox.testing"
 

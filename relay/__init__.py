@@ -1,5 +1,5 @@
 """The relay: moves committed outbox rows to their tier queues with publisher confirms."""
 
-from relay.relay import Relay
+from tierbox.relay.relay import Relay
 
 __all__ = ["Relay"]

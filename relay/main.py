@@ -12,14 +12,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from outbox._logs import event
+from outbox._runtime import serve_until_signalled, wait_any
 from outbox.config import Settings, redact_url
 from outbox.errors import ConfigError
-from outbox.logs import event
-from outbox.runtime import serve_until_signalled, wait_any
 from outbox.tiers import URGENT_SLO_S
-from relay import metrics
-from relay.relay import Relay
-from relay.wakeup import Waker, Wakeup
+from tierbox.relay import counters as metrics
+from tierbox.relay.relay import Relay
+from tierbox.relay.wakeup import Waker, Wakeup
 
 log = logging.getLogger("tierbox.relay")
 

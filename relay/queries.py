@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from outbox.sql import Statement
+from outbox._sql import Statement
 
 # Claim due pending rows, most urgent tier first, skipping rows another relay holds.
 # The row locks last until the batch's transaction ends (commit after confirms).

@@ -41,11 +41,12 @@ import aio_pika
 import aiormq
 import psycopg
 
-from outbox import encoding
+from outbox import _encoding as encoding
+from outbox._logs import clip, event
+from outbox._sql import run_async
 from outbox.config import Settings
-from outbox.logs import clip, event
-from outbox.sql import run_async
-from relay import metrics, queries
+from tierbox.relay import counters as metrics
+from tierbox.relay import queries
 
 log = logging.getLogger("tierbox.relay")
 
@@ -85,8 +86,8 @@ class Relay:
         """Open the Postgres and RabbitMQ connections; the main relay also checks the schema revision,
         mirrors the tiers and declares the topology (a ``lane`` relies on its main relay having done
         so, unless ``declare``: a lane in a process of its own does all three, as it may start first)."""
-        from outbox.amqp import declare_topology  # deferred: keeps `import relay` light
-        from outbox.maintenance import check_schema_async, sync_tiers_async
+        from outbox._amqp import declare_topology  # deferred: keeps `import relay` light
+        from outbox._maintenance import check_schema_async, sync_tiers_async
 
         role = f"tierbox-relay{'-' + lane if lane else ''}"
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)

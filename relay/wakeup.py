@@ -19,7 +19,7 @@ import logging
 
 import psycopg
 
-from outbox.logs import event
+from outbox._logs import event
 
 CHANNEL = "tierbox_pending"
 log = logging.getLogger("tierbox.relay")

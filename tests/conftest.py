@@ -28,10 +28,10 @@ import psycopg
 import pytest
 import redis
 
-import migrations
 from outbox.config import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, Settings
 from tests.helpers import Proc, delete_broker_objects
 from tests.system import System
+from tierbox import migrations
 
 START_HINTS = {
     "postgres": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",

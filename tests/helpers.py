@@ -64,7 +64,7 @@ class Proc:
         env.update(extra_env or {})
         self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "tierbox.cli", *args], env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     @property

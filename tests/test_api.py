@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.auth import ApiToken, hash_token
-from api.config import ApiConfig
-from api.models import DeadLetterReason, JobStatus
 from outbox.config import Settings
 from outbox.schema import DEAD_LETTER_REASONS, JOB_STATUSES
 from tests.test_redrive import dead_job
+from tierbox.api.app import create_app
+from tierbox.api.auth import ApiToken, hash_token
+from tierbox.api.config import ApiConfig
+from tierbox.ops.models import DeadLetterReason, JobStatus
 
 READ_SECRET = "read-secret-for-tests"
 OPERATE_SECRET = "operate-secret-for-tests"
@@ -167,7 +167,7 @@ def test_payloads_are_redacted(client: TestClient[Any], db_url: str) -> None:
 
 
 def test_a_task_redaction_hook_runs_before_the_defaults(client: TestClient[Any], db_url: str) -> None:
-    from api.redaction import REDACTORS, redactor
+    from tierbox.ops.redaction import REDACTORS, redactor
 
     @redactor("sample.invoice")
     def _hide_args(payload: Any) -> Any:
@@ -271,10 +271,10 @@ def test_bulk_redrive_dry_run_then_for_real(client: TestClient[Any], db_url: str
 
 
 async def test_bulk_redrive_is_paced_in_separate_transactions(db_url: str) -> None:
-    from api import dlq
-    from api.audit import Actor
-    from api.db import create_engine
-    from api.models import BulkRedriveRequest
+    from tierbox.ops import dead_letters as dlq
+    from tierbox.ops.audit import Actor
+    from tierbox.ops.db import create_engine
+    from tierbox.ops.models import BulkRedriveRequest
 
     dead(db_url, 5)
     slept: list[float] = []
@@ -371,8 +371,8 @@ def test_metrics_are_prometheus_text(client: TestClient[Any], db_url: str) -> No
 # --- token configuration and redaction rules ------------------------------------------------------------
 
 def test_tokens_from_env_and_file(tmp_path: Any) -> None:
-    from api.auth import TokenStore, load_tokens, new_token, parse_tokens
     from outbox.errors import ConfigError
+    from tierbox.api.auth import TokenStore, load_tokens, new_token, parse_tokens
 
     secret, line = new_token("ci", "operate")
     path = tmp_path / "tokens"
@@ -391,7 +391,7 @@ def test_tokens_from_env_and_file(tmp_path: Any) -> None:
 
 
 def test_redaction_rules() -> None:
-    from api.redaction import MAX_PAYLOAD_BYTES, redact
+    from tierbox.ops.redaction import MAX_PAYLOAD_BYTES, redact
 
     assert redact({"args": [{"Password": "p", "card_number": "4242", "items": [{"secret_key": "s"}]}]}) == \
         {"args": [{"Password": "***", "card_number": "***", "items": [{"secret_key": "***"}]}]}

@@ -77,7 +77,7 @@ def test_cli_pause_resume_and_override_write_the_same_audit_rows(db_url: str) ->
     env = {**os.environ, "TIERBOX_DATABASE_URL": db_url}
 
     def tierbox(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], env=env, cwd=ROOT, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "tierbox.cli", *args], env=env, cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
 
     assert "tier bulk paused" in tierbox("pause", "tier", "bulk", "--reason", "cli").stdout

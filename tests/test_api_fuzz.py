@@ -17,11 +17,11 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from litestar import Litestar
 
-from api.app import create_app
-from api.config import ApiConfig
 from outbox.config import Settings
 from tests.test_api import OPERATE, TOKENS
 from tests.test_redrive import dead_job
+from tierbox.api.app import create_app
+from tierbox.api.config import ApiConfig
 
 #: Examples per operation and auth mode; the whole file stays well under 30 s.
 MAX_EXAMPLES = 12

@@ -98,7 +98,7 @@ def test_operator_fixes_real_failures_over_http(system: System, procs: list[Proc
 def run_api(settings: Settings, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``tierbox api`` expecting it to refuse to start."""
     full_env = {**settings_env(settings), "TIERBOX_API_TOKENS": "", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "api.cli", "api", *args], env=full_env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "tierbox.cli", "api", *args], env=full_env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

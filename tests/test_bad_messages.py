@@ -12,12 +12,12 @@ import psycopg
 import pytest
 
 import outbox
+from outbox._encoding import encode_envelope
 from outbox.config import Settings
-from outbox.encoding import encode_envelope
-from relay.relay import build_message
 from tests.helpers import ROOT, settings_env
 from tests.system import System
 from tests.test_redrive import dead_job
+from tierbox.relay.relay import build_message
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +89,7 @@ def test_discarding_twice_and_redriving_to_an_unknown_tier_are_refused(tx: psyco
     (["--pool", "urgent", "--app", "no_such_module_xyz"], "cannot import no_such_module_xyz"),
 ])
 def test_worker_cli_refuses_bad_pools_in_one_line(settings: Settings, args: list[str], expected: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "api.cli", "worker", *args], env=settings_env(settings), cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "tierbox.cli", "worker", *args], env=settings_env(settings), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()

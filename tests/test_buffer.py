@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.buffer import PriorityBuffer
+from tierbox.workers.buffer import PriorityBuffer
 
 WEIGHTS = {"critical": 10, "high": 8}
 

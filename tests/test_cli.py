@@ -16,20 +16,20 @@ import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
-import migrations
-from api.cli import cli
 from outbox.tiers import DEFAULT_TOPOLOGY
 from tests.helpers import ROOT
+from tierbox import migrations
+from tierbox.cli.main import cli
 
 SUBCOMMANDS = sorted(cli.commands)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``python -m api.cli ARGS`` with a clean TIERBOX_* environment plus ``env``."""
+    """``python -m tierbox.cli ARGS`` with a clean TIERBOX_* environment plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TIERBOX_")}
     base["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), base.get("PYTHONPATH", "")] if p)
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=base, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "tierbox.cli", *args], cwd=ROOT, env=base, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
 

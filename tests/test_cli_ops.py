@@ -9,8 +9,8 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from api.cli import cli
 from tests.test_api import audit_rows, dead, q
+from tierbox.cli.main import cli
 
 
 def tierbox(db_url: str, *args: str) -> Result:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import outbox
-from outbox.encoding import encode_payload
+from outbox._encoding import encode_payload
 from outbox.errors import (
     EnqueueError,
     InvalidScheduleError,
@@ -89,7 +89,7 @@ def open_sync(kind: str, engine: Engine, url: str) -> SyncCaller:
 
 def _pg(sql: str) -> str:
     """``:name`` parameters as psycopg's ``%(name)s``, the way the library converts its own statements."""
-    from outbox.sql import Statement
+    from outbox._sql import Statement
 
     return Statement("test", sql).pg
 
@@ -766,7 +766,7 @@ def test_task_default_expiry(caller: SyncCaller) -> None:
 
 def test_single_row_and_array_forms_write_the_same_rows(db_url: str) -> None:
     """enqueue() uses a single-row statement, enqueue_many() the array one: same rows, override included."""
-    from outbox.maintenance import sync_tiers
+    from outbox._maintenance import sync_tiers
     from outbox.tiers import DEFAULT_TOPOLOGY
 
     with psycopg.connect(db_url) as conn:

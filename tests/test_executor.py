@@ -19,11 +19,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import outbox
+from outbox._encoding import Payload
 from outbox.context import TaskContext
-from outbox.encoding import Payload
 from outbox.registry import Task
-from workers.execute import AttemptTimeout, Executor, Result
-from workers.ledger import Ledger
+from tierbox.workers.execute import AttemptTimeout, Executor, Result
+from tierbox.workers.ledger import Ledger
 
 CALLS: list[str] = []
 
@@ -132,7 +132,7 @@ async def test_ctx_handler_write_is_fenced_too(db_url: str, engine: AsyncEngine)
 
 async def test_successes_finishing_together_share_a_statement_and_keep_their_own_fence(
         db_url: str, engine: AsyncEngine) -> None:
-    from workers.batch import SuccessBatcher
+    from tierbox.workers.batch import SuccessBatcher
 
     with psycopg.connect(db_url) as conn:
         jobs = [outbox.enqueue(conn, plain, args=[str(i)]) for i in range(40)]
@@ -153,7 +153,7 @@ async def test_successes_finishing_together_share_a_statement_and_keep_their_own
 
 async def test_a_success_postgres_will_not_take_is_outcome_not_recorded_not_a_handler_failure() -> None:
     from tests.helpers import free_port
-    from workers.batch import OutcomeNotRecorded, SuccessBatcher
+    from tierbox.workers.batch import OutcomeNotRecorded, SuccessBatcher
 
     dead = create_async_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing",
                                connect_args={"connect_timeout": 1})
@@ -166,7 +166,7 @@ async def test_a_success_postgres_will_not_take_is_outcome_not_recorded_not_a_ha
 
 async def test_deliveries_starting_together_share_a_statement_and_get_their_own_decision(
         db_url: str, engine: AsyncEngine) -> None:
-    from workers.batch import StartBatcher
+    from tierbox.workers.batch import StartBatcher
 
     with psycopg.connect(db_url) as conn:
         jobs = [outbox.enqueue(conn, plain, args=[str(i)]) for i in range(30)]
@@ -189,7 +189,7 @@ async def test_deliveries_starting_together_share_a_statement_and_get_their_own_
 
 async def test_a_start_postgres_refuses_fails_each_waiter_with_the_error() -> None:
     from tests.helpers import free_port
-    from workers.batch import StartBatcher
+    from tierbox.workers.batch import StartBatcher
 
     dead = create_async_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/nothing",
                                connect_args={"connect_timeout": 1})
@@ -206,7 +206,7 @@ async def test_a_start_whose_slot_was_cancelled_is_handed_to_shutdown_not_lost(
         db_url: str, engine: AsyncEngine) -> None:
     """Shutdown cancels a slot while its start is in a batch statement: the committed lease comes back
     from orphans() so the pool can release the job, instead of waiting for the lease to expire."""
-    from workers.batch import StartBatcher
+    from tierbox.workers.batch import StartBatcher
 
     with psycopg.connect(db_url) as conn:
         job = outbox.enqueue(conn, plain, args=["x"])
@@ -223,7 +223,7 @@ async def test_a_start_whose_slot_was_cancelled_is_handed_to_shutdown_not_lost(
 
 async def test_a_job_row_held_elsewhere_does_not_stall_the_deliveries_batched_with_it(
         db_url: str, engine: AsyncEngine) -> None:
-    from workers.batch import StartBatcher
+    from tierbox.workers.batch import StartBatcher
 
     with psycopg.connect(db_url) as conn:
         held, free = (outbox.enqueue(conn, plain, args=[str(i)]) for i in range(2))

@@ -8,10 +8,10 @@ import datetime as dt
 import msgspec
 import pytest
 
-from api import control
-from api.audit import Actor
-from api.db import create_engine
 from tests.system import System
+from tierbox.ops import control
+from tierbox.ops.audit import Actor
+from tierbox.ops.db import create_engine
 
 pytestmark = pytest.mark.slow
 

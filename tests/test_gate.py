@@ -21,12 +21,12 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from outbox._sql import run_async
 from outbox.config import Settings
 from outbox.flow import parse_rate
 from outbox.registry import Task
-from outbox.sql import run_async
-from workers.gate import BreakerPolicy, Gate, Hold, connect
-from workers.gate_queries import BREAKER_HISTORY
+from tierbox.flow.gate import BreakerPolicy, Gate, Hold, connect
+from tierbox.flow.queries import BREAKER_HISTORY
 
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
 

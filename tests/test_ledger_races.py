@@ -17,11 +17,11 @@ import psycopg
 import pytest
 
 import outbox
-from outbox import queries
-from relay import queries as relay_queries
+from outbox import _queries as queries
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 from tests.helpers import wait_until
-from workers import queries as worker_queries
+from tierbox.relay import queries as relay_queries
+from tierbox.workers import queries as worker_queries
 
 
 def _started(db_url: str) -> uuid.UUID:
@@ -167,7 +167,7 @@ def test_a_tier_override_moving_the_backlog_and_batched_starts_interleave_withou
     the task's backlog (``MOVE_BACKLOG``: pending rows, then job rows in id order); the worker then
     starts more jobs of that task before either commits. Neither waits for the other in a cycle:
     both commit, no deadlock, and every job ends either running or moved."""
-    from api import queries as api_queries
+    from tierbox.ops import queries as api_queries
 
     with psycopg.connect(db_url) as conn:
         jobs = sorted(outbox.enqueue(conn, "sample.sync_calendar", args=[i]) for i in range(60))

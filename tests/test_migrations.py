@@ -14,9 +14,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-import migrations
 import outbox
 from outbox.schema import SCHEMA
+from tierbox import migrations
 
 
 def _with_db(url: str, name: str) -> str:
@@ -194,7 +194,7 @@ def test_applications_own_alembic_version_is_untouched(scratch_url: str) -> None
 
 
 def test_the_revision_the_code_requires_is_the_newest_migration() -> None:
-    from outbox.maintenance import REQUIRED_REVISION
+    from outbox._maintenance import REQUIRED_REVISION
 
     assert REQUIRED_REVISION == script().get_current_head()
 
@@ -207,8 +207,8 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
     from outbox.errors import SchemaOutdatedError
     from outbox.registry import Registry
     from outbox.tiers import PoolSpec
-    from relay import Relay
-    from workers.pool import Pool
+    from tierbox.relay import Relay
+    from tierbox.workers.pool import Pool
 
     settings = Settings(database_url=scratch_url, amqp_url=service_urls["rabbitmq"],
                         redis_url=service_urls["redis"], queue_prefix=f"schema-{uuid.uuid4().hex[:6]}-")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 import outbox
-from outbox.maintenance import prune
+from outbox._maintenance import prune
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 
 

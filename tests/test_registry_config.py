@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import outbox
+from outbox._encoding import decode_payload, encode_payload
 from outbox.config import Settings
-from outbox.encoding import decode_payload, encode_payload
 from outbox.registry import Registry
 
 
@@ -86,7 +86,7 @@ def test_default_urgent_pool_reserves_two_critical_slots_beyond_its_concurrency(
 def test_declared_breaker_policy_is_validated_and_reaches_the_pool_gate(settings: Settings) -> None:
     from outbox.registry import Registry
     from outbox.tiers import PoolSpec
-    from workers.pool import Pool
+    from tierbox.workers.pool import Pool
 
     reg = Registry()
     policy = outbox.breaker("stripe", threshold=2, window_s=60, open_s=120, probes=2, registry_=reg)

@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 import outbox
+from outbox._encoding import HEADER_ATTEMPT, HEADER_TASK, decode_envelope, decode_payload
 from outbox.config import Settings
-from outbox.encoding import HEADER_ATTEMPT, HEADER_TASK, decode_envelope, decode_payload
-from relay import Relay
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 from tests.helpers import Proc, free_port, scrape, wait_until, wait_until_async
+from tierbox.relay import Relay
 
 
 def enqueue_committed(db_url: str, task: str, n: int = 1, **kw: object) -> list[uuid.UUID]:
@@ -248,7 +248,7 @@ def test_relay_serves_its_counters_on_metrics_port(settings: Settings, procs, tm
 
 def test_only_urgent_rows_notify_the_relay(db_url: str) -> None:
     """The trigger NOTIFYs for tiers marked notify (urgent ones) and for tiers it does not know."""
-    from outbox.maintenance import sync_tiers
+    from outbox._maintenance import sync_tiers
     from outbox.tiers import DEFAULT_TOPOLOGY
 
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -327,7 +327,7 @@ def test_relay_frames_are_what_aio_pika_would_send() -> None:
     byte-for-byte the one aio-pika builds from build_message (user trace headers kept, others not)."""
     from pamqp.header import ContentHeader
 
-    from relay.relay import build_message, build_publish
+    from tierbox.relay.relay import build_message, build_publish
 
     job = uuid.uuid4()
     at = dt.datetime(2026, 11, 24, 5, 0, tzinfo=dt.UTC)

@@ -11,7 +11,7 @@ from tests.helpers import ROOT
 CHILD = textwrap.dedent("""
     import asyncio, gc, os, signal
     import relay.main, workers.main  # what a relay or worker process has imported by then
-    from outbox.runtime import serve_until_signalled
+    from outbox._runtime import serve_until_signalled
 
     async def serve(stop):
         print("frozen", gc.get_freeze_count(), "tracked", len(gc.get_objects()), flush=True)

@@ -29,20 +29,20 @@ import redis
 
 import outbox
 from outbox import Tier, cron
+from outbox._sql import Statement
 from outbox.config import Settings
 from outbox.registry import Registry
-from outbox.sql import Statement
-from relay import scheduler_queries
-from relay.scheduler import (
+from tests.helpers import ROOT, settings_env
+from tests.system import System
+from tests.test_statements import positional
+from tierbox.scheduler import queries as scheduler_queries
+from tierbox.scheduler.scheduler import (
     Scheduler,
     dues_between,
     idempotency_key,
     latest_due,
     runs_to_enqueue,
 )
-from tests.helpers import ROOT, settings_env
-from tests.system import System
-from tests.test_statements import positional
 
 UTC = dt.UTC
 ROME = "Europe/Rome"
@@ -229,11 +229,11 @@ def test_a_stale_scheduler_is_fenced_by_the_last_due_guard(settings: Settings) -
     set_last_due(settings, "sched.job", now - dt.timedelta(seconds=5))
     # b read the state, then a advanced it: b's enqueue+advance transaction must roll back.
     conn = b._connection()
-    from outbox.sql import run
+    from outbox._sql import run
 
     (anchor, previous), = [(r[1], r[2]) for r in run(conn, scheduler_queries.SCHEDULE_STATE, {"names": ["sched.job"]})]
     assert a.tick(now=now + dt.timedelta(seconds=2)) == 1
-    d = __import__("relay.scheduler", fromlist=["declared"]).declared(reg)[0]
+    d = __import__("tierbox.scheduler.scheduler", fromlist=["declared"]).declared(reg)[0]
     assert b._tick_one(conn, d, anchor, previous, now + dt.timedelta(seconds=3)) == 0
     assert len(jobs(settings)) == 1
 
@@ -380,13 +380,13 @@ def test_schedules_command_lists_declared_schedules(settings: Settings, tmp_path
     assert s.tick(now=now) == 2
     base = settings_env(settings)
     base.update(env)
-    out = subprocess.run([sys.executable, "-m", "api.cli", "schedules", "--json"], cwd=ROOT, env=base,
+    out = subprocess.run([sys.executable, "-m", "tierbox.cli", "schedules", "--json"], cwd=ROOT, env=base,
                          capture_output=True, text=True, timeout=60, check=True)
     (row,) = json.loads(out.stdout)
     assert row["name"] == "sched.every_second" and row["cron"] == "* * * * * *" and row["misfire"] == "all"
     assert dt.datetime.fromisoformat(row["last_due"]) == now
     assert row["last_job"] and dt.datetime.fromisoformat(row["next_due"]) > now
-    table = subprocess.run([sys.executable, "-m", "api.cli", "schedules"], cwd=ROOT, env=base,
+    table = subprocess.run([sys.executable, "-m", "tierbox.cli", "schedules"], cwd=ROOT, env=base,
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert re.search(r"^NAME\s+TASK\s+CRON\s+TZ\s+NEXT_DUE\s+LAST_DUE\s+LAST_JOB\s+MISFIRE", table, re.M), table
     assert "sched.every_second" in table

@@ -23,13 +23,13 @@ import psycopg
 import pytest
 
 import outbox
-from outbox import queries
+from outbox import _queries as queries
 from outbox.config import Settings
 from outbox.registry import registry
 from outbox.tiers import PoolSpec
-from relay import Relay
-from workers import pool as pool_module
-from workers.pool import Pool
+from tierbox.relay import Relay
+from tierbox.workers import pool as pool_module
+from tierbox.workers.pool import Pool
 
 RUNS: list[str] = []
 LOST_REPLY = "consuming input failed: server closed the connection unexpectedly (test: reply lost after commit)"

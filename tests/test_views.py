@@ -9,13 +9,13 @@ from typing import Any
 import psycopg
 import pytest
 
-import api.queries
 import outbox
-from outbox.sql import Statement
+import tierbox.ops.queries
+from outbox._sql import Statement
 from tests.test_redrive import dead_job
 from tests.test_statements import positional
 
-API_STATEMENTS = [(f"api.queries.{k}", v) for k, v in sorted(vars(api.queries).items()) if isinstance(v, Statement)]
+API_STATEMENTS = [(f"ops.queries.{k}", v) for k, v in sorted(vars(tierbox.ops.queries).items()) if isinstance(v, Statement)]
 
 
 def rows(conn: psycopg.Connection, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -49,8 +49,8 @@ def test_api_statement_prepares_and_plans(attr: str, stmt: Statement, tx: psycop
 
 def test_api_statement_names_are_unique_and_prefixed() -> None:
     names = [s.name for _, s in API_STATEMENTS]
-    assert len(names) == len(set(names)) and all(n.startswith("api.") for n in names)
-    assert isinstance(api.queries, ModuleType)
+    assert len(names) == len(set(names)) and all(n.startswith("ops.") for n in names)
+    assert isinstance(tierbox.ops.queries, ModuleType)
 
 
 def test_tier_health_counts_live_jobs_outcomes_waits_and_slo(tx: psycopg.Connection) -> None:

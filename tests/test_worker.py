@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 import outbox
-from relay import Relay
 from tests.helpers import Proc, free_port, scrape
 from tests.system import System
+from tierbox.relay import Relay
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ async def test_same_message_delivered_twice_runs_once(system: System) -> None:
 
 
 def relay_message(system: System, job: uuid.UUID) -> aio_pika.Message:
-    from relay.relay import build_message
+    from tierbox.relay.relay import build_message
 
     row = system.q("SELECT task, tier, priority, payload::text, headers::text, attempts, enqueued_at "
                    "FROM outbox.jobs WHERE id = %s", job)[0]

@@ -28,8 +28,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox import queries
-from workers.ledger import Ledger, StartResult, autocommit
+from outbox import _queries as queries
+from tierbox.workers.ledger import Ledger, StartResult, autocommit
 
 #: Most requests recorded by one statement.
 MAX_BATCH = 256

@@ -29,12 +29,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from outbox._encoding import Payload
+from outbox._sql import run, run_async
 from outbox.context import TaskContext
-from outbox.encoding import Payload
 from outbox.registry import Task
-from outbox.sql import run, run_async
-from workers import queries
-from workers.batch import SuccessBatcher
+from tierbox.workers import queries
+from tierbox.workers.batch import SuccessBatcher
 
 
 class Result(enum.Enum):

@@ -20,9 +20,9 @@ import msgspec
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox.failure import ErrorInfo
-from outbox.sql import Statement, run_async
-from workers import queries
+from outbox._failure import ErrorInfo
+from outbox._sql import Statement, run_async
+from tierbox.workers import queries
 
 #: Bytes of an unrunnable message's body kept in dead_letters.raw_body (the size is always recorded).
 MAX_RAW_BODY_BYTES = 64 * 1024

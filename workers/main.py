@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import threading
 
+from outbox._runtime import serve_until_signalled
 from outbox.config import Settings
 from outbox.errors import ConfigError
 from outbox.registry import Registry
-from outbox.runtime import serve_until_signalled
 from outbox.tiers import PoolSpec
-from workers.pool import Pool
+from tierbox.workers.pool import Pool
 
 
 def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurrency: int | None,
@@ -39,7 +39,7 @@ def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurre
 def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metrics_port: int | None = None) -> int:
     """Run the pool (serving its counters on ``metrics_port`` if given); returns the exit code."""
     if metrics_port:
-        from workers.metrics import serve
+        from tierbox.workers.counters import serve
 
         serve(metrics_port)
     serve_until_signalled(lambda stop: Pool(settings, name, spec, registry).run(stop))

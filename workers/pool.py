@@ -30,23 +30,23 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from outbox import encoding
+from outbox import _encoding as encoding
+from outbox._failure import ErrorInfo
+from outbox._logs import event
+from outbox._runtime import wait_any
 from outbox.config import Settings
 from outbox.context import TaskContext
 from outbox.errors import TopologyMismatchError
-from outbox.failure import ErrorInfo
-from outbox.logs import event
 from outbox.registry import Registry, Task
-from outbox.runtime import wait_any
 from outbox.tiers import PoolSpec
-from workers import metrics
-from workers.admission import PAUSE_REFRESH_S, RUN, Admission
-from workers.batch import OutcomeNotRecorded, StartBatcher
-from workers.buffer import PriorityBuffer
-from workers.dlq import DlqSweeper, safe_headers
-from workers.execute import AttemptTimeout, Executor, Result
-from workers.gate import Decision, Hold
-from workers.ledger import Ledger, StartResult
+from tierbox.flow.admission import PAUSE_REFRESH_S, RUN, Admission
+from tierbox.flow.gate import Decision, Hold
+from tierbox.workers import counters as metrics
+from tierbox.workers.batch import OutcomeNotRecorded, StartBatcher
+from tierbox.workers.buffer import PriorityBuffer
+from tierbox.workers.dlq_sweeper import DlqSweeper, safe_headers
+from tierbox.workers.execute import AttemptTimeout, Executor, Result
+from tierbox.workers.ledger import Ledger, StartResult
 
 log = logging.getLogger("tierbox.worker")
 
@@ -133,8 +133,8 @@ class Pool:
 
     async def start(self) -> asyncio.Event:
         """Connect, declare the pool's queues and start consuming; the event is set if the connection drops."""
-        from outbox.amqp import declare_topology
-        from outbox.maintenance import check_schema_async
+        from outbox._amqp import declare_topology
+        from outbox._maintenance import check_schema_async
 
         async with self.async_engine.connect() as conn:  # rolled out before `tierbox migrate`: say so, retry
             await check_schema_async(conn)

@@ -8,8 +8,8 @@ nothing and its handler's writes are rolled back.
 
 from __future__ import annotations
 
-from outbox.queries import DEAD, RETRY, START_ATTEMPT, SUCCEED
-from outbox.sql import Statement
+from outbox._queries import DEAD, RETRY, START_ATTEMPT, SUCCEED
+from outbox._sql import Statement
 
 __all__ = ["DEAD", "DEAD_MESSAGE", "DEAD_WITHOUT_ATTEMPT", "DEFER", "HEARTBEAT", "JOB_EXISTS", "PAUSES", "REAP",
            "RETRY", "START_ATTEMPT", "SUCCEED"]

@@ -138,10 +138,10 @@ END $$;
 
 def _from_0001(name: str) -> str:
     """A function exactly as revision 0001 created it (a downgrade must restore it verbatim)."""
-    first = importlib.import_module("migrations.versions.0001_outbox_schema")
-    start = first.FUNCTIONS.index(f"CREATE FUNCTION outbox.{name}(")
-    end = first.FUNCTIONS.index("END $$;", start) + len("END $$;")
-    return "CREATE OR REPLACE FUNCTION" + first.FUNCTIONS[start + len("CREATE FUNCTION"):end]
+    functions: str = importlib.import_module("tierbox.migrations.versions.0001_outbox_schema").FUNCTIONS
+    start = functions.index(f"CREATE FUNCTION outbox.{name}(")
+    end = functions.index("END $$;", start) + len("END $$;")
+    return "CREATE OR REPLACE FUNCTION" + functions[start + len("CREATE FUNCTION"):end]
 
 
 def upgrade() -> None:

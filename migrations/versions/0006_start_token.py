@@ -98,5 +98,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Restore revision 0005's ``start_attempt`` and drop the column."""
     op.execute("DROP FUNCTION outbox.start_attempt(uuid, text, double precision, boolean, uuid)")
-    op.execute(importlib.import_module("migrations.versions.0005_start_without_waiting").START_ATTEMPT)
+    op.execute(importlib.import_module("tierbox.migrations.versions.0005_start_without_waiting").START_ATTEMPT)
     op.execute("ALTER TABLE outbox.leases DROP COLUMN start_token")

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-import migrations
 from outbox.config import Settings
 from tests.chaos.harness import ChaosRun
 from tests.helpers import delete_broker_objects
+from tierbox import migrations
 
 
 def main() -> int:

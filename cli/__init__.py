@@ -1,0 +1,1 @@
+"""The ``tierbox`` command line: one entry point for every Tierbox process and chore."""

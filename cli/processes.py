@@ -1,0 +1,193 @@
+"""The long-running processes and the chores that prepare them.
+
+``tierbox migrate``, ``relay``, ``worker``, ``scheduler``, ``api``, ``check`` and ``prune``:
+each reads its settings from ``TIERBOX_*`` variables with its flags on top (see
+:mod:`tierbox.cli.args`) and runs until SIGTERM or until its chore is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from outbox.config import Settings, redact_url
+from outbox.errors import TierboxError
+from tierbox.cli import args
+from tierbox.cli.errors import one_line_errors
+
+log = logging.getLogger("tierbox.api")
+
+
+@click.command(help="Create or upgrade the outbox schema (alembic, own version table).")
+@click.option("--database-url", help="Postgres URL (overrides TIERBOX_DATABASE_URL).")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@one_line_errors
+def migrate(database_url: str | None, revision: str) -> None:
+    """Upgrade the schema and mirror the topology into outbox.tiers."""
+    import psycopg
+
+    from outbox._maintenance import sync_tiers
+    from tierbox import migrations
+
+    settings = args.settings(database_url=database_url)
+    _ping_postgres(settings)
+    migrations.upgrade(settings.database_url, revision)
+    if revision == "head":
+        with psycopg.connect(settings.psycopg_url) as conn:
+            sync_tiers(conn, settings.topology)
+    click.echo(f"outbox schema at {revision} on {redact_url(settings.database_url)}")
+
+
+@click.command(help="Publish committed outbox rows to the tier queues until SIGTERM.")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--amqp-url", help="RabbitMQ URL.")
+@click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
+@click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Idle poll per lane, s [0.25].")
+@click.option("--lane", type=click.Choice(["all", "main", "urgent"]), default="all", show_default=True,
+              help="Run both lanes in this process, or one: main (every tier, polls) or urgent (urgent tiers, "
+                   "NOTIFY); run one process of each to keep urgent rows off the main lane's event loop.")
+@click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
+@one_line_errors
+def relay(metrics_port: int | None, lane: str, **overrides: Any) -> None:
+    """Run the relay process."""
+    from tierbox.relay.main import main
+
+    args.setup_logging()
+    settings = args.settings(**overrides)
+    sys.exit(main(settings, metrics_port, lane))
+
+
+@click.command(help="Run a worker pool until SIGTERM (graceful: in-flight jobs get a grace period).")
+@click.option("--pool", help="A pool of the topology: urgent, normal, deferred, calls.")
+@click.option("--queues", help="Ad-hoc pool over these tiers, comma-separated (e.g. critical,high).")
+@click.option("--concurrency", type=int, help="Jobs running at once [pool default].")
+@click.option("--prefetch", type=int, help="Messages waiting per queue beyond those running [pool default].")
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--amqp-url", help="RabbitMQ URL.")
+@click.option("--shutdown-grace", "shutdown_grace_s", type=float, help="Seconds in-flight jobs get after SIGTERM [30].")
+@click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
+@one_line_errors
+def worker(pool: str | None, queues: str | None, concurrency: int | None, prefetch: int | None,
+           metrics_port: int | None, **overrides: Any) -> None:
+    """Run one worker pool."""
+    from outbox.enqueue import configure
+    from outbox.registry import import_app, registry
+    from tierbox.workers.main import main, pool_spec
+
+    args.setup_logging()
+    settings = args.settings(**overrides)
+    name, spec = pool_spec(settings, pool, queues, concurrency, prefetch)
+    failures = import_app(settings.app_modules())
+    if failures:
+        raise TierboxError("; ".join(failures))
+    configure(topology=settings.topology, max_payload_bytes=settings.max_payload_bytes)
+    sys.exit(main(settings, name, spec, registry, metrics_port))
+
+
+@click.command(help="Check the task registry and topology; exit 1 listing every problem.")
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
+@one_line_errors
+def check(app: str | None) -> None:
+    """Report tasks without a tier, tiers no pool consumes, duplicate names."""
+    from outbox.registry import import_app, registry
+
+    settings = args.settings(app=app)
+    with registry.collecting():  # report every duplicate name, not only the first one
+        problems = import_app(settings.app_modules())
+    problems += registry.problems(settings.topology)
+    if not settings.app_modules():
+        problems.append("no --app given: name the modules that register your tasks")
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"ok: {len(registry)} tasks, {len(settings.topology.tiers)} tiers, "
+               f"{len(settings.topology.pools)} pools")
+
+
+@click.command(help="Delete finished jobs past retention, in short batches.")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--succeeded-days", "retention_succeeded_days", type=float, help="Keep succeeded/expired jobs [7].")
+@click.option("--dead-days", "retention_dead_days", type=float, help="Keep dead/discarded jobs [30].")
+@one_line_errors
+def prune(**overrides: Any) -> None:
+    """Prune old jobs."""
+    import psycopg
+
+    from outbox._maintenance import prune as do_prune
+
+    settings = args.settings(**overrides)
+    with psycopg.connect(settings.psycopg_url) as conn:
+        n = do_prune(conn, settings.retention_succeeded_days, settings.retention_dead_days)
+    click.echo(f"pruned {n} jobs")
+
+
+@click.command("api", help="Serve the admin API (Litestar) until SIGTERM. Tokens: TIERBOX_API_TOKENS or "
+                           "TIERBOX_API_TOKENS_FILE, entries NAME:SCOPE:SHA256HEX (see tierbox api-token).")
+@click.option("--host", default=None, help="Interface to bind [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="TCP port [8080].")
+@click.option("--insecure-dev", is_flag=True, help="Serve without tokens, on 127.0.0.1 only (never in production).")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--amqp-url", help="RabbitMQ URL.")
+@one_line_errors
+def api_command(host: str | None, port: int | None, insecure_dev: bool, database_url: str | None,
+                amqp_url: str | None) -> None:
+    """Run the admin API."""
+    import uvicorn
+
+    from outbox._logs import event
+    from tierbox.api.app import create_app
+    from tierbox.api.config import ApiConfig
+
+    args.setup_logging()
+    config = ApiConfig.from_env(insecure_dev=insecure_dev, host=host, port=port)
+    if config.insecure_dev:
+        banner = "!" * 72
+        log.warning("%s\naction=api.insecure_dev INSECURE DEV MODE: %s; listening on 127.0.0.1 only. "
+                    "Never run this in production.\n%s", banner,
+                    "no token is checked, every caller may redrive and discard" if config.auth_disabled
+                    else "tokens are checked", banner)
+    settings = args.settings(database_url=database_url, amqp_url=amqp_url)
+    event(log, "api.starting", host=config.host, port=config.port, tokens=len(config.tokens))
+    uvicorn.run(create_app(settings, config), host=config.host, port=config.port, log_level="warning",
+                server_header=False, proxy_headers=False, access_log=False)
+
+
+@click.command(help="Enqueue the declared periodic schedules until SIGTERM (one leader, any number of standbys).")
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP).")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--redis-url", help="Redis URL (the leader lock).")
+@click.option("--lock-ttl", "lock_ttl_s", type=float, default=10.0, show_default=True,
+              help="Leader lock lifetime, seconds: a standby takes over within about this long.")
+@one_line_errors
+def scheduler(lock_ttl_s: float, **overrides: Any) -> None:
+    """Run one scheduler process."""
+    from tierbox.scheduler.scheduler import Scheduler, declared
+
+    args.setup_logging()
+    if lock_ttl_s <= 0:
+        raise TierboxError("--lock-ttl must be > 0")
+    settings = args.load_app(**overrides)
+    declared()  # a clash of schedule names fails here, as one line, not in the loop
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Scheduler(settings.psycopg_url, redis_url=settings.redis_url, key_prefix=settings.queue_prefix,
+              lock_ttl_s=lock_ttl_s).run(stop)
+    sys.exit(0)
+
+
+def _ping_postgres(settings: Settings) -> None:
+    import psycopg
+
+    with psycopg.connect(settings.psycopg_url, connect_timeout=5):
+        pass
+
+
+COMMANDS = (migrate, relay, worker, scheduler, api_command, check, prune)

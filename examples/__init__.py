@@ -1,0 +1,1 @@
+"""Runnable examples of Tierbox (not installed with the package)."""

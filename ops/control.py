@@ -1,0 +1,122 @@
+"""Pause/resume tiers and tasks, and temporary tier overrides: shared by the admin API and the CLI.
+
+Every change is one transaction with its ``outbox.admin_audit`` row. Pausing
+stops workers from starting the paused jobs (the relay also holds a paused
+tier's backlog in the outbox); nothing is dropped — resuming lets it flow.
+An override routes a task's new jobs (and its backlog still in the outbox) to
+another tier until ``expires_at``; it needs no process to expire.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from outbox._sql import run_async
+from tierbox.ops import audit, queries
+from tierbox.ops.audit import Actor
+from tierbox.ops.errors import invalid
+
+Scope = Literal["tier", "task"]
+#: The longest override accepted (a forgotten override must not route a task forever).
+MAX_OVERRIDE = dt.timedelta(days=90)
+
+
+class Pause(msgspec.Struct, frozen=True):
+    """A pause in force."""
+
+    scope: str
+    name: str
+    paused_at: dt.datetime
+    paused_by: str
+    reason: str | None
+
+
+class Override(msgspec.Struct, frozen=True):
+    """A tier override in force."""
+
+    task: str
+    tier: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    created_by: str
+    reason: str | None
+
+
+async def pause(engine: AsyncEngine, actor: Actor, scope: Scope, name: str, reason: str | None) -> bool:
+    """Pause ``name``; False if it was already paused (audited either way)."""
+    async with engine.begin() as conn:
+        rows = await run_async(conn, queries.PAUSE, {"scope": scope, "name": name, "by": actor.name,
+                                                     "reason": reason})
+        await audit.record(conn, actor, "pause", [], "ok" if rows else "refused",
+                           {"scope": scope, "name": name, "reason": reason, "already_paused": not rows})
+    return bool(rows)
+
+
+async def resume(engine: AsyncEngine, actor: Actor, scope: Scope, name: str) -> bool:
+    """Resume ``name``; False if it was not paused (audited either way)."""
+    async with engine.begin() as conn:
+        rows = await run_async(conn, queries.RESUME, {"scope": scope, "name": name})
+        await audit.record(conn, actor, "resume", [], "ok" if rows else "not_found", {"scope": scope, "name": name})
+    return bool(rows)
+
+
+async def pauses(conn: Any) -> list[Pause]:
+    """Every pause in force."""
+    return [Pause(*r) for r in await run_async(conn, queries.PAUSES)]
+
+
+async def set_override(engine: AsyncEngine, actor: Actor, task: str, tier: str, expires_at: dt.datetime,
+                       reason: str | None) -> int:
+    """Route ``task`` to ``tier`` until ``expires_at``; returns how many waiting jobs moved."""
+    async with engine.begin() as conn:
+        await run_async(conn, queries.SET_OVERRIDE, {"task": task, "tier": tier, "expires_at": expires_at,
+                                                     "by": actor.name, "reason": reason})
+        moved = await run_async(conn, queries.MOVE_BACKLOG, {"task": task, "tier": tier})
+        await audit.record(conn, actor, "override_set", [], "ok",
+                           {"task": task, "tier": tier, "expires_at": expires_at.isoformat(), "reason": reason,
+                            "moved": len(moved)})
+    return len(moved)
+
+
+async def clear_override(engine: AsyncEngine, actor: Actor, task: str) -> bool:
+    """Drop ``task``'s override; False if it had none (audited either way)."""
+    async with engine.begin() as conn:
+        rows = await run_async(conn, queries.CLEAR_OVERRIDE, {"task": task})
+        await audit.record(conn, actor, "override_clear", [], "ok" if rows else "not_found", {"task": task})
+    return bool(rows)
+
+
+async def overrides(conn: Any) -> list[Override]:
+    """Overrides still in force."""
+    return [Override(*r) for r in await run_async(conn, queries.OVERRIDES)]
+
+
+async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
+    """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable."""
+    from outbox.registry import registry
+    from tierbox.flow.gate import Gate, connect
+
+    # Failures are counted over the window the workers recorded with (kept in Redis); the policies
+    # this process imported only fill in for a breaker no worker has recorded since that change.
+    gate = Gate(settings, connect(settings), None, policies=registry.breakers)
+    try:
+        return await gate.breaker_states()
+    finally:
+        await gate.redis.aclose()
+
+
+def expiry(until: dt.datetime | None, hours: float | None) -> dt.datetime:
+    """When an override ends; 422 unless exactly one of ``until``/``hours`` puts it within 90 days."""
+    if (until is None) == (hours is None):
+        raise invalid("until", "give until or hours (exactly one)")
+    now = dt.datetime.now(dt.UTC)
+    if until is not None and until.tzinfo is None:
+        raise invalid("until", "give a time zone (e.g. 2026-12-01T00:00:00Z)")
+    end = until if until is not None else now + dt.timedelta(hours=hours or 0)
+    if end <= now or end - now > MAX_OVERRIDE:
+        raise invalid("until" if until is not None else "hours", "the override must end within 90 days from now")
+    return end

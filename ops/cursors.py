@@ -1,0 +1,28 @@
+"""Opaque keyset cursors: the sort key of the last row of a page, URL-safe."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+from tierbox.ops.errors import invalid
+
+
+def encode(at: datetime, key: object) -> str:
+    """A cursor after the row sorted at (``at``, ``key``)."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode().rstrip("=")
+
+
+def decode(cursor: str | None) -> tuple[datetime | None, str | None]:
+    """(``at``, ``key``) of a cursor, or (None, None); raises a 422 naming ``cursor`` if it is not ours."""
+    if not cursor:
+        return None, None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, key = raw.split("|", 1)
+        parsed = datetime.fromisoformat(at)
+    except ValueError as exc:
+        raise invalid("cursor", "not a cursor this API returned") from exc
+    if parsed.tzinfo is None or not key:
+        raise invalid("cursor", "not a cursor this API returned")
+    return parsed, key

@@ -1,0 +1,61 @@
+"""Jobs for operators: a filtered, keyset-paginated listing and one job with its timeline."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from outbox._sql import run_async
+from tierbox.ops import cursors, queries
+from tierbox.ops.dead_letters import utc
+from tierbox.ops.errors import RequestError, invalid
+from tierbox.ops.models import Job, JobDetail, JobPage, TimelineEvent
+from tierbox.ops.redaction import redacted_row
+
+#: Without ``since``, the listing looks this far back: a bounded walk of ``ix_jobs_enqueued_at`` even
+#: when a filter matches nothing, whatever the history holds.
+DEFAULT_WINDOW = timedelta(hours=24)
+
+
+class JobFilter(msgspec.Struct, kw_only=True):
+    """Filters of the job listing (all optional; the time range is on ``enqueued_at``, default last 24 h)."""
+
+    tier: str | None = None
+    task: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def to_job(row: Any) -> Job:
+    """A row of the job statements as a redacted :class:`Job`."""
+    return Job(**redacted_row(queries.JOB_COLUMNS, row))
+
+
+async def page(conn: Any, flt: JobFilter, limit: int, cursor: str | None = None) -> JobPage:
+    """Jobs matching ``flt``, newest first, after ``cursor``."""
+    after_at, after_key = cursors.decode(cursor)
+    if after_key is not None:
+        try:
+            uuid.UUID(after_key)
+        except ValueError as exc:
+            raise invalid("cursor", "not a cursor this API returned") from exc
+    since = utc(flt.since) or datetime.now(UTC) - DEFAULT_WINDOW
+    params = {**msgspec.structs.asdict(flt), "since": since, "until": utc(flt.until), "after_at": after_at,
+              "after_id": after_key, "limit": limit}
+    items = [to_job(r) for r in await run_async(conn, queries.JOBS_PAGE, params)]
+    last = items[-1] if len(items) == limit else None
+    return JobPage(items=items, next_cursor=cursors.encode(last.enqueued_at, last.id) if last else None)
+
+
+async def show(conn: Any, job_id: uuid.UUID) -> JobDetail:
+    """One job and its timeline; 404 if the ledger has no such job."""
+    rows = await run_async(conn, queries.JOB_ONE, {"job_id": str(job_id)})
+    if not rows:
+        raise RequestError(404, f"no job {job_id}")
+    events = await run_async(conn, queries.TIMELINE, {"job_id": str(job_id)})
+    timeline = [TimelineEvent(at=e[0], event=e[1], attempt=e[2], detail=e[3]) for e in events]
+    return JobDetail(job=to_job(rows[0]), timeline=timeline)

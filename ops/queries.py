@@ -1,0 +1,221 @@
+"""Every SQL statement of the admin API and CLI, each with what it is for.
+
+They read the operator views of revision 0002 and change state only through
+the shared SQL functions (``outbox.redrive``, ``outbox.redrive_where``,
+``outbox.discard``). Optional filters are written ``(CAST(:x AS t) IS NULL OR
+col = :x)``: the statements run as unnamed prepared statements, planned with
+their values, so an absent filter folds away and the index that fits is used.
+"""
+
+from __future__ import annotations
+
+from outbox._sql import Statement
+
+#: Columns of ``outbox.failures`` the API shows, in the order the statements return them.
+DEAD_LETTER_COLUMNS = (
+    "id", "job_id", "task", "tier", "reason", "error_type", "error_message", "attempts", "enqueued_at",
+    "failed_at", "state", "redriven_at", "redriven_by", "redrive_reason", "new_job_id", "redrive_count",
+    "discarded_at", "discarded_by", "discard_reason", "last_worker_id", "last_outcome", "payload", "headers",
+    "raw_body_bytes",
+)
+_DL = ", ".join(DEAD_LETTER_COLUMNS)
+
+# The state filter spelled so that 'open' becomes the partial index's own predicate.
+_STATE = """
+  AND (CAST(:state AS text) IS NULL
+       OR (CAST(:state AS text) = 'open' AND redriven_at IS NULL AND discarded_at IS NULL)
+       OR (CAST(:state AS text) = 'redriven' AND redriven_at IS NOT NULL)
+       OR (CAST(:state AS text) = 'discarded' AND discarded_at IS NOT NULL))
+"""
+
+# A page of dead letters, newest first, keyset on (failed_at, id): rows inserted later sort before the
+# cursor, so they never shift a page being walked.
+DLQ_PAGE = Statement("ops.dlq_page", f"""
+SELECT {_DL} FROM outbox.failures
+WHERE (CAST(:tier AS text) IS NULL OR tier = :tier)
+  AND (CAST(:task AS text) IS NULL OR task = :task)
+  AND (CAST(:reason AS text) IS NULL OR reason = :reason)
+  AND (CAST(:error_type AS text) IS NULL OR error_type = :error_type)
+  AND (CAST(:since AS timestamptz) IS NULL OR failed_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR failed_at < :until)
+  {_STATE}
+  AND (CAST(:after_failed_at AS timestamptz) IS NULL
+       OR (failed_at, id) < (CAST(:after_failed_at AS timestamptz), CAST(:after_id AS bigint)))
+ORDER BY failed_at DESC, id DESC
+LIMIT :limit
+""")
+
+# One dead letter by its job id.
+DLQ_ONE = Statement("ops.dlq_one", f"SELECT {_DL} FROM outbox.failures WHERE job_id = CAST(:job_id AS uuid)")
+
+# Every attempt of a job, in order (the traceback cut to its tail).
+ATTEMPTS = Statement("ops.attempts", """
+SELECT attempt, worker_id, started_at, finished_at, outcome, error_type, error_message, right(traceback, 2000)
+FROM outbox.attempts WHERE job_id = CAST(:job_id AS uuid) ORDER BY attempt
+""")
+
+# Open dead letters per tier and reason (the partial index on open rows).
+DLQ_BY_TIER = Statement("ops.dlq_by_tier", """
+SELECT tier, reason, count(*) FROM outbox.dead_letters
+WHERE redriven_at IS NULL AND discarded_at IS NULL
+GROUP BY tier, reason ORDER BY tier, reason
+""")
+
+# How many dead letters a bulk redrive would take: the candidate predicate of outbox.redrive_where.
+REDRIVE_WHERE_COUNT = Statement("ops.redrive_where_count", """
+SELECT count(*) FROM (
+    SELECT 1 FROM outbox.dead_letters d
+    WHERE d.job_id IS NOT NULL AND d.task IS NOT NULL AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+      AND (CAST(:task AS text) IS NULL OR d.task = :task)
+      AND (CAST(:tier AS text) IS NULL OR d.tier = :tier)
+      AND (CAST(:reason AS text) IS NULL OR d.reason = :reason)
+      AND (CAST(:since AS timestamptz) IS NULL OR d.failed_at >= :since)
+      AND (CAST(:until AS timestamptz) IS NULL OR d.failed_at < :until)
+    LIMIT :limit
+) c
+""")
+
+# One batch of a bulk redrive, through the shared SQL function (oldest first, SKIP LOCKED).
+REDRIVE_WHERE = Statement("ops.redrive_where", """
+SELECT job_id, new_job_id FROM outbox.redrive_where(
+    p_task => CAST(:task AS text), p_tier => CAST(:tier AS text), p_reason => CAST(:reason AS text),
+    p_since => CAST(:since AS timestamptz), p_until => CAST(:until AS timestamptz),
+    p_target_tier => CAST(:target_tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
+    p_limit => CAST(:limit AS integer))
+""")
+
+# Record an admin action; runs in the transaction of the change it records.
+AUDIT = Statement("ops.audit", """
+INSERT INTO outbox.admin_audit (actor, actor_kind, action, job_ids, client_addr, result, detail)
+VALUES (:actor, :actor_kind, :action, CAST(:job_ids AS uuid[]), :client_addr, :result, CAST(:detail AS jsonb))
+RETURNING id
+""")
+
+#: Columns of ``outbox.jobs`` the API shows.
+JOB_COLUMNS = (
+    "id", "task", "tier", "status", "priority", "attempts", "max_retries", "enqueued_at", "available_at",
+    "published_at", "started_at", "finished_at", "last_error", "redrive_of", "redrive_count", "payload", "headers",
+)
+_JOB = ", ".join(JOB_COLUMNS)
+
+# One job.
+JOB_ONE = Statement("ops.job_one", f"SELECT {_JOB} FROM outbox.jobs WHERE id = CAST(:job_id AS uuid)")
+
+# A page of jobs, newest first, keyset on (enqueued_at, id) along ix_jobs_enqueued_at.
+JOBS_PAGE = Statement("ops.jobs_page", f"""
+SELECT {_JOB} FROM outbox.jobs
+WHERE (CAST(:tier AS text) IS NULL OR tier = :tier)
+  AND (CAST(:task AS text) IS NULL OR task = :task)
+  AND (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:since AS timestamptz) IS NULL OR enqueued_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR enqueued_at < :until)
+  AND (CAST(:after_at AS timestamptz) IS NULL
+       OR (enqueued_at, id) < (CAST(:after_at AS timestamptz), CAST(:after_id AS uuid)))
+ORDER BY enqueued_at DESC, id DESC
+LIMIT :limit
+""")
+
+# A job's life, oldest event first. Steps of one transaction (the attempt's and the job's finish) carry
+# clock_timestamp()s microseconds apart in either order: within a millisecond the logical order wins.
+TIMELINE = Statement("ops.timeline", """
+SELECT at, event, attempt, detail FROM outbox.job_timeline
+WHERE job_id = CAST(:job_id AS uuid) ORDER BY date_trunc('milliseconds', at), seq, attempt
+""")
+
+#: Columns of ``outbox.tier_health``.
+TIER_HEALTH_COLUMNS = (
+    "tier", "weight", "slo_s", "pending", "due", "oldest_due_age_s", "published", "running", "retrying", "stuck",
+    "succeeded_5m", "failed_5m", "dead_5m", "succeeded_1h", "failed_1h", "dead_1h", "wait_p50_s", "wait_p95_s",
+    "slo_breached",
+)
+
+# Per-tier health, heaviest tier first.
+TIER_HEALTH = Statement("ops.tier_health", f"""
+SELECT {", ".join(TIER_HEALTH_COLUMNS)} FROM outbox.tier_health ORDER BY weight DESC, tier
+""")
+
+# Bound every API read (the connection is the request's own transaction): a filter no index serves
+# fails fast with a 503 instead of holding a connection and a snapshot while it scans the history.
+READ_TIMEOUT = Statement("ops.read_timeout", "SELECT set_config('statement_timeout', CAST(:ms AS text), true)")
+
+# Readiness: Postgres answers and the outbox schema is there.
+PING = Statement("ops.ping", "SELECT count(*) FROM outbox.tiers")
+
+# Bloat of the outbox tables: live and dead tuples, seconds since the last (auto)vacuum.
+TABLE_HEALTH = Statement("ops.table_health", """
+SELECT relname, n_live_tup, n_dead_tup,
+       EXTRACT(EPOCH FROM now() - GREATEST(last_vacuum, last_autovacuum))::float8
+FROM pg_stat_user_tables WHERE schemaname = 'outbox' ORDER BY relname
+""")
+
+# What holds back vacuum: the oldest transaction's xmin age (in transactions) and duration (seconds).
+OLDEST_XMIN = Statement("ops.oldest_xmin", """
+SELECT COALESCE(max(age(backend_xmin)), 0)::bigint,
+       COALESCE(EXTRACT(EPOCH FROM now() - min(xact_start)), 0)::float8
+FROM pg_stat_activity WHERE backend_xmin IS NOT NULL OR xact_start IS NOT NULL
+""")
+
+# Open dead letters per tier (the DLQ size gauge).
+DLQ_OPEN_BY_TIER = Statement("ops.dlq_open_by_tier", """
+SELECT tier, count(*) FROM outbox.dead_letters
+WHERE redriven_at IS NULL AND discarded_at IS NULL GROUP BY tier
+""")
+
+# --- Flow control: pauses and tier overrides (revision 0003) -----------------------------------------
+
+# Pause a tier or task (idempotent: pausing twice keeps the first pause's time and author).
+PAUSE = Statement("ops.pause", """
+INSERT INTO outbox.pauses (scope, name, paused_by, reason) VALUES (:scope, :name, :by, :reason)
+ON CONFLICT (scope, name) DO NOTHING
+RETURNING paused_at
+""")
+
+# Resume: delete the pause; returns the row if there was one.
+RESUME = Statement("ops.resume", """
+DELETE FROM outbox.pauses WHERE scope = :scope AND name = :name RETURNING paused_at
+""")
+
+# Every pause in force.
+PAUSES = Statement("ops.pauses", """
+SELECT scope, name, paused_at, paused_by, reason FROM outbox.pauses ORDER BY scope, name
+""")
+
+# Route a task to another tier until a time (replaces an existing override of the task).
+SET_OVERRIDE = Statement("ops.set_override", """
+INSERT INTO outbox.tier_overrides (task, tier, expires_at, created_by, reason)
+VALUES (:task, :tier, :expires_at, :by, :reason)
+ON CONFLICT (task) DO UPDATE
+SET tier = EXCLUDED.tier, expires_at = EXCLUDED.expires_at, created_at = now(),
+    created_by = EXCLUDED.created_by, reason = EXCLUDED.reason
+""")
+
+# Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
+# publishes it there); jobs already published keep their tier.
+MOVE_BACKLOG = Statement("ops.move_backlog", """
+WITH moved AS (
+    UPDATE outbox.pending p
+    SET tier = t.name, weight = t.weight, priority = LEAST(p.priority, t.weight)
+    FROM outbox.jobs j, outbox.tiers t
+    WHERE j.id = p.job_id AND j.task = :task AND t.name = :tier AND p.tier <> :tier
+    RETURNING p.job_id, p.priority
+),
+-- Job rows locked in id order, as every multi-row statement (a worker's batched start holds some
+-- of them and waits for the next in id order): no deadlock cycle.
+ordered AS MATERIALIZED (
+    SELECT j.id FROM moved m JOIN outbox.jobs j ON j.id = m.job_id ORDER BY j.id FOR NO KEY UPDATE OF j
+)
+UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
+FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
+RETURNING j.id
+""")
+
+# Drop a task's override (jobs already moved stay where they are).
+CLEAR_OVERRIDE = Statement("ops.clear_override", """
+DELETE FROM outbox.tier_overrides WHERE task = :task RETURNING tier
+""")
+
+# Overrides still in force.
+OVERRIDES = Statement("ops.overrides", """
+SELECT task, tier, expires_at, created_at, created_by, reason FROM outbox.tier_overrides
+WHERE expires_at > now() ORDER BY task
+""")

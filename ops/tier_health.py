@@ -1,0 +1,40 @@
+"""Tier health for operators: the ``outbox.tier_health`` view plus live queue numbers from RabbitMQ."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from outbox._logs import clip
+from outbox._sql import run_async
+from outbox.config import Settings
+from tierbox.ops import queries
+from tierbox.ops.broker import BrokerProbe
+from tierbox.ops.models import TierHealth
+
+
+async def health(conn: Any, settings: Settings, broker: BrokerProbe) -> list[TierHealth]:
+    """Every tier of ``outbox.tiers``, heaviest first, with its queue and dlq depth and consumers."""
+    rows = await run_async(conn, queries.TIER_HEALTH)
+    tiers = [TierHealth(**dict(zip(queries.TIER_HEALTH_COLUMNS, r, strict=True))) for r in rows]
+    names = {t.tier: queue_names(settings, t.tier) for t in tiers}
+    try:
+        stats = await broker.stats([q for pair in names.values() for q in pair])
+    except Exception as exc:  # noqa: BLE001 - the SQL half is still worth showing; the error is reported
+        error = clip(f"{type(exc).__name__}: {exc}", 200)
+        for t in tiers:
+            t.queue, t.broker_error = names[t.tier][0], error
+        return tiers
+    for t in tiers:
+        queue, dlq = names[t.tier]
+        t.queue = queue
+        t.queue_depth, t.queue_consumers = stats.get(queue, (None, None))
+        t.dlq_depth, t.dlq_consumers = stats.get(dlq, (None, None))
+    return tiers
+
+
+def queue_names(settings: Settings, tier: str) -> tuple[str, str]:
+    """The tier's queue and dead-letter queue; tiers unknown to this topology use the tier's name."""
+    if tier in settings.topology.tiers:
+        return settings.queue_name(tier), settings.dlq_name(tier)
+    return settings.queue_prefix + tier, settings.queue_prefix + tier + ".dlq"
+

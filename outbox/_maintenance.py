@@ -1,0 +1,79 @@
+"""Operational chores on the outbox schema: mirroring the topology, pruning old jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from outbox import _queries as queries
+from outbox._sql import run, run_async
+from outbox.errors import SchemaOutdatedError
+from outbox.tiers import Topology
+
+#: The schema revision this code needs (the newest in migrations/versions; a test keeps them equal).
+#: Relays and workers refuse to work against an older one; a newer one is fine (migrate first,
+#: then roll out the code: old processes keep working on the migrated schema).
+REQUIRED_REVISION = "0006"
+#: SQLSTATE of "relation does not exist".
+UNDEFINED_TABLE = "42P01"
+
+#: Rows deleted per prune transaction: small enough that no lock is held long.
+PRUNE_BATCH_ROWS = 5000
+
+
+def tier_rows(topology: Topology) -> list[dict[str, Any]]:
+    """One UPSERT_TIER parameter set per tier."""
+    return [
+        {"name": name, "weight": spec.weight, "slo_s": spec.slo_s, "queue": spec.queue_name(name), "pool": spec.pool,
+         "notify": spec.urgent}
+        for name, spec in topology.tiers.items()
+    ]
+
+
+def sync_tiers(conn: Any, topology: Topology) -> None:
+    """Mirror ``topology`` into ``outbox.tiers`` (caller commits)."""
+    for params in tier_rows(topology):
+        run(conn, queries.UPSERT_TIER, params)
+
+
+async def sync_tiers_async(conn: Any, topology: Topology) -> None:
+    """:func:`sync_tiers` on an async connection (caller commits)."""
+    for params in tier_rows(topology):
+        await run_async(conn, queries.UPSERT_TIER, params)
+
+
+async def check_schema_async(conn: Any) -> None:
+    """Raise :class:`SchemaOutdatedError` unless the ``outbox`` schema is at :data:`REQUIRED_REVISION` or newer.
+
+    Without it, a worker rolled out before ``tierbox migrate`` fails every start with "function
+    does not exist" and hands every message back, forever; this says what to do instead.
+    """
+    try:
+        rows = await run_async(conn, queries.SCHEMA_REVISION)
+    except Exception as exc:
+        # undefined_table, from psycopg directly or wrapped by SQLAlchemy (.orig)
+        if UNDEFINED_TABLE in (getattr(exc, "sqlstate", None), getattr(getattr(exc, "orig", None), "sqlstate", None)):
+            raise SchemaOutdatedError(f"the database has no outbox schema (needs revision {REQUIRED_REVISION}): "
+                                      "run `tierbox migrate` first") from exc
+        raise
+    found = rows[0][0] if rows else None
+    if found is None or str(found) < REQUIRED_REVISION:
+        raise SchemaOutdatedError(f"the outbox schema is at revision {found}, this Tierbox needs {REQUIRED_REVISION}: "
+                                  "run `tierbox migrate` first (then roll out the new code)")
+
+
+def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE_BATCH_ROWS) -> int:
+    """Delete finished jobs past retention in short committed batches; returns rows deleted.
+
+    ``conn`` must be a psycopg connection in autocommit=False mode owned by the
+    caller; this commits after each batch so no transaction stays open long.
+    """
+    total = 0
+    params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
+    while True:
+        cur = conn.execute(queries.PRUNE_BATCH.pg, params)
+        deleted: int = cur.rowcount
+        conn.execute(queries.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
+        conn.commit()
+        total += max(deleted, 0)
+        if deleted < batch:
+            return total

@@ -1,0 +1,149 @@
+"""The built distribution, installed as a user installs it: only ``outbox`` and ``tierbox`` on the path.
+
+Builds the sdist and, from it, the wheel (``python -m build``), checks both with
+``twine check``, installs the wheel (not editable) into a fresh venv, and runs Tierbox
+from a scratch project that has its own ``api/``, ``workers/``, ``relay/`` and
+``migrations/`` packages first on ``PYTHONPATH``: the names a Django or FastAPI app
+very often has. Before the re-house, ``tierbox worker`` there failed with
+``ModuleNotFoundError: No module named 'api.cli'``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import _drop, _with_db
+from tests.helpers import ROOT, wait_until
+
+pytestmark = pytest.mark.slow
+
+#: The only top-level names the wheel may install (besides its .dist-info).
+ALLOWED_TOP_LEVEL = {"outbox", "tierbox"}
+#: The application's own packages, named like Tierbox's repository folders.
+USER_PACKAGES = ("api", "workers", "relay", "migrations")
+
+
+def _run(args: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=600, **kwargs)  # type: ignore[call-overload]
+    assert done.returncode == 0, f"{args} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sdist and wheel built from a copy of the tracked files (the wheel from the sdist)."""
+    out = tmp_path_factory.mktemp("dist")
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT])
+    _run([sys.executable, "-m", "twine", "check", "--strict", *sorted(out.iterdir())])
+    return out
+
+
+@pytest.fixture(scope="module")
+def venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the wheel installed (not editable); returns its bin folder."""
+    where = tmp_path_factory.mktemp("venv")
+    _run([sys.executable, "-m", "venv", where])
+    wheel = next(dist.glob("tierbox-*.whl"))
+    _run([where / "bin" / "pip", "install", "--quiet", wheel])
+    return where / "bin"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """An application with its own api/, workers/, relay/, migrations/ and a task module."""
+    for name in USER_PACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f'OWNER = "the application\'s own {name}"\n')
+    (tmp_path / "usertasks.py").write_text(textwrap.dedent('''
+        """The application's tasks; they import the application's own packages."""
+        from pathlib import Path
+
+        import api
+        import migrations
+        import relay
+        import workers
+
+        from outbox import Tier, task
+
+        assert "application" in api.OWNER + workers.OWNER + relay.OWNER + migrations.OWNER
+
+
+        @task(tier=Tier.HIGH, name="usertasks.touch")
+        def touch(path: str, word: str) -> None:
+            Path(path).write_text(word)
+        '''))
+    return tmp_path
+
+
+@pytest.fixture
+def empty_db(service_urls: dict[str, str]) -> Iterator[str]:
+    """A database with no outbox schema, dropped afterwards."""
+    admin = service_urls["postgres"]
+    name = f"tierbox_pkg_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_db(admin, name)
+    _drop(admin, name)
+
+
+def test_wheel_installs_only_outbox_and_tierbox_and_ships_the_migrations(dist: Path) -> None:
+    wheel = next(dist.glob("tierbox-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == ALLOWED_TOP_LEVEL
+    revisions = [n for n in names if n.startswith("tierbox/migrations/versions/") and n.endswith(".py")]
+    assert len(revisions) == len(list((ROOT / "migrations" / "versions").glob("0*.py"))) >= 6
+    assert "tierbox/migrations/env.py" in names and "tierbox/migrations/script.py.mako" in names
+    assert "outbox/py.typed" in names and "tierbox/py.typed" in names
+
+
+def test_installed_tierbox_runs_a_job_beside_the_applications_own_packages(
+        venv: Path, project: Path, empty_db: str, prefix: str, service_urls: dict[str, str],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERBOX_", "PYTHON"))}
+    env |= {"PYTHONPATH": str(project), "TIERBOX_DATABASE_URL": empty_db, "TIERBOX_AMQP_URL": service_urls["rabbitmq"],
+            "TIERBOX_REDIS_URL": service_urls["redis"], "TIERBOX_QUEUE_PREFIX": prefix, "TIERBOX_APP": "usertasks"}
+    tierbox = venv / "tierbox"
+    kw = {"cwd": project, "env": env}
+
+    assert "relay" in _run([tierbox, "--help"], **kw).stdout
+    assert "outbox schema at head" in _run([tierbox, "migrate"], **kw).stdout
+    assert _run([tierbox, "check", "--app", "usertasks"], **kw).stdout.startswith("ok: 1 tasks")
+    # Nothing of Tierbox came from the checkout: the installed copy answers.
+    where = _run([venv / "python", "-c", "import outbox, tierbox.cli, api; print(outbox.__file__, api.OWNER)"], **kw)
+    assert "site-packages" in where.stdout and "the application's own api" in where.stdout
+
+    marker = tmp_path_factory.mktemp("marker") / "ran.txt"
+    enqueue = f"""
+import psycopg, usertasks
+from outbox import enqueue
+with psycopg.connect({empty_db!r}) as conn:
+    job = enqueue(conn, usertasks.touch, kwargs={{"path": {str(marker)!r}, "word": "ran"}})
+print(job)
+"""
+    job_id = _run([venv / "python", "-c", enqueue], **kw).stdout.strip()
+    logs = tmp_path_factory.mktemp("logs")
+    procs = [subprocess.Popen([tierbox, *args], stdout=(logs / f"{args[0]}.log").open("w"), stderr=subprocess.STDOUT,
+                              **kw) for args in (["relay"], ["worker", "--pool", "urgent", "--app", "usertasks"])]
+    try:
+        wait_until(marker.exists, timeout=60, what=f"the job to run (logs in {logs})")
+        with psycopg.connect(empty_db) as conn:
+            status = wait_until(lambda: conn.execute(
+                "SELECT status FROM outbox.jobs WHERE id = %s AND status = 'succeeded'", (job_id,)).fetchone(),
+                timeout=30, what="the job to be recorded as succeeded")
+        assert marker.read_text() == "ran" and status == ("succeeded",)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            assert proc.wait(timeout=30) == 0, (logs / "relay.log").read_text() + (logs / "worker.log").read_text()
