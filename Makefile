@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PACKAGES := outbox tierbox api cli flow migrations ops relay scheduler workers
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: help demo test lint typecheck check bench chaos clean
+.PHONY: help demo test lint typecheck docs check bench chaos clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,19 +15,19 @@ help:  ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,docs]'
 	touch $(STAMP)
 
 # The peers (Celery, procrastinate) and py-spy only for `make bench`: `make test` stays lean.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,docs,bench]'
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample jobs, print what happened
 	$(BIN)/tierbox migrate
 	$(BIN)/python -m examples.demo
 
-test: $(STAMP) lint typecheck  ## Lint, type-check, then the full test suite against the live services
+test: $(STAMP) lint typecheck docs  ## Lint, type-check, build the docs, then the full test suite against the live services
 	$(BIN)/pytest -q
 
 lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the examples
@@ -36,6 +36,10 @@ lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the exam
 typecheck: $(STAMP)  ## mypy --strict on every package (outbox and tierbox)
 	$(BIN)/mypy
 
+# --strict: a broken link or anchor, or a page missing from the nav, fails the build (tests/docs runs the examples).
+docs: $(STAMP)  ## Build the documentation site (mkdocs, material theme) into site/ with --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 bench: $(BENCH_STAMP)  ## Benchmarks (not part of `make test`); BENCH_ARGS=--quick for a short run
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -43,4 +47,4 @@ chaos: $(STAMP)  ## Long chaos profile: 1,000,000 jobs over 30 min under faults 
 	$(BIN)/python -m tests.chaos --jobs 1000000 --minutes 30
 
 clean:  ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
