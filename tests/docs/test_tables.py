@@ -84,3 +84,43 @@ def test_the_docs_name_no_variable_the_code_lacks() -> None:
     named = {(p.relative_to(ROOT).as_posix(), n) for p in pages() for n in ENV_NAME.findall(p.read_text())}
     code = _code_env_names()
     assert sorted((page, n) for page, n in named if n not in code) == []
+
+
+def _table(text: str, header_start: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(tables._cells(line))
+    return rows
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _tier_rows() -> list[list[str]]:
+    from outbox.tiers import DEFAULT_TOPOLOGY
+
+    return [[f"`{name}`", str(spec.weight), "best effort" if spec.slo_s is None else f"{_number(spec.slo_s)} s",
+             f"`{spec.queue_name(name)}`", spec.queue_type, str(spec.max_priority) if spec.max_priority else "-",
+             f"`{spec.pool}`"]
+            for name, spec in sorted(DEFAULT_TOPOLOGY.tiers.items(), key=lambda kv: -kv[1].weight)]
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/tiers-and-pools.md"])
+def test_the_tier_table_is_the_default_topology(page: str) -> None:
+    assert _table((ROOT / page).read_text(), "| Tier | Weight |") == _tier_rows()
+
+
+def test_the_pool_table_is_the_default_topology() -> None:
+    from outbox.tiers import DEFAULT_TOPOLOGY
+
+    def per_tier(values: dict[str, float]) -> str:
+        return ", ".join(f"`{t}` {_number(v)}" for t, v in values.items()) or "-"
+
+    want = [[f"`{name}`", ", ".join(f"`{t}`" for t in pool.tiers), str(pool.concurrency), per_tier(pool.reserved),
+             str(pool.prefetch), per_tier(pool.min_share)] for name, pool in DEFAULT_TOPOLOGY.pools.items()]
+    assert _table((ROOT / "docs" / "tiers-and-pools.md").read_text(), "| Pool | Tiers |") == want
