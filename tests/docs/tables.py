@@ -89,7 +89,7 @@ def _option(param: click.Option) -> str:
 
 def cli_rows() -> list[Row]:
     """Command with its arguments, and its options: one row per command, subcommands included."""
-    rows = []
+    rows: list[Row] = []
     for path, command in _commands(cli):
         args = [_argument(p) for p in command.params if isinstance(p, click.Argument)]
         options = [_option(p) for p in command.params if isinstance(p, click.Option)]
@@ -117,7 +117,7 @@ def render(name: str, body: str) -> str:
     header, rows, key = TABLES[name]
     code_rows = rows()
     known = len(code_rows[0])  # the leading cells come from the code, the rest is prose
-    prose = {key(cells): tuple(cells[known:]) for cells in map(_cells, body.splitlines()[2:])}
+    prose = {key(tuple(cells)): tuple(cells[known:]) for cells in map(_cells, body.splitlines()[2:])}
     lines = [_line(header), _line(tuple("---" for _ in header))]
     for row in code_rows:
         kept = prose.get(key(row), ()) + ("",) * len(header)

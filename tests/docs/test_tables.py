@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
 from outbox.config import ENV_PREFIX, Settings
 from tests.docs import tables
 from tests.docs.blocks import ROOT, pages
+from tierbox.cli.main import cli
 
 #: Where the code that reads TIERBOX_* variables lives (the repository folders of both packages, the demo).
 SOURCE_DIRS = ("outbox", "api", "cli", "flow", "migrations", "ops", "relay", "scheduler", "workers", "examples")
@@ -29,7 +32,7 @@ def test_every_table_is_on_a_page_once() -> None:
 
 
 @pytest.mark.parametrize("page", tables.PAGES, ids=lambda p: p.name)
-def test_tables_match_the_code(page) -> None:
+def test_tables_match_the_code(page: Path) -> None:
     have, want = page.read_text(), tables.rewritten(page)
     diff = "".join(difflib.unified_diff(have.splitlines(True), want.splitlines(True), "page", "code"))
     assert have == want, f"{page.relative_to(ROOT)} drifted from the code; run python -m tests.docs.tables --write\n{diff}"
@@ -62,7 +65,7 @@ def test_a_drifted_table_is_caught() -> None:
 def test_the_tables_cover_the_code() -> None:
     page = tables.PAGES[0].read_text()
     assert all(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` |" in page for name in Settings.__struct_fields__)
-    commands = {" ".join(path) for path, _ in tables._commands(tables.cli)}
+    commands = {" ".join(path) for path, _ in tables._commands(cli)}
     assert {"dlq redrive", "override set", "worker", "migrate"} <= commands
     assert all(f"| `tierbox {c}" in tables.PAGES[1].read_text() for c in commands)
 
@@ -118,7 +121,7 @@ def test_the_tier_table_is_the_default_topology(page: str) -> None:
 def test_the_pool_table_is_the_default_topology() -> None:
     from outbox.tiers import DEFAULT_TOPOLOGY
 
-    def per_tier(values: dict[str, float]) -> str:
+    def per_tier(values: Mapping[str, float]) -> str:
         return ", ".join(f"`{t}` {_number(v)}" for t, v in values.items()) or "-"
 
     want = [[f"`{name}`", ", ".join(f"`{t}`" for t in pool.tiers), str(pool.concurrency), per_tier(pool.reserved),
