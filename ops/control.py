@@ -15,6 +15,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from outbox import _transitions as transitions
 from outbox._sql import run_async
 from tierbox.ops import audit, queries
 from tierbox.ops.audit import Actor
@@ -75,7 +76,7 @@ async def set_override(engine: AsyncEngine, actor: Actor, task: str, tier: str, 
     async with engine.begin() as conn:
         await run_async(conn, queries.SET_OVERRIDE, {"task": task, "tier": tier, "expires_at": expires_at,
                                                      "by": actor.name, "reason": reason})
-        moved = await run_async(conn, queries.MOVE_BACKLOG, {"task": task, "tier": tier})
+        moved = await run_async(conn, transitions.MOVE_BACKLOG, {"task": task, "tier": tier})
         await audit.record(conn, actor, "override_set", [], "ok",
                            {"task": task, "tier": tier, "expires_at": expires_at.isoformat(), "reason": reason,
                             "moved": len(moved)})

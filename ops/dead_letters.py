@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import outbox
+from outbox import _transitions as transitions
 from outbox._sql import run_async
 from outbox.errors import RedriveError
 from outbox.redrive import NOT_FOUND_SQLSTATE, REFUSED_SQLSTATE
@@ -169,7 +170,7 @@ async def _bulk_batch(engine: AsyncEngine, actor: Actor, req: BulkRedriveRequest
                       size: int, number: int) -> list[Redriven]:
     async with engine.begin() as conn:
         try:
-            rows = await run_async(conn, queries.REDRIVE_WHERE, {
+            rows = await run_async(conn, transitions.REDRIVE_WHERE, {
                 **flt, "target_tier": req.target_tier, "by": actor.name, "note": req.reason, "limit": size})
         except DBAPIError as exc:  # outbox.redrive refused one row (e.g. the target tier vanished): batch undone
             state = getattr(exc.orig, "sqlstate", None)

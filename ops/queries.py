@@ -75,14 +75,6 @@ SELECT count(*) FROM (
 ) c
 """)
 
-# One batch of a bulk redrive, through the shared SQL function (oldest first, SKIP LOCKED).
-REDRIVE_WHERE = Statement("ops.redrive_where", """
-SELECT job_id, new_job_id FROM outbox.redrive_where(
-    p_task => CAST(:task AS text), p_tier => CAST(:tier AS text), p_reason => CAST(:reason AS text),
-    p_since => CAST(:since AS timestamptz), p_until => CAST(:until AS timestamptz),
-    p_target_tier => CAST(:target_tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
-    p_limit => CAST(:limit AS integer))
-""")
 
 # Record an admin action; runs in the transaction of the change it records.
 AUDIT = Statement("ops.audit", """
@@ -189,25 +181,6 @@ SET tier = EXCLUDED.tier, expires_at = EXCLUDED.expires_at, created_at = now(),
     created_by = EXCLUDED.created_by, reason = EXCLUDED.reason
 """)
 
-# Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
-# publishes it there); jobs already published keep their tier.
-MOVE_BACKLOG = Statement("ops.move_backlog", """
-WITH moved AS (
-    UPDATE outbox.pending p
-    SET tier = t.name, weight = t.weight, priority = LEAST(p.priority, t.weight)
-    FROM outbox.jobs j, outbox.tiers t
-    WHERE j.id = p.job_id AND j.task = :task AND t.name = :tier AND p.tier <> :tier
-    RETURNING p.job_id, p.priority
-),
--- Job rows locked in id order, as every multi-row statement (a worker's batched start holds some
--- of them and waits for the next in id order): no deadlock cycle.
-ordered AS MATERIALIZED (
-    SELECT j.id FROM moved m JOIN outbox.jobs j ON j.id = m.job_id ORDER BY j.id FOR NO KEY UPDATE OF j
-)
-UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
-FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
-RETURNING j.id
-""")
 
 # Drop a task's override (jobs already moved stay where they are).
 CLEAR_OVERRIDE = Statement("ops.clear_override", """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from outbox import _queries as queries
+from outbox import _transitions as transitions
 from outbox._sql import run, run_async
 from outbox.errors import SchemaOutdatedError
 from outbox.tiers import Topology
@@ -70,9 +71,9 @@ def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE
     total = 0
     params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
     while True:
-        cur = conn.execute(queries.PRUNE_BATCH.pg, params)
+        cur = conn.execute(transitions.PRUNE_BATCH.pg, params)
         deleted: int = cur.rowcount
-        conn.execute(queries.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
+        conn.execute(transitions.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
         conn.commit()
         total += max(deleted, 0)
         if deleted < batch:

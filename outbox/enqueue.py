@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from outbox import _queries as queries
+from outbox import _transitions as transitions
 from outbox._encoding import encode_headers, encode_payload
 from outbox._sql import Statement, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
@@ -164,14 +165,14 @@ def _statement(specs: list[JobSpec]) -> tuple[Statement, dict[str, Any], dict[in
     """The statement for this batch: the single-row form for one job (the hot path), else the array form."""
     if len(specs) == 1:
         s = specs[0]
-        return queries.ENQUEUE_ONE, {
+        return transitions.ENQUEUE_ONE, {
             "id": s.id, "task": s.task, "tier": s.tier, "weight": s.weight, "priority": s.priority,
             "payload": s.payload, "headers": s.headers, "key": s.idempotency_key, "max_retries": s.max_retries,
             "run_at": s.run_at, "delay_s": s.delay_s, "expires_at": s.expires_at, "expires_s": s.expires_s,
             "explicit": s.explicit_tier,
         }, {}
     params, alias = _batch_params(specs)
-    return queries.ENQUEUE, params, alias
+    return transitions.ENQUEUE, params, alias
 
 
 def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, Any], dict[int, int]]:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from outbox import _queries as queries
+from outbox import _transitions as transitions
 from outbox._sql import run, run_async, savepoint, savepoint_async
 from outbox.errors import RedriveError
 from outbox.tiers import Tier
@@ -37,7 +37,7 @@ def redrive(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = Non
     params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
     try:
         with savepoint(session):
-            rows = run(session, queries.REDRIVE, params)
+            rows = run(session, transitions.REDRIVE, params)
     except (DBAPIError, psycopg.Error) as exc:
         _raise_refusal(exc)
         raise
@@ -49,7 +49,7 @@ def discard(session: Any, job_id: uuid.UUID | str, *, by: str = "python", reason
     params = {"job_id": str(job_id), "by": by, "reason": reason}
     try:
         with savepoint(session):
-            run(session, queries.DISCARD, params)
+            run(session, transitions.DISCARD, params)
     except (DBAPIError, psycopg.Error) as exc:
         _raise_refusal(exc)
         raise
@@ -61,7 +61,7 @@ async def redrive_async(session: Any, job_id: uuid.UUID | str, tier: Tier | str 
     params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
     try:
         async with savepoint_async(session):
-            rows = await run_async(session, queries.REDRIVE, params)
+            rows = await run_async(session, transitions.REDRIVE, params)
     except (DBAPIError, psycopg.Error) as exc:
         _raise_refusal(exc)
         raise

@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 from outbox import _queries as queries
+from outbox import _transitions as transitions
 from outbox._encoding import decode_payload
 from outbox._failure import ErrorInfo
 from outbox._sql import run, savepoint
@@ -104,7 +105,7 @@ def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = No
 
 
 def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tier: str, payload: str) -> DrainedJob:
-    start = run(session, queries.START_ATTEMPT, {"job_id": job_id, "worker_id": TESTING_WORKER_ID,
+    start = run(session, transitions.START_ATTEMPT, {"job_id": job_id, "worker_id": TESTING_WORKER_ID,
                                                   "lease_s": 3600.0, "acked_early": False,
                                                   "token": None})[0]
     decision, attempt, max_retries, enqueued_at, headers = start
@@ -118,7 +119,7 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
             raise LookupError(f"no handler registered as {task_name!r}")
         with savepoint(session):
             _call(task, decode_payload(payload.encode()), ctx)
-            run(session, queries.SUCCEED, {"job_id": job_id, "attempt": attempt})
+            run(session, transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger like a worker would
         return _fail(session, task, job_id, task_name, attempt, max_retries, exc)
@@ -129,11 +130,11 @@ def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, at
     error = ErrorInfo.of(exc).params()
     retryable = task is not None and task.retryable(exc)
     if retryable and attempt < max_retries + 1:
-        run(session, queries.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",
+        run(session, transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",
                                      **error})
         return DrainedJob(job_id, task_name, "retrying", f"{type(exc).__name__}: {exc}")
     reason = "unknown_task" if task is None else ("failed" if retryable else "non_retryable")
-    run(session, queries.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason, "outcome": "failed",
+    run(session, transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason, "outcome": "failed",
                                 **error})
     return DrainedJob(job_id, task_name, "dead", f"{type(exc).__name__}: {exc}")
 

@@ -42,6 +42,7 @@ import aiormq
 import psycopg
 
 from outbox import _encoding as encoding
+from outbox import _transitions as transitions
 from outbox._logs import clip, event
 from outbox._sql import run_async
 from outbox.config import Settings
@@ -137,7 +138,7 @@ class Relay:
         """Claim, publish and commit one batch; returns how many rows it took off ``pending``."""
         began = time.monotonic()
         async with self.db.transaction():
-            rows = await run_async(self.db, queries.CLAIM, {"limit": self.settings.relay_batch_size,
+            rows = await run_async(self.db, transitions.CLAIM, {"limit": self.settings.relay_batch_size,
                                                             "min_weight": self.min_weight})
             if not rows:
                 return 0
@@ -197,14 +198,14 @@ class Relay:
 
     async def _record(self, outcome: PublishOutcome, expired: list[uuid.UUID]) -> None:
         if outcome.confirmed and expired:
-            await run_async(self.db, queries.LOCK_JOBS, {"ids": [*outcome.confirmed, *expired]})
+            await run_async(self.db, transitions.LOCK_JOBS, {"ids": [*outcome.confirmed, *expired]})
         if outcome.confirmed:
-            await run_async(self.db, queries.MARK_PUBLISHED, {"ids": outcome.confirmed})
+            await run_async(self.db, transitions.MARK_PUBLISHED, {"ids": outcome.confirmed})
         if expired:
-            await run_async(self.db, queries.MARK_EXPIRED, {"ids": expired})
+            await run_async(self.db, transitions.MARK_EXPIRED, {"ids": expired})
             event(log, "relay.expired", count=len(expired), first_job_id=expired[0])
         for error, ids in _group(outcome.failed).items():
-            await run_async(self.db, queries.MARK_PUBLISH_FAILED,
+            await run_async(self.db, transitions.MARK_PUBLISH_FAILED,
                             {"ids": ids, "delay_s": self.settings.relay_retry_delay_s, "error": error})
             event(log, "relay.publish_failed", logging.WARNING, count=len(ids), first_job_id=ids[0], error=error)
         if outcome.confirmed:

@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from outbox import _queries as queries
+from outbox import _transitions as transitions
 from tierbox.workers.ledger import Ledger, StartResult, autocommit
 
 #: Most requests recorded by one statement.
@@ -145,7 +145,7 @@ class StartBatcher:
     async def _record(self, conn: AsyncConnection,
                       requests: list[tuple[uuid.UUID, bool, uuid.UUID | None]]) -> list[StartResult]:
         # No sorting here: START_MANY itself locks the batch's job rows in id order.
-        rows = await autocommit(conn, queries.START_MANY, {
+        rows = await autocommit(conn, transitions.START_MANY, {
             "job_ids": [r[0] for r in requests], "acked_early": [r[1] for r in requests],
             "tokens": [r[2] for r in requests], "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
         results: list[Any] = [None] * len(requests)
@@ -171,7 +171,7 @@ class SuccessBatcher:
 
 
 async def _succeed_many(conn: AsyncConnection, requests: list[tuple[uuid.UUID, int]]) -> list[bool]:
-    rows = await autocommit(conn, queries.SUCCEED_MANY, {"job_ids": [job_id for job_id, _ in requests],
+    rows = await autocommit(conn, transitions.SUCCEED_MANY, {"job_ids": [job_id for job_id, _ in requests],
                                                          "attempts": [attempt for _, attempt in requests]})
     done = {(r[0], r[1]) for r in rows}
     return [request in done for request in requests]

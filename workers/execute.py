@@ -29,11 +29,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from outbox import _transitions as transitions
 from outbox._encoding import Payload
 from outbox._sql import run, run_async
 from outbox.context import TaskContext
 from outbox.registry import Task
-from tierbox.workers import queries
 from tierbox.workers.batch import SuccessBatcher
 
 
@@ -79,7 +79,7 @@ class Executor:
         ctx.session = session
         try:
             await _call_in_time(task, payload, ctx)
-            rows = await run_async(session, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
+            rows = await run_async(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
             if rows[0][0] != 1:
                 await session.rollback()
                 return Result.FENCED
@@ -130,7 +130,7 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
         if abandoned.is_set():
             session.rollback()
             return Result.ABANDONED
-        rows = run(session, queries.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
+        rows = run(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
         if rows[0][0] != 1:
             session.rollback()
             return Result.FENCED

@@ -20,6 +20,7 @@ import msgspec
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from outbox import _transitions as transitions
 from outbox._failure import ErrorInfo
 from outbox._sql import Statement, run_async
 from tierbox.workers import queries
@@ -92,26 +93,26 @@ class Ledger:
         delivery (one per delivery, kept across its retries): asking again with the same token after
         a lost reply resumes the attempt that start committed instead of reporting it ``running``.
         """
-        rows = await self._one(queries.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
+        rows = await self._one(transitions.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
                                                        "lease_s": self.lease_s, "acked_early": acked_early,
                                                        "token": token}, conn)
         return StartResult.of(rows[0])
 
     async def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, outcome: str, error: ErrorInfo) -> bool:
         """Schedule the next attempt through the outbox; False if fenced out."""
-        rows = await self._one(queries.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
+        rows = await self._one(transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
                                                "outcome": outcome, **error.params()})
         return bool(rows[0][0])
 
     async def dead(self, job_id: uuid.UUID, attempt: int, reason: str, outcome: str, error: ErrorInfo) -> bool:
         """Dead-letter after the final attempt; False if fenced out."""
-        rows = await self._one(queries.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
+        rows = await self._one(transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
                                               "outcome": outcome, **error.params()})
         return bool(rows[0][0])
 
     async def dead_without_attempt(self, job_id: uuid.UUID, reason: str, error: ErrorInfo) -> bool:
         """Dead-letter a job that will not run (e.g. the broker dead-lettered it)."""
-        rows = await self._one(queries.DEAD_WITHOUT_ATTEMPT, {"job_id": job_id, "reason": reason,
+        rows = await self._one(transitions.DEAD_WITHOUT_ATTEMPT, {"job_id": job_id, "reason": reason,
                                                               "error_type": error.type,
                                                               "error_message": error.message})
         return bool(rows[0][0])
@@ -123,7 +124,7 @@ class Ledger:
         if raw_body is not None and len(raw_body) > MAX_RAW_BODY_BYTES:
             headers = {**headers, "body_bytes": len(raw_body), "body_truncated": True}
             raw_body = raw_body[:MAX_RAW_BODY_BYTES]
-        await self._one(queries.DEAD_MESSAGE, {
+        await self._one(transitions.DEAD_MESSAGE, {
             "job_id": job_id, "task": task, "tier": tier, "priority": priority,
             "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),
             "raw_body": raw_body, "reason": reason, "error_type": error.type, "error_message": error.message,
@@ -131,7 +132,7 @@ class Ledger:
 
     async def defer(self, job_id: uuid.UUID, delay_s: float, conn: AsyncConnection | None = None) -> bool:
         """Put a job back through the outbox, due in ``delay_s``, consuming no attempt; False if left alone."""
-        return bool(await self._one(queries.DEFER, {"job_id": job_id, "delay_s": delay_s}, conn))
+        return bool(await self._one(transitions.DEFER, {"job_id": job_id, "delay_s": delay_s}, conn))
 
     async def job_exists(self, job_id: uuid.UUID) -> bool:
         """Whether the ledger holds ``job_id``."""
@@ -140,9 +141,9 @@ class Ledger:
     async def heartbeat(self, job_ids: list[uuid.UUID]) -> None:
         """Extend the leases of the jobs this worker is running."""
         if job_ids:
-            await self._one(queries.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s,
+            await self._one(transitions.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s,
                                                 "job_ids": job_ids})
 
     async def reap(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
         """Recover expired leases: retry or dead-letter (crashed); returns (job_id, decision)."""
-        return [(r[0], r[1]) for r in await self._one(queries.REAP, {"limit": limit})]
+        return [(r[0], r[1]) for r in await self._one(transitions.REAP, {"limit": limit})]

@@ -11,7 +11,7 @@ from litestar.testing import TestClient
 
 import outbox
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
-from tests.test_api import OPERATE, READ, assert_error, audit_rows, make_client, q
+from tests.api.test_api import OPERATE, READ, assert_error, audit_rows, make_client, q
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from outbox._sql import Statement
 
-QUERY_MODULES = ["outbox._queries", "tierbox.relay.queries", "tierbox.scheduler.queries", "tierbox.workers.queries", "tierbox.flow.queries",
+QUERY_MODULES = ["outbox._transitions", "outbox._queries", "tierbox.relay.queries", "tierbox.scheduler.queries", "tierbox.workers.queries", "tierbox.flow.queries",
                  "tierbox.ops.queries"]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
@@ -69,8 +69,8 @@ def positional(stmt: Statement) -> tuple[str, list[str]]:
 
 def test_statements_are_discovered() -> None:
     found = {name for name, _ in STATEMENTS}
-    assert {"outbox._queries.ENQUEUE", "outbox._queries.JOB_IDS_BY_KEY", "tierbox.relay.queries.CLAIM",
-            "tierbox.relay.queries.MARK_PUBLISHED"} <= found
+    assert {"outbox._transitions.ENQUEUE", "outbox._queries.JOB_IDS_BY_KEY", "outbox._transitions.CLAIM",
+            "outbox._transitions.MARK_PUBLISHED"} <= found
     for module in _modules():
         assert any(name.startswith(module.__name__ + ".") for name in found), f"no statement in {module.__name__}"
 
@@ -99,3 +99,21 @@ def test_statement_prepares_and_plans(attr: str, stmt: Statement, tx: psycopg.Co
     plan = tx.execute(f"EXPLAIN EXECUTE tierbox_stmt{f'({args})' if names else ''}").fetchall()
     assert plan, attr
     tx.execute("DEALLOCATE tierbox_stmt")
+
+
+# A write to a job's state: its ledger tables, or a SQL function that moves it.
+_JOB_STATE_WRITE = re.compile(
+    r"\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+outbox\.(jobs|pending|attempts|leases|dead_letters)\b"
+    r"|\boutbox\.(start_attempt|reap|redrive|redrive_where|discard)\s*\(", re.IGNORECASE)
+
+
+def test_every_statement_that_changes_a_job_lives_in_transitions() -> None:
+    elsewhere = [name for name, st in STATEMENTS
+                 if not name.startswith("outbox._transitions.") and _JOB_STATE_WRITE.search(st.sql)]
+    assert elsewhere == []
+    # ... and it holds nothing else: each statement there writes, or locks the rows a transition
+    # of the same transaction then writes (the relay's claim, the lock before marking published).
+    locks = re.compile(r"\bFOR\s+(NO\s+KEY\s+)?UPDATE\b", re.IGNORECASE)
+    idle = [name for name, st in STATEMENTS if name.startswith("outbox._transitions.")
+            and not (_JOB_STATE_WRITE.search(st.sql) or locks.search(st.sql))]
+    assert idle == []

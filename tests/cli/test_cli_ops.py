@@ -9,7 +9,7 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from tests.test_api import audit_rows, dead, q
+from tests.api.test_api import audit_rows, dead, q
 from tierbox.cli.main import cli
 
 

@@ -1,6 +1,6 @@
 """The admin API through Litestar's test client, on a fresh migrated database per test.
 
-Dead letters are made the way the worker leaves them (``tests.test_redrive.dead_job``);
+Dead letters are made the way the worker leaves them (``tests.ledger.test_redrive.dead_job``);
 ``test_api_http.py`` drives a real ``tierbox api`` process over data from really failing jobs.
 """
 
@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 
 from outbox.config import Settings
 from outbox.schema import DEAD_LETTER_REASONS, JOB_STATUSES
-from tests.test_redrive import dead_job
+from tests.ledger.test_redrive import dead_job
 from tierbox.api.app import create_app
 from tierbox.api.auth import ApiToken, hash_token
 from tierbox.api.config import ApiConfig

@@ -12,8 +12,8 @@ import pytest
 import outbox
 import tierbox.ops.queries
 from outbox._sql import Statement
-from tests.test_redrive import dead_job
-from tests.test_statements import positional
+from tests.ledger.test_redrive import dead_job
+from tests.ledger.test_statements import positional
 
 API_STATEMENTS = [(f"ops.queries.{k}", v) for k, v in sorted(vars(tierbox.ops.queries).items()) if isinstance(v, Statement)]
 

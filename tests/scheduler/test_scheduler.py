@@ -33,8 +33,8 @@ from outbox._sql import Statement
 from outbox.config import Settings
 from outbox.registry import Registry
 from tests.helpers import ROOT, settings_env
+from tests.ledger.test_statements import positional
 from tests.system import System
-from tests.test_statements import positional
 from tierbox.scheduler import queries as scheduler_queries
 from tierbox.scheduler.scheduler import (
     Scheduler,

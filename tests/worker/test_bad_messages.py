@@ -15,8 +15,8 @@ import outbox
 from outbox._encoding import encode_envelope
 from outbox.config import Settings
 from tests.helpers import ROOT, settings_env
+from tests.ledger.test_redrive import dead_job
 from tests.system import System
-from tests.test_redrive import dead_job
 from tierbox.relay.relay import build_message
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from litestar import Litestar
 
 from outbox.config import Settings
-from tests.test_api import OPERATE, TOKENS
-from tests.test_redrive import dead_job
+from tests.api.test_api import OPERATE, TOKENS
+from tests.ledger.test_redrive import dead_job
 from tierbox.api.app import create_app
 from tierbox.api.config import ApiConfig
 

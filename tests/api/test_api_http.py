@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from outbox.config import Settings
+from tests.api.test_api import OPERATE, OPERATE_SECRET, READ, READ_SECRET, TOKENS, audit_rows
 from tests.helpers import ROOT, Proc, settings_env, wait_until
 from tests.system import System
-from tests.test_api import OPERATE, OPERATE_SECRET, READ, READ_SECRET, TOKENS, audit_rows
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,9 @@ import psycopg
 import pytest
 
 import outbox
-from outbox import _queries as queries
+from outbox import _transitions as transitions
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 from tests.helpers import wait_until
-from tierbox.relay import queries as relay_queries
-from tierbox.workers import queries as worker_queries
 
 
 def _started(db_url: str) -> uuid.UUID:
@@ -33,7 +31,7 @@ def _started(db_url: str) -> uuid.UUID:
 
 def _start(db_url: str, job: uuid.UUID) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(queries.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
+        row = conn.execute(transitions.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
                                                       "acked_early": False, "token": None}).fetchone()
     assert row is not None and row[0] == "run"
 
@@ -66,7 +64,7 @@ def _retry_in_thread(db_url: str, job: uuid.UUID, out: dict[str, Any]) -> thread
     def run() -> None:
         try:
             with psycopg.connect(db_url, autocommit=True) as conn:
-                out["rows"] = conn.execute(queries.RETRY.pg, {
+                out["rows"] = conn.execute(transitions.RETRY.pg, {
                     "job_id": job, "attempt": 1, "delay_s": 60.0, "outcome": "failed", "error_type": "E",
                     "error_message": "boom", "traceback": None}).fetchall()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test
@@ -90,7 +88,7 @@ def test_retry_waits_out_the_relay_batch_then_upserts(db_url: str, relay_ends: s
     thread = _retry_in_thread(db_url, job, out)
     wait_until(lambda: _waiting_on_lock(db_url), timeout=10, what="RETRY waiting for the relay's batch")
     if relay_ends == "commits MARK_PUBLISHED":  # the row goes, the running status stays
-        holder.execute(relay_queries.MARK_PUBLISHED.pg, {"ids": [job]})
+        holder.execute(transitions.MARK_PUBLISHED.pg, {"ids": [job]})
         holder.commit()
     else:  # the relay died or its publish failed: its row stays
         holder.rollback()
@@ -110,12 +108,12 @@ def test_reap_skips_a_job_a_relay_holds_and_takes_it_next_round(db_url: str) -> 
     _start(db_url, job)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("UPDATE outbox.leases SET expires_at = now() - interval '1 second' WHERE job_id = %s", (job,))
-        reaped = conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall()  # returns at once
+        reaped = conn.execute(transitions.REAP.pg, {"limit": 10}).fetchall()  # returns at once
         assert reaped == []
         assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (1,)  # kept for the next round
         holder.rollback()  # the relay's batch ends; its row stays
         holder.close()
-        assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
+        assert conn.execute(transitions.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
         assert conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (job,)).fetchone() == ("retrying",)
         assert conn.execute("SELECT count(*), bool_and(available_at <= now()) FROM outbox.pending "
                             "WHERE job_id = %s", (job,)).fetchone() == (1, True)  # upserted, due now
@@ -135,12 +133,12 @@ def test_reap_skips_a_job_a_worker_is_finishing_and_takes_it_next_round(db_url: 
         finisher.execute("SELECT 1 FROM outbox.jobs WHERE id = %s FOR NO KEY UPDATE", (job,))
         try:
             conn.execute("SET statement_timeout = '5s'")  # waiting would fail the test, not hang it
-            assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == []
+            assert conn.execute(transitions.REAP.pg, {"limit": 10}).fetchall() == []
             assert conn.execute("SELECT count(*) FROM outbox.leases").fetchone() == (1,)
         finally:
             finisher.rollback()
             finisher.close()
-        assert conn.execute(worker_queries.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
+        assert conn.execute(transitions.REAP.pg, {"limit": 10}).fetchall() == [(job, "retry")]
 
 
 def test_heartbeat_skips_a_lease_another_statement_holds(db_url: str) -> None:
@@ -152,12 +150,12 @@ def test_heartbeat_skips_a_lease_another_statement_holds(db_url: str) -> None:
         holder.execute("SELECT 1 FROM outbox.leases WHERE job_id = %s FOR UPDATE", (job,))
         try:
             conn.execute("SET statement_timeout = '5s'")
-            conn.execute(worker_queries.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
+            conn.execute(transitions.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
             assert conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone() == before
         finally:
             holder.rollback()
             holder.close()
-        conn.execute(worker_queries.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
+        conn.execute(transitions.HEARTBEAT.pg, {"worker_id": "w", "lease_s": 300.0, "job_ids": [job]})
         after = conn.execute("SELECT expires_at FROM outbox.leases WHERE job_id = %s", (job,)).fetchone()
         assert after is not None and before is not None and after[0] > before[0]
 
@@ -167,7 +165,6 @@ def test_a_tier_override_moving_the_backlog_and_batched_starts_interleave_withou
     the task's backlog (``MOVE_BACKLOG``: pending rows, then job rows in id order); the worker then
     starts more jobs of that task before either commits. Neither waits for the other in a cycle:
     both commit, no deadlock, and every job ends either running or moved."""
-    from tierbox.ops import queries as api_queries
 
     with psycopg.connect(db_url) as conn:
         jobs = sorted(outbox.enqueue(conn, "sample.sync_calendar", args=[i]) for i in range(60))
@@ -179,13 +176,13 @@ def test_a_tier_override_moving_the_backlog_and_batched_starts_interleave_withou
     def move() -> None:
         try:
             with psycopg.connect(db_url) as conn:  # commits on exit
-                out["moved"] = conn.execute(api_queries.MOVE_BACKLOG.pg,
+                out["moved"] = conn.execute(transitions.MOVE_BACKLOG.pg,
                                             {"task": "sample.sync_calendar", "tier": "high"}).fetchall()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test
             out["error"] = exc
 
     try:
-        first = worker.execute(queries.START_MANY.pg, {**many, "job_ids": interleaved,
+        first = worker.execute(transitions.START_MANY.pg, {**many, "job_ids": interleaved,
                                                        "acked_early": [False] * 30, "tokens": [None] * 30}).fetchall()
         assert [r[1] for r in first] == ["run"] * 30
         mover = threading.Thread(target=move)
@@ -193,7 +190,7 @@ def test_a_tier_override_moving_the_backlog_and_batched_starts_interleave_withou
         wait_until(lambda: _one(db_url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                         "AND query LIKE %s", "%UPDATE outbox.pending p%") == 1,
                    timeout=10, what="MOVE_BACKLOG waiting for the batch's deleted pending rows")
-        second = worker.execute(queries.START_MANY.pg, {**many, "job_ids": late, "acked_early": [False] * 10,
+        second = worker.execute(transitions.START_MANY.pg, {**many, "job_ids": late, "acked_early": [False] * 10,
                                                         "tokens": [None] * 10}).fetchall()
         # Each of these job rows is free (the mover holds only pending rows so far): started at once.
         assert [r[1] for r in second] == ["run"] * 10

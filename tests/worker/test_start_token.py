@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 import outbox
-from outbox import _queries as queries
+from outbox import _transitions as transitions
 from outbox.config import Settings
 from outbox.registry import registry
 from outbox.tiers import PoolSpec
@@ -114,7 +114,7 @@ async def async_ctx(ctx: outbox.TaskContext, note: str) -> None:
 
 
 def _start(conn: psycopg.Connection[Any], job: uuid.UUID, token: uuid.UUID | None) -> tuple[str, int]:
-    row = conn.execute(queries.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
+    row = conn.execute(transitions.START_ATTEMPT.pg, {"job_id": job, "worker_id": "w", "lease_s": 30.0,
                                                   "acked_early": False, "token": token}).fetchone()
     assert row is not None
     return row[0], row[1]
@@ -137,9 +137,9 @@ def test_the_same_token_resumes_the_attempt_any_other_copy_is_a_duplicate(db_url
         assert conn.execute("SELECT attempts FROM outbox.jobs WHERE id = %s", (job,)).fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM outbox.attempts WHERE job_id = %s", (job,)).fetchone() == (1,)
         many = {"job_ids": [batched], "acked_early": [False], "tokens": [token], "worker_id": "w", "lease_s": 30.0}
-        first = conn.execute(queries.START_MANY.pg, many).fetchone()
-        again = conn.execute(queries.START_MANY.pg, many).fetchone()
-        other = conn.execute(queries.START_MANY.pg, {**many, "tokens": [uuid.uuid4()]}).fetchone()
+        first = conn.execute(transitions.START_MANY.pg, many).fetchone()
+        again = conn.execute(transitions.START_MANY.pg, many).fetchone()
+        other = conn.execute(transitions.START_MANY.pg, {**many, "tokens": [uuid.uuid4()]}).fetchone()
         assert first is not None and again is not None and other is not None
         assert (first[1], first[2]) == ("run", 1) and (again[1], again[2]) == ("run", 1)
         assert (other[1], other[2]) == ("running", 1)

@@ -1,0 +1,449 @@
+"""Every statement that changes a job's state, each with what it is for.
+
+A job's life (see docs/state_machine.md) is written only here: enqueue, the relay's claim
+and publish, a worker's start, heartbeat, success, retry, dead letter and deferral, the
+reaper, redrive and discard, an override moving a backlog, and pruning. Reads live beside
+the code that reads (``*queries.py``). The bodies of the SQL functions these statements
+call (``outbox.start_attempt``, ``outbox.reap``, ``outbox.redrive``, ...) are, as they
+stand now, in ``migrations/functions.sql``.
+
+Completion is fenced on the attempt number: a stale worker finishing late changes nothing.
+"""
+
+from __future__ import annotations
+
+from outbox._sql import Statement
+
+# --- Enqueue, redrive, discard, prune; and the worker's ledger transitions (shared by outbox.testing).
+
+# Insert a batch of jobs and their pending rows in one round trip. Rows whose
+# idempotency key already exists insert nothing and return the existing id. A task
+# with a tier override in force (outbox.tier_overrides) goes to the override's tier
+# unless the caller named a tier explicitly.
+ENQUEUE = Statement("enqueue", """
+WITH input AS (
+    SELECT *
+    FROM ROWS FROM (
+        unnest(CAST(:ids AS uuid[])), unnest(CAST(:tasks AS text[])), unnest(CAST(:tiers AS text[])),
+        unnest(CAST(:weights AS smallint[])), unnest(CAST(:priorities AS smallint[])),
+        -- Payloads and headers come as one JSON array each, not as a text[] of documents: the
+        -- driver escapes every quote of every element of a text array (measured: about 40 % of
+        -- enqueue_many's time for 10,000 jobs); one JSON text is sent as it is.
+        jsonb_array_elements(CAST(:payloads AS jsonb)), jsonb_array_elements(CAST(:headers AS jsonb)),
+        unnest(CAST(:keys AS text[])), unnest(CAST(:max_retries AS integer[])),
+        unnest(CAST(:run_ats AS timestamptz[])), unnest(CAST(:delays_s AS float8[])),
+        unnest(CAST(:expires_ats AS timestamptz[])), unnest(CAST(:expires_s AS float8[])),
+        unnest(CAST(:explicit AS boolean[]))
+    ) WITH ORDINALITY AS t(id, task, tier, weight, priority, payload, headers, idempotency_key,
+                          max_retries, run_at, delay_s, expires_at, expires_s, explicit_tier, ord)
+),
+routed AS (
+    SELECT input.*, COALESCE(ov.tier, input.tier) AS route_tier, COALESCE(ov.weight, input.weight) AS route_weight,
+           CASE WHEN ov.tier IS NULL THEN input.priority ELSE LEAST(input.priority, ov.weight) END AS route_priority
+    FROM input
+    LEFT JOIN LATERAL (
+        SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
+        WHERE o.task = input.task AND o.expires_at > now() AND NOT input.explicit_tier
+    ) AS ov ON true
+),
+ins AS (
+    INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
+                             available_at, expires_at)
+    SELECT id, task, route_tier, route_priority, payload, headers, idempotency_key, max_retries,
+           COALESCE(run_at, now() + make_interval(secs => COALESCE(delay_s, 0))),
+           COALESCE(expires_at, now() + make_interval(secs => expires_s))
+    FROM routed ORDER BY ord
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, tier, priority, available_at
+),
+pend AS (
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT ins.id, ins.tier, routed.route_weight, ins.priority, ins.available_at
+    FROM ins JOIN routed ON routed.id = ins.id
+)
+SELECT input.ord, COALESCE(ins.id, existing.id) AS id, ins.id IS NOT NULL AS created
+FROM input
+LEFT JOIN ins ON ins.id = input.id
+LEFT JOIN outbox.jobs AS existing
+       ON ins.id IS NULL AND existing.idempotency_key = input.idempotency_key
+ORDER BY input.ord
+""")
+
+# One job: the same effect as ENQUEUE for a single row, without the array machinery.
+# enqueue() is the hot path of every business transaction; measured on the 2-core box
+# this statement costs ~0.37 ms in the caller's transaction against ~1.1 ms for the
+# 14-array unnest form (bench/README.md, "enqueue overhead"). Returns the same
+# (ord, id, created) shape; a NULL id means a concurrent transaction committed the key
+# after our snapshot (the caller then looks it up by key).
+ENQUEUE_ONE = Statement("enqueue_one", """
+WITH ov AS (
+    SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
+    WHERE o.task = CAST(:task AS text) AND o.expires_at > now() AND NOT CAST(:explicit AS boolean)
+),
+ins AS (
+    INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
+                             available_at, expires_at)
+    SELECT CAST(:id AS uuid), CAST(:task AS text), COALESCE(ov.tier, CAST(:tier AS text)),
+           CASE WHEN ov.tier IS NULL THEN CAST(:priority AS smallint)
+                ELSE LEAST(CAST(:priority AS smallint), ov.weight) END,
+           CAST(:payload AS jsonb), CAST(:headers AS jsonb), CAST(:key AS text), CAST(:max_retries AS integer),
+           COALESCE(CAST(:run_at AS timestamptz),
+                    now() + make_interval(secs => COALESCE(CAST(:delay_s AS float8), 0))),
+           COALESCE(CAST(:expires_at AS timestamptz), now() + make_interval(secs => CAST(:expires_s AS float8)))
+    FROM (SELECT) AS one LEFT JOIN ov ON true
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, tier, priority, available_at
+),
+pend AS (
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT ins.id, ins.tier, COALESCE((SELECT weight FROM ov), CAST(:weight AS smallint)), ins.priority,
+           ins.available_at
+    FROM ins
+)
+SELECT 1, COALESCE((SELECT id FROM ins),  -- COALESCE stops at the first non-null: no lookup when inserted
+                   (SELECT id FROM outbox.jobs WHERE idempotency_key = CAST(:key AS text))),
+       EXISTS (SELECT FROM ins)
+""")
+
+# Redrive one dead letter through the shared SQL function; returns the new job id.
+REDRIVE = Statement("redrive", """
+SELECT outbox.redrive(CAST(:job_id AS uuid), CAST(:tier AS text), CAST(:by AS text), CAST(:reason AS text))
+""")
+
+# Discard one dead letter (kept for audit, never redriven).
+DISCARD = Statement("discard", """
+SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS text))
+""")
+
+# Delete a bounded batch of finished jobs past retention (short transactions, no long locks).
+PRUNE_BATCH = Statement("prune_batch", """
+WITH doomed AS (
+    SELECT id FROM outbox.jobs
+    WHERE finished_at IS NOT NULL
+      AND ((status IN ('succeeded', 'expired')
+            AND finished_at < now() - make_interval(secs => CAST(:succeeded_days AS float8) * 86400))
+        OR (status IN ('dead', 'discarded')
+            AND finished_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)))
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
+""")
+
+# Delete dead letters past retention that are settled (redriven or discarded) or name no job (garbage).
+PRUNE_DEAD_LETTERS = Statement("prune_dead_letters", """
+DELETE FROM outbox.dead_letters
+WHERE id IN (
+    SELECT id FROM outbox.dead_letters
+    WHERE (redriven_at IS NOT NULL OR discarded_at IS NOT NULL OR job_id IS NULL)
+      AND failed_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)
+    LIMIT :batch
+)
+""")
+
+
+# Decide whether a delivery runs; if so, count the attempt and take the lease (see the SQL function).
+START_ATTEMPT = Statement("ledger.start_attempt", """
+SELECT decision, attempt, max_retries, enqueued_at, headers
+FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean),
+                          CAST(:token AS uuid))
+""")
+
+# start_attempt for several deliveries in one statement (one commit): workers.batch.StartBatcher.
+# It never waits for a job row: the rows are locked first, in id order, SKIP LOCKED, so one job
+# row held elsewhere (an operator's transaction, a long MOVE_BACKLOG) cannot stall the whole batch;
+# start_attempt then re-locks each row it already holds. A job not locked here (held elsewhere, or
+# not in the ledger at all) comes back as 'busy': the worker starts that delivery alone
+# (START_ATTEMPT, which waits, or answers 'unknown'). n: the row's position in the arrays.
+START_MANY = Statement("ledger.start_many", """
+WITH req AS (
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:acked_early AS boolean[]), CAST(:tokens AS uuid[]))
+        WITH ORDINALITY AS s(job_id, acked_early, token, n)
+),
+free AS MATERIALIZED (
+    SELECT j.id FROM outbox.jobs j WHERE j.id = ANY(CAST(:job_ids AS uuid[])) ORDER BY j.id FOR UPDATE SKIP LOCKED
+),
+started AS MATERIALIZED (
+    SELECT req.n, r.decision, r.attempt, r.max_retries, r.enqueued_at, r.headers
+    FROM req JOIN free ON free.id = req.job_id
+    CROSS JOIN LATERAL outbox.start_attempt(req.job_id, :worker_id, CAST(:lease_s AS float8), req.acked_early,
+                                         req.token) AS r
+)
+SELECT n, decision, attempt, max_retries, enqueued_at, headers FROM started
+UNION ALL
+SELECT req.n, 'busy', 0, 0, NULL::timestamptz, NULL::jsonb FROM req WHERE req.job_id NOT IN (SELECT id FROM free)
+ORDER BY 1
+""")
+
+# Success, fenced on the attempt; runs in the handler's own transaction.
+SUCCEED = Statement("ledger.succeed", """
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+j AS (
+    UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    RETURNING id
+), a AS (
+    UPDATE outbox.attempts SET finished_at = (SELECT at FROM ts), outcome = 'succeeded'
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+)
+SELECT count(*) FROM j
+""")
+
+# Success of several sessionless attempts in one statement (workers.batch.SuccessBatcher):
+# SUCCEED for each (job_id, attempt) pair, fenced the same way; returns the ids that succeeded.
+SUCCEED_MANY = Statement("ledger.succeed_many", """
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+input AS (
+    SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:attempts AS integer[])) AS t(job_id, attempt)
+),
+-- Job rows locked in id order, as every multi-row ledger/relay statement does: no deadlock cycles.
+ordered AS MATERIALIZED (
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:job_ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
+),
+j AS (
+    UPDATE outbox.jobs SET status = 'succeeded', finished_at = (SELECT at FROM ts), last_error = NULL
+    FROM input
+    WHERE jobs.id = input.job_id AND jobs.attempts = input.attempt AND jobs.status = 'running'
+      AND jobs.id IN (SELECT id FROM ordered)
+    RETURNING jobs.id, jobs.attempts
+), a AS (
+    UPDATE outbox.attempts SET finished_at = (SELECT at FROM ts), outcome = 'succeeded'
+    FROM j WHERE attempts.job_id = j.id AND attempts.attempt = j.attempts
+), l AS (
+    DELETE FROM outbox.leases USING j WHERE leases.job_id = j.id
+)
+SELECT id, attempts FROM j
+""")
+
+# Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
+# The job's pending row may still exist: start_attempt does not wait for the relay that published
+# the attempt's message, so that relay may hold the row (and delete it when its batch commits).
+# Lock it first, in the relay's order (pending, then jobs), waiting out that batch; then upsert.
+RETRY = Statement("ledger.retry", """
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
+j AS (
+    UPDATE outbox.jobs
+    SET status = 'retrying', available_at = (SELECT at FROM ts) + make_interval(secs => CAST(:delay_s AS float8)),
+        last_error = :error_message
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+      AND (SELECT count(*) FROM locked) >= 0  -- evaluated before the job row is locked
+    RETURNING id, tier, priority, available_at
+), a AS (
+    UPDATE outbox.attempts
+    SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
+        error_message = :error_message, traceback = :traceback
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+), p AS (
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
+    FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
+    ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
+)
+SELECT count(*) FROM j
+""")
+
+# Final failure: mark dead and copy everything a redrive needs into dead_letters.
+DEAD = Statement("ledger.dead", """
+WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
+j AS (
+    UPDATE outbox.jobs SET status = 'dead', finished_at = (SELECT at FROM ts), last_error = :error_message
+    WHERE id = :job_id AND attempts = :attempt AND status = 'running'
+    RETURNING *
+), a AS (
+    UPDATE outbox.attempts
+    SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
+        error_message = :error_message, traceback = :traceback
+    WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
+), l AS (
+    DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
+), d AS (
+    INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                     error_message, traceback, attempts, enqueued_at, redrive_count, failed_at)
+    SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message, :traceback,
+           attempts, enqueued_at, redrive_count, finished_at
+    FROM j
+    ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+)
+SELECT count(*) FROM j
+""")
+
+
+# --- The relay: claim due rows, mark them published, expired or failed to publish.
+
+# Claim due pending rows, most urgent tier first, skipping rows another relay holds.
+# The row locks last until the batch's transaction ends (commit after confirms).
+# :min_weight is 0 for the main lane and the urgent weight for the urgent lane: a range
+# condition on the leading column of ix_pending_claim_order, so the urgent lane never
+# walks a BULK backlog to find nothing.
+CLAIM = Statement("relay.claim", """
+SELECT p.job_id, p.weight, j.task, j.tier, j.priority, j.payload::text, j.headers::text, j.attempts,
+       j.enqueued_at, (j.expires_at IS NOT NULL AND j.expires_at <= now()) AS expired
+FROM (
+    SELECT job_id, weight, priority, available_at FROM outbox.pending
+    WHERE available_at <= now() AND weight >= CAST(:min_weight AS smallint)
+      -- a paused tier's backlog waits here, not in the broker (outbox.pauses holds a handful of rows)
+      AND NOT EXISTS (SELECT 1 FROM outbox.pauses AS ps WHERE ps.scope = 'tier' AND ps.name = pending.tier)
+    ORDER BY weight DESC, priority DESC, available_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) AS p
+JOIN outbox.jobs AS j ON j.id = p.job_id
+ORDER BY p.weight DESC, p.priority DESC, p.available_at
+""")
+
+# Confirmed by the broker: drop the pending rows and stamp the ledger.
+# A worker may already have started the job (status running): keep its status.
+MARK_PUBLISHED = Statement("relay.mark_published", """
+WITH done AS (
+    DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
+),
+-- Job rows locked in id order (workers' batched successes lock in the same order): no deadlock cycle.
+-- (= ANY of the parameter, not IN (done): an index scan, where IN over a CTE planned a seq scan.)
+ordered AS MATERIALIZED (
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
+)
+UPDATE outbox.jobs AS j
+SET published_at = clock_timestamp(),
+    status = CASE WHEN j.status IN ('pending', 'retrying') THEN 'published' ELSE j.status END
+FROM done JOIN ordered ON ordered.id = done.job_id WHERE j.id = done.job_id
+""")
+
+# A batch that both publishes and expires rows locks all their job rows first, in id order, in one
+# statement: MARK_PUBLISHED and MARK_EXPIRED each lock in id order, but one after the other they
+# would lock two sorted runs, which a worker's batched success could cross (a deadlock cycle).
+LOCK_JOBS = Statement("relay.lock_jobs", """
+SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
+""")
+
+# Not confirmed (nack, return, timeout, closed channel): keep pending, try again later.
+MARK_PUBLISH_FAILED = Statement("relay.mark_publish_failed", """
+UPDATE outbox.pending
+SET available_at = now() + make_interval(secs => CAST(:delay_s AS float8)),
+    publish_attempts = publish_attempts + 1,
+    last_publish_error = :error
+WHERE job_id = ANY(CAST(:ids AS uuid[]))
+""")
+
+# Past expires_at before it was published: never run it, record why.
+MARK_EXPIRED = Statement("relay.mark_expired", """
+WITH done AS (
+    DELETE FROM outbox.pending WHERE job_id = ANY(CAST(:ids AS uuid[])) RETURNING job_id
+),
+ordered AS MATERIALIZED (  -- id order, as MARK_PUBLISHED
+    SELECT id FROM outbox.jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE
+)
+UPDATE outbox.jobs AS j
+SET status = 'expired', finished_at = now(), last_error = 'expired before it was published'
+FROM done JOIN ordered ON ordered.id = done.job_id
+WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'published')
+""")
+
+
+# --- The workers: dead letters without an attempt, heartbeats, the reaper, deferral.
+
+# A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
+# Locks the pending row first, in the relay's lock order (pending, then jobs), as DEFER and RETRY do.
+DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", """
+WITH locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
+j AS (
+    UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
+    WHERE id = :job_id AND status IN ('pending', 'published', 'retrying')
+      AND (SELECT count(*) FROM locked) >= 0  -- evaluated before the job row is locked
+    RETURNING *
+), p AS (
+    DELETE FROM outbox.pending WHERE job_id IN (SELECT id FROM j)
+), d AS (
+    INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                     error_message, attempts, enqueued_at, redrive_count)
+    SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message,
+           attempts, enqueued_at, redrive_count
+    FROM j
+    ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+)
+SELECT count(*) FROM j
+""")
+
+# A message that names no job we hold (garbage, foreign, or pruned): keep its raw body.
+DEAD_MESSAGE = Statement("worker.dead_message", """
+INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, raw_body, reason, error_type,
+                                 error_message)
+VALUES (CAST(:job_id AS uuid), :task, :tier, :priority, CAST(:payload AS jsonb), CAST(:headers AS jsonb),
+        :raw_body, :reason, :error_type, :error_message)
+ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+""")
+
+# Keep alive the leases of the jobs this worker is running right now. Only those: a lease whose
+# outcome could not be recorded (Postgres failed mid-finish) must expire so the reaper recovers it.
+# A lease another statement holds (a success or retry deleting it, the reaper) is skipped, never
+# waited for: the heartbeat then cannot be part of a lock cycle, and the next beat (lease_s / 3
+# later) renews a lease that is still there.
+HEARTBEAT = Statement("worker.heartbeat", """
+UPDATE outbox.leases SET expires_at = now() + make_interval(secs => CAST(:lease_s AS float8))
+WHERE job_id IN (
+    SELECT job_id FROM outbox.leases
+    WHERE worker_id = :worker_id AND job_id = ANY(CAST(:job_ids AS uuid[]))
+    FOR UPDATE SKIP LOCKED
+)
+""")
+
+# Recover expired leases (see the SQL function outbox.reap).
+REAP = Statement("worker.reap", """
+SELECT job_id, decision FROM outbox.reap(:limit)
+""")
+
+# Defer a job that may not start yet (paused, rate-limited, concurrency, open breaker) back through the
+# outbox, consuming no attempt. Locks the pending row first, in the relay's lock order (pending, then
+# jobs); a stale copy of a scheduled retry, a running or a finished job is left alone (no row returned).
+DEFER = Statement("worker.defer", """
+WITH locked AS (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
+j AS (
+    UPDATE outbox.jobs
+    SET status = 'pending', available_at = clock_timestamp() + make_interval(secs => CAST(:delay_s AS float8))
+    WHERE id = :job_id AND status IN ('pending', 'published', 'retrying')
+      AND NOT (status = 'retrying' AND available_at > now())
+      AND (SELECT count(*) FROM locked) >= 0
+    RETURNING id, tier, priority, available_at
+)
+INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
+FROM j LEFT JOIN outbox.tiers AS t ON t.name = j.tier
+ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
+RETURNING job_id
+""")
+
+
+# --- Operators: bulk redrive, moving a backlog to an override's tier.
+
+# One batch of a bulk redrive, through the shared SQL function (oldest first, SKIP LOCKED).
+REDRIVE_WHERE = Statement("ops.redrive_where", """
+SELECT job_id, new_job_id FROM outbox.redrive_where(
+    p_task => CAST(:task AS text), p_tier => CAST(:tier AS text), p_reason => CAST(:reason AS text),
+    p_since => CAST(:since AS timestamptz), p_until => CAST(:until AS timestamptz),
+    p_target_tier => CAST(:target_tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
+    p_limit => CAST(:limit AS integer))
+""")
+
+# Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
+# publishes it there); jobs already published keep their tier.
+MOVE_BACKLOG = Statement("ops.move_backlog", """
+WITH moved AS (
+    UPDATE outbox.pending p
+    SET tier = t.name, weight = t.weight, priority = LEAST(p.priority, t.weight)
+    FROM outbox.jobs j, outbox.tiers t
+    WHERE j.id = p.job_id AND j.task = :task AND t.name = :tier AND p.tier <> :tier
+    RETURNING p.job_id, p.priority
+),
+-- Job rows locked in id order, as every multi-row statement (a worker's batched start holds some
+-- of them and waits for the next in id order): no deadlock cycle.
+ordered AS MATERIALIZED (
+    SELECT j.id FROM moved m JOIN outbox.jobs j ON j.id = m.job_id ORDER BY j.id FOR NO KEY UPDATE OF j
+)
+UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
+FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
+RETURNING j.id
+""")
