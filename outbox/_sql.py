@@ -4,6 +4,11 @@ A :class:`Statement` is written once with ``:name`` parameters and runs on a
 SQLAlchemy ``Session``/``Connection`` (sync or async) or on a raw psycopg 3
 connection, so nothing is written twice for sync, async and raw paths.
 Statements never commit: the transaction always belongs to the caller.
+
+A statement that returns rows can name its row type (``row=``, a ``NamedTuple``):
+:func:`run` and :func:`run_async` then return those, so callers read ``row.job_id``,
+not ``row[0]``, and mypy checks the fields. A NamedTuple is still a tuple, so the
+columns' order stays the contract and the cost is one constructor call per row.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar, overload
 
 import psycopg
 from sqlalchemy import TextClause, text
@@ -24,15 +29,30 @@ from sqlalchemy.orm import Session
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 Row = Sequence[Any]
+#: A statement's row type: a NamedTuple class, or a plain tuple when the statement names none.
+R = TypeVar("R", bound=tuple[Any, ...])
+
+#: What enqueue and redrive accept as the caller's transaction, sync form.
+SyncSession: TypeAlias = "Session | SAConnection | psycopg.Connection[Any]"
+#: The async form: an ``AsyncSession``, an ``AsyncConnection`` or a psycopg ``AsyncConnection``.
+AsyncSessionLike: TypeAlias = "AsyncSession | SAAsyncConnection | psycopg.AsyncConnection[Any]"
 
 
-class Statement:
+class Statement(Generic[R]):
     """One SQL statement with ``:name`` parameters, runnable on every connection kind."""
 
-    __slots__ = ("_pg", "_sa", "name", "sql")
+    __slots__ = ("_pg", "_sa", "name", "row", "sql")
 
-    def __init__(self, name: str, sql: str) -> None:
+    @overload
+    def __init__(self: Statement[tuple[Any, ...]], name: str, sql: str) -> None: ...
+
+    @overload
+    def __init__(self, name: str, sql: str, row: type[R]) -> None: ...
+
+    def __init__(self, name: str, sql: str, row: type[R] | None = None) -> None:
         self.name = name
+        #: The NamedTuple each returned row becomes, or None for plain tuples.
+        self.row = row
         self.sql = sql.strip()
         self._sa: TextClause = text(self.sql)
         self._pg = _PARAM.sub(r"%(\1)s", self.sql.replace("%", "%%"))
@@ -51,33 +71,40 @@ class Statement:
         return f"Statement({self.name!r})"
 
 
-def run(conn: Any, stmt: Statement, params: Mapping[str, Any] | None = None) -> list[Row]:
+def _typed(stmt: Statement[R], rows: Sequence[Sequence[Any]]) -> list[R]:
+    make = stmt.row
+    if make is None:
+        return [tuple(r) for r in rows]  # type: ignore[misc]  # R is tuple[Any, ...] without row=
+    return [make(*r) for r in rows]
+
+
+def run(conn: Any, stmt: Statement[R], params: Mapping[str, Any] | None = None) -> list[R]:
     """Execute on a sync Session, Connection or psycopg connection; returns all rows."""
     params = dict(params or {})
     if isinstance(conn, Session):
         conn = conn.connection()
     if isinstance(conn, SAConnection):
         result = conn.execute(stmt.sa, params)
-        return [tuple(r) for r in result] if result.returns_rows else []
+        return _typed(stmt, list(result)) if result.returns_rows else []
     if isinstance(conn, psycopg.Connection):
         cur = conn.execute(stmt.pg, params, prepare=True)
-        return cur.fetchall() if cur.description else []
+        return _typed(stmt, cur.fetchall()) if cur.description else []
     raise TypeError(
         f"session: expected a SQLAlchemy Session/Connection or psycopg Connection, got {type(conn).__name__}"
     )
 
 
-async def run_async(conn: Any, stmt: Statement, params: Mapping[str, Any] | None = None) -> list[Row]:
+async def run_async(conn: Any, stmt: Statement[R], params: Mapping[str, Any] | None = None) -> list[R]:
     """Execute on an AsyncSession, AsyncConnection or psycopg AsyncConnection; returns all rows."""
     params = dict(params or {})
     if isinstance(conn, AsyncSession):
         conn = await conn.connection()
     if isinstance(conn, SAAsyncConnection):
         result = await conn.execute(stmt.sa, params)
-        return [tuple(r) for r in result] if result.returns_rows else []
+        return _typed(stmt, list(result)) if result.returns_rows else []
     if isinstance(conn, psycopg.AsyncConnection):
         cur = await conn.execute(stmt.pg, params, prepare=True)
-        return await cur.fetchall() if cur.description else []
+        return _typed(stmt, await cur.fetchall()) if cur.description else []
     raise TypeError(
         f"session: expected a SQLAlchemy AsyncSession/AsyncConnection or psycopg AsyncConnection, "
         f"got {type(conn).__name__}"

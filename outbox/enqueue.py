@@ -161,7 +161,7 @@ async def enqueue_many_async(session: Any, jobs: Iterable[JobSpec]) -> list[uuid
     return _ids(specs, rows, alias, found)
 
 
-def _statement(specs: list[JobSpec]) -> tuple[Statement, dict[str, Any], dict[int, int]]:
+def _statement(specs: list[JobSpec]) -> tuple[Statement[tuple[Any, ...]], dict[str, Any], dict[int, int]]:
     """The statement for this batch: the single-row form for one job (the hot path), else the array form."""
     if len(specs) == 1:
         s = specs[0]

@@ -45,7 +45,7 @@ class StartResult(msgspec.Struct, frozen=True):
         return cls(decision, attempt, max_retries, enqueued_at, headers or {})
 
 
-async def autocommit(conn: AsyncConnection, stmt: Statement, params: dict[str, Any]) -> list[Any]:
+async def autocommit(conn: AsyncConnection, stmt: Statement[Any], params: dict[str, Any]) -> list[Any]:
     """Run one statement on a checked-out connection not in a transaction, committed when it returns.
 
     It goes straight to the psycopg connection in autocommit mode (prepared, one round trip, no
