@@ -1,0 +1,248 @@
+-- The current definition of every function and trigger in schema outbox, as `alembic upgrade head`
+-- leaves them (tierbox.migrations). The migrations (migrations/versions/) are their history: how a
+-- database gets here. This file is what is there now, the place to read them.
+--
+-- tests/ledger/test_functions_sql.py compares this file with pg_get_functiondef/pg_get_triggerdef on a
+-- migrated database, so a migration that changes a function must change it here too (and the other
+-- way round: editing a body here changes nothing in a database until a migration says so).
+--
+-- Every statement is CREATE OR REPLACE, so the file can be run on a migrated database (PostgreSQL 14+)
+-- without changing anything. Function bodies are stored verbatim by Postgres: keep them byte for byte.
+
+-- Wake the relay when urgent work becomes due: one NOTIFY per INSERT statement on outbox.pending,
+-- sent only if the statement inserted a row of a tier with tiers.notify (or one the mirror does not
+-- know yet). Other rows wait for the relay's main-lane poll.
+-- Created by 0001; last changed by 0004 (notify only for urgent tiers, via a transition table).
+CREATE OR REPLACE FUNCTION outbox.notify_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM inserted AS i LEFT JOIN outbox.tiers AS t ON t.name = i.tier
+               WHERE t.notify IS DISTINCT FROM false) THEN
+        PERFORM pg_notify('tierbox_pending', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- The trigger that calls it, once per statement, with the inserted rows as the table `inserted`.
+-- Created by 0001; last changed by 0004 (REFERENCING NEW TABLE AS inserted).
+CREATE OR REPLACE TRIGGER notify_pending AFTER INSERT ON outbox.pending
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox.notify_pending();
+
+-- Begin an attempt for a delivered message, or say why not (one round trip per delivery; the
+-- worker's START_ATTEMPT and START_MANY call it). Decisions: run, finished, running, not_due, expired, unknown.
+-- Created by 0001; 0005 stopped it waiting for a pending row a relay holds; last changed by 0006
+-- (p_token: the same delivery asking again after a lost reply resumes its attempt).
+CREATE OR REPLACE FUNCTION outbox.start_attempt(p_job_id uuid, p_worker text, p_lease_s double precision,
+                                                p_acked_early boolean DEFAULT false, p_token uuid DEFAULT NULL)
+RETURNS TABLE (decision text, attempt integer, max_retries integer, enqueued_at timestamptz, headers jsonb)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    j outbox.jobs%ROWTYPE;
+BEGIN
+    -- the pending row is not awaited: a relay may hold it until its batch commits
+    SELECT * INTO j FROM outbox.jobs WHERE id = p_job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'unknown'::text, 0, 0, NULL::timestamptz, NULL::jsonb;
+        RETURN;
+    END IF;
+    IF j.status IN ('succeeded', 'dead', 'discarded', 'expired') THEN
+        RETURN QUERY SELECT 'finished'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    IF j.status = 'running' THEN
+        -- The same delivery asking again: its start committed but the reply was lost on the way.
+        -- The attempt is its own to run (same attempt number, lease renewed), not a duplicate.
+        IF p_token IS NOT NULL THEN
+            UPDATE outbox.leases SET expires_at = now() + make_interval(secs => p_lease_s)
+             WHERE job_id = p_job_id AND start_token = p_token AND attempt = j.attempts;
+            IF FOUND THEN
+                RETURN QUERY SELECT 'run'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+                RETURN;
+            END IF;
+        END IF;
+        RETURN QUERY SELECT 'running'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    IF j.status = 'retrying' AND j.available_at > now() THEN
+        RETURN QUERY SELECT 'not_due'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    -- a stale republish candidate; one a relay holds is its to delete (MARK_PUBLISHED) or republish
+    DELETE FROM outbox.pending p
+     WHERE p.job_id IN (SELECT q.job_id FROM outbox.pending q WHERE q.job_id = p_job_id FOR UPDATE SKIP LOCKED);
+    IF j.expires_at IS NOT NULL AND j.expires_at <= now() THEN
+        UPDATE outbox.jobs SET status = 'expired', finished_at = now(), last_error = 'expired before it started'
+         WHERE id = p_job_id;
+        RETURN QUERY SELECT 'expired'::text, j.attempts, j.max_retries, j.enqueued_at, j.headers;
+        RETURN;
+    END IF;
+    UPDATE outbox.jobs SET status = 'running', attempts = j.attempts + 1, started_at = now()
+     WHERE id = p_job_id;
+    INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at)
+    VALUES (p_job_id, j.attempts + 1, p_worker, now());
+    INSERT INTO outbox.leases (job_id, attempt, worker_id, expires_at, acked_early, start_token)
+    VALUES (p_job_id, j.attempts + 1, p_worker, now() + make_interval(secs => p_lease_s), p_acked_early, p_token);
+    RETURN QUERY SELECT 'run'::text, j.attempts + 1, j.max_retries, j.enqueued_at, j.headers;
+END $$;
+
+-- Recover jobs whose lease expired (their worker died or lost Postgres): the attempt is recorded
+-- as crashed and the job is due again at once, or dead-lettered (reason crashed) when its attempts
+-- are spent. Safe to run in every worker at once (SKIP LOCKED); the worker's reaper calls it.
+-- Created by 0001; last changed by 0005 (skips rows a relay or a finishing worker holds, upserts
+-- pending, takes leases in job id order).
+CREATE OR REPLACE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
+RETURNS TABLE (job_id uuid, decision text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    l outbox.leases%ROWTYPE;
+    j outbox.jobs%ROWTYPE;
+    w smallint;
+    msg text := 'lease expired: the worker died or lost its database connection';
+BEGIN
+    FOR l IN
+        SELECT * FROM (
+            SELECT * FROM outbox.leases le WHERE le.expires_at < now()
+            ORDER BY le.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+        ) AS expired ORDER BY expired.job_id  -- job rows in id order, as every multi-row statement
+    LOOP
+        -- A relay mid-batch on this job's pending row: do not wait for it while holding other jobs'
+        -- locks; the lease stays expired and the next round takes it.
+        PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id;
+        IF FOUND THEN
+            PERFORM 1 FROM outbox.pending p WHERE p.job_id = l.job_id FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+        END IF;
+        -- The job row before the lease's neighbours (the order every finishing statement uses: job,
+        -- attempts, lease), and never waited for: a worker finishing this job right now holds it.
+        SELECT * INTO j FROM outbox.jobs WHERE id = l.job_id FOR NO KEY UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        DELETE FROM outbox.leases le WHERE le.job_id = l.job_id;
+        UPDATE outbox.attempts a
+           SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg
+         WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
+        CONTINUE WHEN NOT (j.attempts = l.attempt AND j.status = 'running');
+        IF j.attempts >= j.max_retries + 1 THEN
+            UPDATE outbox.jobs SET status = 'dead', finished_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
+                                             error_message, attempts, enqueued_at, redrive_count)
+            VALUES (j.id, j.task, j.tier, j.priority, j.payload, j.headers, 'crashed', 'WorkerLost', msg,
+                    j.attempts, j.enqueued_at, j.redrive_count)
+            ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING;
+            job_id := j.id; decision := 'dead';
+        ELSE
+            SELECT t.weight INTO w FROM outbox.tiers t WHERE t.name = j.tier;
+            UPDATE outbox.jobs SET status = 'retrying', available_at = now(), last_error = msg WHERE id = j.id;
+            INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+            VALUES (j.id, j.tier, COALESCE(w, 5), j.priority, now())
+            ON CONFLICT ON CONSTRAINT pk_pending DO UPDATE SET available_at = EXCLUDED.available_at;
+            job_id := j.id; decision := 'retry';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Redrive one dead letter as a new job (same task, payload, headers); returns the new job id.
+-- Raises TB404 (no dead letter) or TB001 (refused). outbox.redrive() in Python calls it.
+-- Created by 0001; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.redrive(p_job_id uuid, p_tier text DEFAULT NULL, p_by text DEFAULT current_user,
+                                          p_reason text DEFAULT NULL) RETURNS uuid
+LANGUAGE plpgsql AS $$
+DECLARE
+    dl outbox.dead_letters%ROWTYPE;
+    new_id uuid := gen_random_uuid();
+    target text;
+    w smallint;
+    retries integer;
+BEGIN
+    SELECT * INTO dl FROM outbox.dead_letters WHERE job_id = p_job_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no dead letter for job %', p_job_id USING ERRCODE = 'TB404';
+    END IF;
+    IF dl.task IS NULL OR dl.payload IS NULL THEN
+        RAISE EXCEPTION 'dead letter of job % (reason %) holds no runnable job; discard it instead',
+            p_job_id, dl.reason USING ERRCODE = 'TB001';
+    END IF;
+    target := COALESCE(p_tier, dl.tier);
+    SELECT weight INTO w FROM outbox.tiers WHERE name = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tier % is not in outbox.tiers', target USING ERRCODE = 'TB001';
+    END IF;
+    UPDATE outbox.dead_letters
+       SET redriven_at = now(), redriven_by = p_by, redrive_reason = p_reason, new_job_id = new_id
+     WHERE id = dl.id AND redriven_at IS NULL AND discarded_at IS NULL;
+    IF NOT FOUND THEN
+        SELECT * INTO dl FROM outbox.dead_letters WHERE id = dl.id;
+        IF dl.discarded_at IS NOT NULL THEN
+            RAISE EXCEPTION 'job % was discarded at % by %; it cannot be redriven',
+                p_job_id, dl.discarded_at, dl.discarded_by USING ERRCODE = 'TB001';
+        END IF;
+        RAISE EXCEPTION 'job % was already redriven at % by % as job %',
+            p_job_id, dl.redriven_at, dl.redriven_by, dl.new_job_id USING ERRCODE = 'TB001';
+    END IF;
+    SELECT max_retries INTO retries FROM outbox.jobs WHERE id = p_job_id;
+    INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, max_retries, redrive_of, redrive_count)
+    VALUES (new_id, dl.task, target,
+            CASE WHEN target = dl.tier THEN COALESCE(dl.priority, w) ELSE w END,
+            dl.payload, dl.headers, COALESCE(retries, 3), p_job_id, dl.redrive_count + 1);
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT id, tier, w, priority, available_at FROM outbox.jobs WHERE id = new_id;
+    RETURN new_id;
+END $$;
+
+-- Redrive every matching dead letter not yet redriven or discarded (oldest first, at most p_limit);
+-- returns (job_id, new_job_id) per redrive. The operator API and CLI call it (REDRIVE_WHERE).
+-- Created by 0001; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.redrive_where(p_task text DEFAULT NULL, p_tier text DEFAULT NULL,
+                                                p_reason text DEFAULT NULL, p_since timestamptz DEFAULT NULL,
+                                                p_until timestamptz DEFAULT NULL, p_target_tier text DEFAULT NULL,
+                                                p_by text DEFAULT current_user, p_note text DEFAULT NULL,
+                                                p_limit integer DEFAULT 1000)
+RETURNS TABLE (job_id uuid, new_job_id uuid)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    candidate uuid;
+BEGIN
+    FOR candidate IN
+        SELECT d.job_id FROM outbox.dead_letters d
+        WHERE d.job_id IS NOT NULL AND d.task IS NOT NULL
+          AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+          AND (p_task IS NULL OR d.task = p_task)
+          AND (p_tier IS NULL OR d.tier = p_tier)
+          AND (p_reason IS NULL OR d.reason = p_reason)
+          AND (p_since IS NULL OR d.failed_at >= p_since)
+          AND (p_until IS NULL OR d.failed_at < p_until)
+        ORDER BY d.failed_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        job_id := candidate;
+        new_job_id := outbox.redrive(candidate, p_target_tier, p_by, p_note);
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
+-- Discard one dead letter: kept for audit, never redriven; a dead job becomes discarded.
+-- Raises TB404 (no dead letter) or TB001 (already redriven or discarded).
+-- Created by 0001; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.discard(p_job_id uuid, p_by text DEFAULT current_user, p_reason text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    dl outbox.dead_letters%ROWTYPE;
+BEGIN
+    UPDATE outbox.dead_letters
+       SET discarded_at = now(), discarded_by = p_by, discard_reason = p_reason
+     WHERE job_id = p_job_id AND redriven_at IS NULL AND discarded_at IS NULL;
+    IF NOT FOUND THEN
+        SELECT * INTO dl FROM outbox.dead_letters WHERE job_id = p_job_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'no dead letter for job %', p_job_id USING ERRCODE = 'TB404';
+        END IF;
+        RAISE EXCEPTION 'job % was already %', p_job_id,
+            CASE WHEN dl.discarded_at IS NOT NULL THEN 'discarded' ELSE 'redriven' END USING ERRCODE = 'TB001';
+    END IF;
+    UPDATE outbox.jobs SET status = 'discarded' WHERE id = p_job_id AND status = 'dead';
+END $$;
