@@ -14,10 +14,11 @@ The public surface is what this module exports; everything else is internal.
 
 from outbox.config import Settings
 from outbox.context import TaskContext
-from outbox.enqueue import configure, enqueue, enqueue_async, enqueue_many, enqueue_many_async, job
+from outbox.enqueue import JobOptions, configure, enqueue, enqueue_async, enqueue_many, enqueue_many_async, job
 from outbox.errors import (
     ConfigError,
     EnqueueError,
+    InvalidOptionError,
     InvalidScheduleError,
     NonRetryable,
     PayloadEncodeError,
@@ -25,6 +26,7 @@ from outbox.errors import (
     RedriveError,
     RegistryError,
     Reject,
+    SchemaOutdatedError,
     TierboxError,
     TopologyMismatchError,
     UnknownTaskError,
@@ -39,13 +41,16 @@ from outbox.tiers import Tier
 __all__ = [
     "ConfigError",
     "EnqueueError",
+    "InvalidOptionError",
     "InvalidScheduleError",
+    "JobOptions",
     "NonRetryable",
     "PayloadEncodeError",
     "PayloadTooLargeError",
     "RedriveError",
     "RegistryError",
     "Reject",
+    "SchemaOutdatedError",
     "Settings",
     "Task",
     "TaskContext",

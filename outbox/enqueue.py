@@ -13,16 +13,23 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
+from typing_extensions import Unpack
 
 from outbox import _queries as queries
 from outbox import _transitions as transitions
 from outbox._encoding import encode_headers, encode_payload
-from outbox._sql import Statement, run, run_async
+from outbox._sql import AsyncSessionLike, Statement, SyncSession, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
-from outbox.errors import ConfigError, InvalidScheduleError, UnknownTaskError, UnknownTierError
+from outbox.errors import (
+    ConfigError,
+    InvalidOptionError,
+    InvalidScheduleError,
+    UnknownTaskError,
+    UnknownTierError,
+)
 from outbox.registry import Registry, Task, registry
 from outbox.tiers import DEFAULT_TOPOLOGY, Tier, Topology
 
@@ -80,12 +87,43 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     explicit_tier: bool = False
 
 
-def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
-        delay: dt.timedelta | float | None = None, run_at: dt.datetime | None = None,
-        expires: dt.timedelta | float | dt.datetime | None = None, headers: Mapping[str, Any] | None = None,
-        priority: int | None = None, max_retries: int | None = None) -> JobSpec:
+class JobOptions(TypedDict, total=False):
+    """The options of one job, the keyword arguments of :func:`job`, :func:`enqueue` and :func:`enqueue_async`.
+
+    Spelled once here; each function takes them as ``**options``. An unknown name
+    raises :class:`~outbox.errors.InvalidOptionError` naming it.
+    """
+
+    #: Positional arguments of the handler (JSON-encodable). Defaults to none.
+    args: Sequence[Any]
+    #: Keyword arguments of the handler (JSON-encodable). Defaults to none.
+    kwargs: Mapping[str, Any] | None
+    #: A job with a key already used is not written again: the first job's id is returned.
+    idempotency_key: str | None
+    #: Run no earlier than this many seconds (or this timedelta) after commit. Excludes ``run_at``.
+    delay: dt.timedelta | float | None
+    #: Run no earlier than this aware datetime. Excludes ``delay``.
+    run_at: dt.datetime | None
+    #: Skip the job if it has not started by then: seconds or a timedelta from now, or an aware datetime.
+    expires: dt.timedelta | float | dt.datetime | None
+    #: Extra message headers (JSON-encodable), visible to the handler's ``ctx`` and in the ledger.
+    headers: Mapping[str, Any] | None
+    #: 0..255 inside the tier's queue; defaults to the task's priority, else the tier's weight.
+    priority: int | None
+    #: Retries after the first attempt; defaults to the task's ``max_retries``.
+    max_retries: int | None
+
+
+_OPTION_NAMES = frozenset(JobOptions.__annotations__)
+
+
+def job(task: Task | str, tier: Tier | str | None = None, **options: Unpack[JobOptions]) -> JobSpec:
     """Validate one job's arguments; raises an ``EnqueueError`` subclass naming the field."""
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        raise InvalidOptionError(unknown[0], f"no such option (known: {', '.join(sorted(_OPTION_NAMES))})")
+    args, kwargs = options.get("args", ()), options.get("kwargs")
+    delay, run_at, expires = options.get("delay"), options.get("run_at"), options.get("expires")
     t = _resolve_task(task)
     tier_name = _resolve_tier(t, tier)
     spec = _options.topology.spec(tier_name)
@@ -98,18 +136,15 @@ def job(task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any]
     expires_at, expires_s = _expiry(expires, run_at, delay_s)
     return JobSpec(
         id=uuid.uuid4(), task=t.name, tier=tier_name, weight=spec.weight,
-        priority=_priority(priority, t, spec.weight, spec.max_priority), payload=payload,
-        headers=encode_headers(headers), idempotency_key=_key(idempotency_key),
-        max_retries=_max_retries(max_retries, t), run_at=run_at, delay_s=delay_s,
+        priority=_priority(options.get("priority"), t, spec.weight, spec.max_priority), payload=payload,
+        headers=encode_headers(options.get("headers")), idempotency_key=_key(options.get("idempotency_key")),
+        max_retries=_max_retries(options.get("max_retries"), t), run_at=run_at, delay_s=delay_s,
         expires_at=expires_at, expires_s=expires_s, explicit_tier=tier is not None,
     )
 
 
-def enqueue(session: Any, task: Task | str, tier: Tier | str | None = None, *, args: Sequence[Any] = (),
-            kwargs: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
-            delay: dt.timedelta | float | None = None, run_at: dt.datetime | None = None,
-            expires: dt.timedelta | float | dt.datetime | None = None, headers: Mapping[str, Any] | None = None,
-            priority: int | None = None, max_retries: int | None = None) -> uuid.UUID:
+def enqueue(session: SyncSession, task: Task | str, tier: Tier | str | None = None,
+            **options: Unpack[JobOptions]) -> uuid.UUID:
     """Write one job through ``session``'s transaction and return its id.
 
     ``session`` is a SQLAlchemy ``Session`` or ``Connection`` or a psycopg 3
@@ -118,26 +153,18 @@ def enqueue(session: Any, task: Task | str, tier: Tier | str | None = None, *, a
     already used, nothing is written and the first job's id is returned.
     ``tier`` overrides the task's own tier. ``delay`` (seconds or timedelta)
     and ``run_at`` (aware datetime) are exclusive; ``expires`` is seconds, a
-    timedelta (both from now) or an aware datetime.
+    timedelta (both from now) or an aware datetime. :class:`JobOptions` documents every option.
     """
-    spec = job(task, tier, args=args, kwargs=kwargs, idempotency_key=idempotency_key, delay=delay,
-               run_at=run_at, expires=expires, headers=headers, priority=priority, max_retries=max_retries)
-    return enqueue_many(session, [spec])[0]
+    return enqueue_many(session, [job(task, tier, **options)])[0]
 
 
-async def enqueue_async(session: Any, task: Task | str, tier: Tier | str | None = None, *,
-                        args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-                        idempotency_key: str | None = None, delay: dt.timedelta | float | None = None,
-                        run_at: dt.datetime | None = None, expires: dt.timedelta | float | dt.datetime | None = None,
-                        headers: Mapping[str, Any] | None = None, priority: int | None = None,
-                        max_retries: int | None = None) -> uuid.UUID:
+async def enqueue_async(session: AsyncSessionLike, task: Task | str, tier: Tier | str | None = None,
+                        **options: Unpack[JobOptions]) -> uuid.UUID:
     """:func:`enqueue` for an ``AsyncSession``, ``AsyncConnection`` or async psycopg connection."""
-    spec = job(task, tier, args=args, kwargs=kwargs, idempotency_key=idempotency_key, delay=delay,
-               run_at=run_at, expires=expires, headers=headers, priority=priority, max_retries=max_retries)
-    return (await enqueue_many_async(session, [spec]))[0]
+    return (await enqueue_many_async(session, [job(task, tier, **options)]))[0]
 
 
-def enqueue_many(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
+def enqueue_many(session: SyncSession, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
     """Write a batch of jobs (built with :func:`job`) in one round trip; ids in input order."""
     specs = list(jobs)
     if not specs:
@@ -149,7 +176,7 @@ def enqueue_many(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
     return _ids(specs, rows, alias, found)
 
 
-async def enqueue_many_async(session: Any, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
+async def enqueue_many_async(session: AsyncSessionLike, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
     """:func:`enqueue_many` for async connections."""
     specs = list(jobs)
     if not specs:
@@ -305,7 +332,7 @@ def _expiry(expires: dt.timedelta | float | dt.datetime | None, run_at: dt.datet
 def _priority(priority: int | None, t: Task, weight: int, max_priority: int | None) -> int:
     value = priority if priority is not None else t.priority if t.priority is not None else weight
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise InvalidScheduleError("priority", f"must be an int within 0..255, got {value!r}")
+        raise InvalidOptionError("priority", f"must be an int within 0..255, got {value!r}")
     return min(value, max_priority) if max_priority is not None else value
 
 
@@ -313,7 +340,7 @@ def _key(key: str | None) -> str | None:
     if key is None:
         return None
     if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or "\x00" in key:
-        raise InvalidScheduleError(
+        raise InvalidOptionError(
             "idempotency_key", f"must be a non-empty str of at most {MAX_IDEMPOTENCY_KEY_CHARS} chars without NUL")
     return key
 
@@ -322,5 +349,5 @@ def _max_retries(value: int | None, t: Task) -> int:
     if value is None:
         return t.max_retries
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES_LIMIT:
-        raise InvalidScheduleError("max_retries", f"must be an int within 0..{MAX_RETRIES_LIMIT}, got {value!r}")
+        raise InvalidOptionError("max_retries", f"must be an int within 0..{MAX_RETRIES_LIMIT}, got {value!r}")
     return value

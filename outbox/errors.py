@@ -9,10 +9,12 @@
     │   ├── UnknownTierError       field "tier"
     │   ├── PayloadEncodeError     field "args" / "kwargs" / "headers"
     │   ├── PayloadTooLargeError   field "args"
-    │   └── InvalidScheduleError   field "delay" / "run_at" / "expires" / ...
+    │   ├── InvalidScheduleError   field "delay" / "run_at" / "expires"
+    │   └── InvalidOptionError     field "priority" / "idempotency_key" / "max_retries" / an unknown option
     ├── RegistryError          a task definition is wrong (duplicate name, bad policy)
     ├── RedriveError           a redrive or discard was refused (already redriven, ...)
-    └── TopologyMismatchError  a queue exists with other arguments than the topology says
+    ├── TopologyMismatchError  a queue exists with other arguments than the topology says
+    └── SchemaOutdatedError    the database's outbox schema is older than the code: run `tierbox migrate`
 
     Reject                     raised by a handler: fail now, never retry
                                (alias NonRetryable)
@@ -61,7 +63,11 @@ class PayloadTooLargeError(EnqueueError):
 
 
 class InvalidScheduleError(EnqueueError):
-    """delay/run_at/expires/priority/idempotency_key are contradictory or malformed."""
+    """delay, run_at or expires are contradictory or malformed."""
+
+
+class InvalidOptionError(EnqueueError):
+    """priority, idempotency_key or max_retries is malformed, or an option has no such name."""
 
 
 class RegistryError(TierboxError):

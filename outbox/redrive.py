@@ -11,13 +11,12 @@ transaction usable. Nothing is committed here.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
 from outbox import _transitions as transitions
-from outbox._sql import run, run_async, savepoint, savepoint_async
+from outbox._sql import AsyncSessionLike, SyncSession, run, run_async, savepoint, savepoint_async
 from outbox.errors import RedriveError
 from outbox.tiers import Tier
 
@@ -27,7 +26,7 @@ REFUSED_SQLSTATE = "TB001"
 NOT_FOUND_SQLSTATE = "TB404"
 
 
-def redrive(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
+def redrive(session: SyncSession, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
             by: str = "python", reason: str | None = None) -> uuid.UUID:
     """Re-enqueue a dead job as a new job (same task, payload, headers); returns the new id.
 
@@ -44,7 +43,7 @@ def redrive(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = Non
     return uuid.UUID(str(rows[0][0]))
 
 
-def discard(session: Any, job_id: uuid.UUID | str, *, by: str = "python", reason: str | None = None) -> None:
+def discard(session: SyncSession, job_id: uuid.UUID | str, *, by: str = "python", reason: str | None = None) -> None:
     """Mark a dead letter discarded (kept for audit, never redriven)."""
     params = {"job_id": str(job_id), "by": by, "reason": reason}
     try:
@@ -55,7 +54,7 @@ def discard(session: Any, job_id: uuid.UUID | str, *, by: str = "python", reason
         raise
 
 
-async def redrive_async(session: Any, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
+async def redrive_async(session: AsyncSessionLike, job_id: uuid.UUID | str, tier: Tier | str | None = None, *,
                         by: str = "python", reason: str | None = None) -> uuid.UUID:
     """:func:`redrive` for async sessions and connections."""
     params = {"job_id": str(job_id), "tier": str(tier) if tier else None, "by": by, "reason": reason}
