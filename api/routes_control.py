@@ -10,11 +10,13 @@ from litestar import Request, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import JSONBody, PathParameter
 
+from outbox.errors import FlowStateUnavailableError
 from tierbox.api import params
 from tierbox.api.guards import require
 from tierbox.api.openapi import ERRORS, WRITE_ERRORS
 from tierbox.api.routes_dlq import actor
 from tierbox.ops import control
+from tierbox.ops.errors import RequestError
 from tierbox.ops.models import MAX_TEXT
 
 #: A task name in a path.
@@ -126,10 +128,8 @@ async def list_breakers(state: State) -> dict[str, dict[str, Any]]:
     """Circuit-breaker states shared by every worker (history: ``outbox.breaker_events``)."""
     try:
         return await control.breakers(state.settings)
-    except Exception as exc:
-        from tierbox.ops.errors import RequestError
-
-        raise RequestError(503, f"Redis unreachable: {type(exc).__name__}", code="unavailable") from exc
+    except FlowStateUnavailableError as exc:  # an outage is reported, never answered as "no breakers"
+        raise RequestError(503, f"Redis unreachable: {exc}", code="unavailable") from exc
 
 
 ROUTES = [list_breakers, pause_tier, resume_tier, pause_task, resume_task, list_pauses, set_override, clear_override,

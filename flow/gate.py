@@ -69,6 +69,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
+from outbox.errors import FlowStateUnavailableError
 from outbox.flow import DEFAULT_BREAKER_POLICY, BreakerPolicy, RateLimit, parse_rate
 from outbox.registry import Task
 from tierbox.flow import scripts as gate_scripts
@@ -240,8 +241,10 @@ class Gate:
             return 0
 
     async def breaker_states(self) -> dict[str, dict[str, Any]]:
-        """Every breaker seen so far: ``{name: {state, failures, threshold, window_s, half_opens_in_s}}``
-        ({} if Redis is down).
+        """Every breaker seen so far: ``{name: {state, failures, threshold, window_s, half_opens_in_s}}``.
+
+        Raises :class:`~outbox.errors.FlowStateUnavailableError` when Redis does not answer:
+        ``{}`` would tell an operator "no breaker tripped" during the outage.
 
         ``state`` is the effective one: an open breaker whose open period is over reads
         ``half_open`` even before a job has made (and recorded) that transition. ``failures``
@@ -253,7 +256,7 @@ class Gate:
                 return await self._breaker_states()
         except _REDIS_DOWN as exc:
             self._redis_down("breaker_states", exc)
-            return {}
+            raise FlowStateUnavailableError(f"Redis did not answer: {type(exc).__name__}: {exc}") from exc
 
     def policy(self, breaker: str) -> BreakerPolicy:
         """The policy of ``breaker`` (the default unless configured)."""

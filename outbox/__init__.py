@@ -18,6 +18,7 @@ from outbox.enqueue import JobOptions, configure, enqueue, enqueue_async, enqueu
 from outbox.errors import (
     ConfigError,
     EnqueueError,
+    FlowStateUnavailableError,
     InvalidOptionError,
     InvalidScheduleError,
     NonRetryable,
@@ -41,6 +42,7 @@ from outbox.tiers import Tier
 __all__ = [
     "ConfigError",
     "EnqueueError",
+    "FlowStateUnavailableError",
     "InvalidOptionError",
     "InvalidScheduleError",
     "JobOptions",

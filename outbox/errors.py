@@ -14,7 +14,8 @@
     ├── RegistryError          a task definition is wrong (duplicate name, bad policy)
     ├── RedriveError           a redrive or discard was refused (already redriven, ...)
     ├── TopologyMismatchError  a queue exists with other arguments than the topology says
-    └── SchemaOutdatedError    the database's outbox schema is older than the code: run `tierbox migrate`
+    ├── SchemaOutdatedError    the database's outbox schema is older than the code: run `tierbox migrate`
+    └── FlowStateUnavailableError  Redis (flow control's shared state) did not answer a report
 
     Reject                     raised by a handler: fail now, never retry
                                (alias NonRetryable)
@@ -92,6 +93,14 @@ class TopologyMismatchError(TierboxError):
 
 class SchemaOutdatedError(TierboxError):
     """The database's ``outbox`` schema is older than this code needs: run ``tierbox migrate`` first."""
+
+
+class FlowStateUnavailableError(TierboxError):
+    """Redis, which holds flow control's shared state, did not answer a request for a report.
+
+    Admission fails open when Redis is down (jobs keep running); a report such as the
+    breakers' states cannot, since an empty answer would read as "no breaker tripped".
+    """
 
 
 class Reject(Exception):  # noqa: N818 - the name is the verb handlers raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,8 +11,11 @@ import pytest
 from litestar.testing import TestClient
 
 import outbox
+from outbox.config import Settings
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
-from tests.api.test_api import OPERATE, READ, assert_error, audit_rows, make_client, q
+from tests.api.test_api import OPERATE, READ, TOKENS, assert_error, audit_rows, make_client, q
+from tierbox.api.app import create_app
+from tierbox.api.config import ApiConfig
 
 
 @pytest.fixture
@@ -94,3 +98,33 @@ def test_cli_pause_resume_and_override_write_the_same_audit_rows(db_url: str) ->
 def test_breakers_are_listed_from_redis(client: TestClient[Any]) -> None:
     r = client.get("/admin/breakers", headers=READ)
     assert r.status_code == 200 and r.json() == {}  # this test's key prefix: no breaker has tripped
+
+
+async def test_a_tripped_breaker_is_listed_open(db_url: str, service_urls: dict[str, str]) -> None:
+    from outbox.registry import Task
+    from tierbox.flow.gate import Gate, connect
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = Settings(redis_url=service_urls["redis"], queue_prefix=prefix)
+    gate = Gate(settings, connect(settings), None)
+    task = Task(name="charge", fn=print, tier="normal", breaker="stripe")
+    try:
+        for _ in range(5):  # the default policy's threshold
+            await gate.record(task, ok=False)
+        with make_client(db_url, prefix=prefix) as client:
+            r = client.get("/admin/breakers", headers=READ)
+        assert r.status_code == 200, r.text
+        assert r.json()["stripe"]["state"] == "open" and r.json()["stripe"]["failures"] == 5
+    finally:
+        keys = [k async for k in gate.redis.scan_iter(match=f"{gate.prefix}:*")]
+        if keys:
+            await gate.redis.delete(*keys)
+        await gate.redis.aclose()
+
+
+def test_a_redis_outage_is_a_503_not_an_empty_list(db_url: str) -> None:
+    settings = Settings(database_url=db_url, redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    with TestClient(create_app(settings, ApiConfig(tokens=TOKENS))) as client:
+        r = client.get("/admin/breakers", headers=READ)
+    assert_error(r, 503, "unavailable")
+    assert "Redis" in r.json()["error"]["message"]
