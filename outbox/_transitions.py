@@ -13,6 +13,7 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 from __future__ import annotations
 
 from outbox._sql import Statement
+from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
 
 # --- Enqueue, redrive, discard, prune; and the worker's ledger transitions (shared by outbox.testing).
 
@@ -147,7 +148,7 @@ START_ATTEMPT = Statement("ledger.start_attempt", """
 SELECT decision, attempt, max_retries, enqueued_at, headers
 FROM outbox.start_attempt(CAST(:job_id AS uuid), :worker_id, CAST(:lease_s AS float8), CAST(:acked_early AS boolean),
                           CAST(:token AS uuid))
-""")
+""", row=StartRow)
 
 # start_attempt for several deliveries in one statement (one commit): workers.batch.StartBatcher.
 # It never waits for a job row: the rows are locked first, in id order, SKIP LOCKED, so one job
@@ -173,7 +174,7 @@ SELECT n, decision, attempt, max_retries, enqueued_at, headers FROM started
 UNION ALL
 SELECT req.n, 'busy', 0, 0, NULL::timestamptz, NULL::jsonb FROM req WHERE req.job_id NOT IN (SELECT id FROM free)
 ORDER BY 1
-""")
+""", row=StartManyRow)
 
 # Success, fenced on the attempt; runs in the handler's own transaction.
 SUCCEED = Statement("ledger.succeed", """
@@ -189,7 +190,7 @@ j AS (
     DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
 )
 SELECT count(*) FROM j
-""")
+""", row=Changed)
 
 # Success of several sessionless attempts in one statement (workers.batch.SuccessBatcher):
 # SUCCEED for each (job_id, attempt) pair, fenced the same way; returns the ids that succeeded.
@@ -215,7 +216,7 @@ j AS (
     DELETE FROM outbox.leases USING j WHERE leases.job_id = j.id
 )
 SELECT id, attempts FROM j
-""")
+""", row=Succeeded)
 
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
 # The job's pending row may still exist: start_attempt does not wait for the relay that published
@@ -245,7 +246,7 @@ j AS (
     ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
 )
 SELECT count(*) FROM j
-""")
+""", row=Changed)
 
 # Final failure: mark dead and copy everything a redrive needs into dead_letters.
 DEAD = Statement("ledger.dead", """
@@ -270,7 +271,7 @@ j AS (
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 )
 SELECT count(*) FROM j
-""")
+""", row=Changed)
 
 
 # --- The relay: claim due rows, mark them published, expired or failed to publish.
@@ -366,7 +367,7 @@ j AS (
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 )
 SELECT count(*) FROM j
-""")
+""", row=Changed)
 
 # A message that names no job we hold (garbage, foreign, or pruned): keep its raw body.
 DEAD_MESSAGE = Statement("worker.dead_message", """
@@ -394,7 +395,7 @@ WHERE job_id IN (
 # Recover expired leases (see the SQL function outbox.reap).
 REAP = Statement("worker.reap", """
 SELECT job_id, decision FROM outbox.reap(:limit)
-""")
+""", row=Reaped)
 
 # Defer a job that may not start yet (paused, rate-limited, concurrency, open breaker) back through the
 # outbox, consuming no attempt. Locks the pending row first, in the relay's lock order (pending, then
@@ -414,7 +415,7 @@ SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
 FROM j LEFT JOIN outbox.tiers AS t ON t.name = j.tier
 ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
 RETURNING job_id
-""")
+""", row=Deferred)
 
 
 # --- Operators: bulk redrive, moving a backlog to an override's tier.

@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 
+from outbox._attempts import attempts_left
+
 
 class TaskContext(msgspec.Struct, kw_only=True):
     """The running job: identity, attempt, and the session its success commits with.
@@ -31,4 +33,4 @@ class TaskContext(msgspec.Struct, kw_only=True):
     @property
     def is_last_attempt(self) -> bool:
         """True when a failure now dead-letters the job."""
-        return self.attempt >= self.max_retries + 1
+        return attempts_left(self.attempt, self.max_retries) == 0

@@ -36,6 +36,7 @@ import msgspec
 
 from outbox import _queries as queries
 from outbox import _transitions as transitions
+from outbox._attempts import attempts_left
 from outbox._encoding import decode_payload
 from outbox._failure import ErrorInfo
 from outbox._sql import run, savepoint
@@ -108,12 +109,12 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
     start = run(session, transitions.START_ATTEMPT, {"job_id": job_id, "worker_id": TESTING_WORKER_ID,
                                                   "lease_s": 3600.0, "acked_early": False,
                                                   "token": None})[0]
-    decision, attempt, max_retries, enqueued_at, headers = start
-    if decision != "run":
-        return DrainedJob(job_id, task_name, decision)
+    if start.decision != "run":
+        return DrainedJob(job_id, task_name, start.decision)
     task = reg.get(task_name)
+    attempt, max_retries = start.attempt, start.max_retries
     ctx = TaskContext(job_id=job_id, task=task_name, tier=tier, attempt=attempt, max_retries=max_retries,
-                      enqueued_at=enqueued_at, headers=headers or {}, session=session)
+                      enqueued_at=start.enqueued_at, headers=start.headers or {}, session=session)
     try:
         if task is None:
             raise LookupError(f"no handler registered as {task_name!r}")
@@ -129,7 +130,7 @@ def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, at
           exc: Exception) -> DrainedJob:
     error = ErrorInfo.of(exc).params()
     retryable = task is not None and task.retryable(exc)
-    if retryable and attempt < max_retries + 1:
+    if retryable and attempts_left(attempt, max_retries) > 0:
         run(session, transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",
                                      **error})
         return DrainedJob(job_id, task_name, "retrying", f"{type(exc).__name__}: {exc}")

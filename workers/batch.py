@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -38,6 +38,14 @@ RETRY_BACKOFF_S = (0.05, 0.25, 1.0)
 
 Request = TypeVar("Request")
 Outcome = TypeVar("Outcome")
+
+
+class StartRequest(NamedTuple):
+    """One delivery's start in a batch: its job, whether it is acked early (long task), its start token."""
+
+    job_id: uuid.UUID
+    acked_early: bool
+    token: uuid.UUID | None
 
 
 class OutcomeNotRecorded(Exception):  # noqa: N818 - names the outcome, like AttemptTimeout
@@ -123,7 +131,7 @@ class StartBatcher:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.group: GroupCommit[tuple[uuid.UUID, bool, uuid.UUID | None], StartResult] = GroupCommit(
+        self.group: GroupCommit[StartRequest, StartResult] = GroupCommit(
             ledger.engine, self._record, name="tierbox-start-batch", failure=_as_is)
 
     async def start(self, job_id: uuid.UUID, acked_early: bool, token: uuid.UUID | None = None) -> StartResult:
@@ -131,7 +139,7 @@ class StartBatcher:
 
         ``token``: the delivery's start token (see :meth:`Ledger.start`).
         """
-        result = await self.group.submit((job_id, acked_early, token))
+        result = await self.group.submit(StartRequest(job_id, acked_early, token))
         if result.decision != "busy":
             return result
         # Its job row is held elsewhere (or is not in the ledger): start it alone, waiting for the
@@ -140,17 +148,16 @@ class StartBatcher:
 
     async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:
         """Starts committed for deliveries whose slot was cancelled meanwhile (shutdown): job id, result."""
-        return [(request[0], result) for request, result in await self.group.settle()]
+        return [(request.job_id, result) for request, result in await self.group.settle()]
 
-    async def _record(self, conn: AsyncConnection,
-                      requests: list[tuple[uuid.UUID, bool, uuid.UUID | None]]) -> list[StartResult]:
+    async def _record(self, conn: AsyncConnection, requests: list[StartRequest]) -> list[StartResult]:
         # No sorting here: START_MANY itself locks the batch's job rows in id order.
         rows = await autocommit(conn, transitions.START_MANY, {
-            "job_ids": [r[0] for r in requests], "acked_early": [r[1] for r in requests],
-            "tokens": [r[2] for r in requests], "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
+            "job_ids": [r.job_id for r in requests], "acked_early": [r.acked_early for r in requests],
+            "tokens": [r.token for r in requests], "worker_id": self.ledger.worker_id, "lease_s": self.ledger.lease_s})
         results: list[Any] = [None] * len(requests)
         for row in rows:
-            results[row[0] - 1] = StartResult.of(row[1:])
+            results[row.n - 1] = StartResult.of(row)
         return results
 
 
@@ -173,7 +180,7 @@ class SuccessBatcher:
 async def _succeed_many(conn: AsyncConnection, requests: list[tuple[uuid.UUID, int]]) -> list[bool]:
     rows = await autocommit(conn, transitions.SUCCEED_MANY, {"job_ids": [job_id for job_id, _ in requests],
                                                          "attempts": [attempt for _, attempt in requests]})
-    done = {(r[0], r[1]) for r in rows}
+    done = {(r.job_id, r.attempt) for r in rows}
     return [request in done for request in requests]
 
 

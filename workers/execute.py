@@ -80,7 +80,7 @@ class Executor:
         try:
             await _call_in_time(task, payload, ctx)
             rows = await run_async(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
-            if rows[0][0] != 1:
+            if rows[0].jobs != 1:
                 await session.rollback()
                 return Result.FENCED
             await session.commit()
@@ -131,7 +131,7 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
             session.rollback()
             return Result.ABANDONED
         rows = run(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
-        if rows[0][0] != 1:
+        if rows[0].jobs != 1:
             session.rollback()
             return Result.FENCED
         session.commit()

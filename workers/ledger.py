@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import psycopg
@@ -23,10 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from outbox import _transitions as transitions
 from outbox._failure import ErrorInfo
 from outbox._sql import Statement, run_async
+from outbox._worker_rows import Reaped, StartManyRow, StartRow
 from tierbox.workers import queries
 
 #: Bytes of an unrunnable message's body kept in dead_letters.raw_body (the size is always recorded).
 MAX_RAW_BODY_BYTES = 64 * 1024
+
+R = TypeVar("R", bound=tuple[Any, ...])
 
 
 class StartResult(msgspec.Struct, frozen=True):
@@ -39,13 +42,12 @@ class StartResult(msgspec.Struct, frozen=True):
     headers: dict[str, Any]
 
     @classmethod
-    def of(cls, row: Any) -> StartResult:
-        """From a row of ``outbox.start_attempt``: decision, attempt, max_retries, enqueued_at, headers."""
-        decision, attempt, max_retries, enqueued_at, headers = row
-        return cls(decision, attempt, max_retries, enqueued_at, headers or {})
+    def of(cls, row: StartRow | StartManyRow) -> StartResult:
+        """From a row of ``START_ATTEMPT`` or ``START_MANY`` (no headers: an empty dict)."""
+        return cls(row.decision, row.attempt, row.max_retries, row.enqueued_at, row.headers or {})
 
 
-async def autocommit(conn: AsyncConnection, stmt: Statement[Any], params: dict[str, Any]) -> list[Any]:
+async def autocommit(conn: AsyncConnection, stmt: Statement[R], params: dict[str, Any]) -> list[R]:
     """Run one statement on a checked-out connection not in a transaction, committed when it returns.
 
     It goes straight to the psycopg connection in autocommit mode (prepared, one round trip, no
@@ -78,7 +80,7 @@ class Ledger:
         self.worker_id = worker_id
         self.lease_s = lease_s
 
-    async def _one(self, stmt: Any, params: dict[str, Any], conn: AsyncConnection | None = None) -> list[Any]:
+    async def _one(self, stmt: Statement[R], params: dict[str, Any], conn: AsyncConnection | None = None) -> list[R]:
         """Run one statement, committed when it returns (autocommit: one round trip)."""
         if conn is None:
             async with self.engine.connect() as own:
@@ -102,20 +104,20 @@ class Ledger:
         """Schedule the next attempt through the outbox; False if fenced out."""
         rows = await self._one(transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
                                                "outcome": outcome, **error.params()})
-        return bool(rows[0][0])
+        return bool(rows[0].jobs)
 
     async def dead(self, job_id: uuid.UUID, attempt: int, reason: str, outcome: str, error: ErrorInfo) -> bool:
         """Dead-letter after the final attempt; False if fenced out."""
         rows = await self._one(transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
                                               "outcome": outcome, **error.params()})
-        return bool(rows[0][0])
+        return bool(rows[0].jobs)
 
     async def dead_without_attempt(self, job_id: uuid.UUID, reason: str, error: ErrorInfo) -> bool:
         """Dead-letter a job that will not run (e.g. the broker dead-lettered it)."""
         rows = await self._one(transitions.DEAD_WITHOUT_ATTEMPT, {"job_id": job_id, "reason": reason,
                                                               "error_type": error.type,
                                                               "error_message": error.message})
-        return bool(rows[0][0])
+        return bool(rows[0].jobs)
 
     async def dead_message(self, *, tier: str, reason: str, error: ErrorInfo, raw_body: bytes | None,
                            headers: dict[str, Any], job_id: uuid.UUID | None = None, task: str | None = None,
@@ -144,6 +146,6 @@ class Ledger:
             await self._one(transitions.HEARTBEAT, {"worker_id": self.worker_id, "lease_s": self.lease_s,
                                                 "job_ids": job_ids})
 
-    async def reap(self, limit: int = 100) -> list[tuple[uuid.UUID, str]]:
-        """Recover expired leases: retry or dead-letter (crashed); returns (job_id, decision)."""
-        return [(r[0], r[1]) for r in await self._one(transitions.REAP, {"limit": limit})]
+    async def reap(self, limit: int = 100) -> list[Reaped]:
+        """Recover expired leases: retry or dead-letter (crashed); returns (job_id, decision) of each."""
+        return await self._one(transitions.REAP, {"limit": limit})
