@@ -1,4 +1,4 @@
-"""``tierbox demo``: the whole path on this machine, narrated.
+"""``make demo`` (``python -m examples.demo``): the whole path on this machine, narrated.
 
 Starts a relay and the four worker pools as real processes, enqueues sample
 jobs in every tier inside transactions (one of them rolled back), waits for
