@@ -103,7 +103,7 @@ def test_wheel_installs_only_outbox_and_tierbox_and_ships_the_migrations(dist: P
     assert top == ALLOWED_TOP_LEVEL
     revisions = [n for n in names if n.startswith("tierbox/migrations/versions/") and n.endswith(".py")]
     assert len(revisions) == len(list((ROOT / "migrations" / "versions").glob("0*.py"))) >= 6
-    assert "tierbox/migrations/env.py" in names and "tierbox/migrations/script.py.mako" in names
+    assert {"tierbox/migrations/env.py", "tierbox/migrations/script.py.mako", "tierbox/migrations/functions.sql"} <= set(names)
     assert "outbox/py.typed" in names and "tierbox/py.typed" in names
 
 
