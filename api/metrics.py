@@ -27,6 +27,7 @@ from tierbox.ops import queries
 from tierbox.ops import tier_health as tiers
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.models import TierHealth
+from tierbox.ops.queries import TableHealthRow
 
 #: The Prometheus text format's content type.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,7 +38,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
 
     tiers: list[TierHealth]
     dlq_open: dict[str, int]
-    tables: list[tuple[str, int, int, float | None]]
+    tables: list[TableHealthRow]
     oldest_xmin_age: int
     oldest_xact_s: float
 
@@ -46,11 +47,12 @@ async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe)
     """Read every number in one read-only transaction (plus the broker)."""
     async with engine.connect() as conn:
         health = await tiers.health(conn, settings, broker)
-        dlq = {r[0]: int(r[1]) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
-        tables = [(r[0], int(r[1]), int(r[2]), r[3]) for r in await run_async(conn, queries.TABLE_HEALTH)]
+        dlq = {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+        tables = [r._replace(live_tuples=int(r.live_tuples), dead_tuples=int(r.dead_tuples))
+                  for r in await run_async(conn, queries.TABLE_HEALTH)]
         xmin = (await run_async(conn, queries.OLDEST_XMIN))[0]
-    return Snapshot(tiers=health, dlq_open=dlq, tables=tables, oldest_xmin_age=int(xmin[0]),
-                    oldest_xact_s=float(xmin[1]))
+    return Snapshot(tiers=health, dlq_open=dlq, tables=tables, oldest_xmin_age=int(xmin.xmin_age),
+                    oldest_xact_s=float(xmin.xact_s))
 
 
 def render(snap: Snapshot) -> bytes:
@@ -117,11 +119,11 @@ class _SnapshotCollector(Collector):
     def _postgres(self) -> Iterator[Metric]:
         tables = self.snap.tables
         yield _gauge("tierbox_pg_live_tuples", "Live tuples per outbox table.", ["table"],
-                     (([t[0]], t[1]) for t in tables))
+                     (([t.relname], t.live_tuples) for t in tables))
         yield _gauge("tierbox_pg_dead_tuples", "Dead tuples per outbox table (bloat waiting for vacuum).",
-                     ["table"], (([t[0]], t[2]) for t in tables))
+                     ["table"], (([t.relname], t.dead_tuples) for t in tables))
         yield _gauge("tierbox_pg_since_vacuum_seconds", "Seconds since the table was last vacuumed.", ["table"],
-                     (([t[0]], t[3]) for t in tables))
+                     (([t.relname], t.since_vacuum_s) for t in tables))
         yield _gauge("tierbox_pg_oldest_xmin_age", "Age in transactions of the oldest xmin held by a session "
                      "(what keeps vacuum from removing dead tuples).", [], [([], self.snap.oldest_xmin_age)])
         yield _gauge("tierbox_pg_oldest_transaction_seconds", "Duration of the oldest open transaction.", [],

@@ -40,14 +40,14 @@ def schedule_rows(settings: Settings, now: dt.datetime | None = None) -> list[di
 
     now = now or dt.datetime.now(dt.UTC)
     with psycopg.connect(settings.psycopg_url, connect_timeout=5) as conn:
-        state = {r[0]: r for r in run(conn, LIST_SCHEDULES)}
+        state = {r.name: r for r in run(conn, LIST_SCHEDULES)}
     out = []
     for d in declared():
         row = state.get(d.name)
         out.append({
             "name": d.name, "task": d.task.name, "cron": d.schedule.expr, "tz": d.schedule.tz,
             "next_due": d.schedule.next_after(now).isoformat(), "expires_s": d.expires_s,
-            "last_due": row[6].isoformat() if row and row[6] else None,
-            "last_job": str(row[7]) if row and row[7] else None, "misfire": d.schedule.misfire,
+            "last_due": row.last_due_at.isoformat() if row and row.last_due_at else None,
+            "last_job": str(row.last_job_id) if row and row.last_job_id else None, "misfire": d.schedule.misfire,
         })
     return out

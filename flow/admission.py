@@ -54,7 +54,7 @@ class Admission:
         """Re-read the pauses in force."""
         async with self.engine.connect() as conn:
             rows = await run_async(conn, queries.PAUSES)
-        now = {(r[0], r[1]) for r in rows}
+        now = {(r.scope, r.name) for r in rows}
         for scope, name in now - self.paused:
             event(log, "worker.paused_seen", scope=scope, name=name)
         self.paused = now

@@ -45,4 +45,4 @@ async def record(conn: Any, actor: Actor, action: str, job_ids: Iterable[uuid.UU
         "job_ids": [str(j) for j in job_ids], "client_addr": actor.address, "result": result,
         "detail": msgspec.json.encode(detail or {}).decode(),
     })
-    return int(rows[0][0])
+    return int(rows[0].id)

@@ -67,7 +67,8 @@ async def resume(engine: AsyncEngine, actor: Actor, scope: Scope, name: str) -> 
 
 async def pauses(conn: Any) -> list[Pause]:
     """Every pause in force."""
-    return [Pause(*r) for r in await run_async(conn, queries.PAUSES)]
+    return [Pause(scope=r.scope, name=r.name, paused_at=r.paused_at, paused_by=r.paused_by, reason=r.reason)
+            for r in await run_async(conn, queries.PAUSES)]
 
 
 async def set_override(engine: AsyncEngine, actor: Actor, task: str, tier: str, expires_at: dt.datetime,
@@ -93,7 +94,9 @@ async def clear_override(engine: AsyncEngine, actor: Actor, task: str) -> bool:
 
 async def overrides(conn: Any) -> list[Override]:
     """Overrides still in force."""
-    return [Override(*r) for r in await run_async(conn, queries.OVERRIDES)]
+    return [Override(task=r.task, tier=r.tier, expires_at=r.expires_at, created_at=r.created_at,
+                     created_by=r.created_by, reason=r.reason)
+            for r in await run_async(conn, queries.OVERRIDES)]
 
 
 async def breakers(settings: Any) -> dict[str, dict[str, Any]]:

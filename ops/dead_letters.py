@@ -86,14 +86,15 @@ async def show(conn: Any, job_id: uuid.UUID) -> DeadLetterDetail:
 async def attempts(conn: Any, job_id: uuid.UUID) -> list[Attempt]:
     """Every attempt of ``job_id``, in order."""
     rows = await run_async(conn, queries.ATTEMPTS, {"job_id": str(job_id)})
-    return [Attempt(attempt=r[0], worker_id=r[1], started_at=r[2], finished_at=r[3], outcome=r[4],
-                    error_type=r[5], error_message=r[6], traceback_tail=r[7]) for r in rows]
+    return [Attempt(attempt=r.attempt, worker_id=r.worker_id, started_at=r.started_at, finished_at=r.finished_at,
+                    outcome=r.outcome, error_type=r.error_type, error_message=r.error_message,
+                    traceback_tail=r.traceback_tail) for r in rows]
 
 
 async def by_tier(conn: Any) -> list[TierReasonCount]:
     """Open dead letters counted per tier and reason."""
     rows = await run_async(conn, queries.DLQ_BY_TIER)
-    return [TierReasonCount(tier=r[0], reason=r[1], count=r[2]) for r in rows]
+    return [TierReasonCount(tier=r.tier, reason=r.reason, count=r.open_count) for r in rows]
 
 
 async def redrive(engine: AsyncEngine, actor: Actor, job_id: uuid.UUID, *, tier: str | None = None,
@@ -151,7 +152,7 @@ async def redrive_bulk(engine: AsyncEngine, actor: Actor, req: BulkRedriveReques
     if req.dry_run:
         async with engine.connect() as conn:
             rows = await run_async(conn, queries.REDRIVE_WHERE_COUNT, {**flt, "limit": req.limit})
-        return BulkRedriveResult(dry_run=True, count=int(rows[0][0]), batches=0, redriven=[])
+        return BulkRedriveResult(dry_run=True, count=int(rows[0].total), batches=0, redriven=[])
     done: list[Redriven] = []
     batches = 0
     while len(done) < req.limit:
@@ -177,7 +178,7 @@ async def _bulk_batch(engine: AsyncEngine, actor: Actor, req: BulkRedriveRequest
             if state not in (REFUSED_SQLSTATE, NOT_FOUND_SQLSTATE):
                 raise
             raise RedriveError(str(exc.orig).splitlines()[0], not_found=state == NOT_FOUND_SQLSTATE) from exc
-        batch = [Redriven(job_id=r[0], new_job_id=r[1]) for r in rows]
+        batch = [Redriven(job_id=r.job_id, new_job_id=r.new_job_id) for r in rows]
         await audit.record(conn, actor, "redrive_bulk", [b.job_id for b in batch], "ok", {
             "reason": req.reason, "target_tier": req.target_tier, "batch": number,
             "filter": msgspec.to_builtins(req.filter), "new_job_ids": [str(b.new_job_id) for b in batch]})

@@ -57,5 +57,5 @@ async def show(conn: Any, job_id: uuid.UUID) -> JobDetail:
     if not rows:
         raise RequestError(404, f"no job {job_id}")
     events = await run_async(conn, queries.TIMELINE, {"job_id": str(job_id)})
-    timeline = [TimelineEvent(at=e[0], event=e[1], attempt=e[2], detail=e[3]) for e in events]
+    timeline = [TimelineEvent(at=e.at, event=e.event, attempt=e.attempt, detail=e.detail) for e in events]
     return JobDetail(job=to_job(rows[0]), timeline=timeline)

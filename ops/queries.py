@@ -9,7 +9,17 @@ their values, so an absent filter folds away and the index that fits is used.
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any, NamedTuple
+
 from outbox._sql import Statement
+
+
+class CountRow(NamedTuple):
+    """A statement that counts: ``REDRIVE_WHERE_COUNT``, ``PING``."""
+
+    total: int
+
 
 #: Columns of ``outbox.failures`` the API shows, in the order the statements return them.
 DEAD_LETTER_COLUMNS = (
@@ -48,18 +58,39 @@ LIMIT :limit
 # One dead letter by its job id.
 DLQ_ONE = Statement("ops.dlq_one", f"SELECT {_DL} FROM outbox.failures WHERE job_id = CAST(:job_id AS uuid)")
 
+class AttemptRow(NamedTuple):
+    """``ATTEMPTS``: one attempt of a job."""
+
+    attempt: int
+    worker_id: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    outcome: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback_tail: str | None
+
+
 # Every attempt of a job, in order (the traceback cut to its tail).
 ATTEMPTS = Statement("ops.attempts", """
 SELECT attempt, worker_id, started_at, finished_at, outcome, error_type, error_message, right(traceback, 2000)
 FROM outbox.attempts WHERE job_id = CAST(:job_id AS uuid) ORDER BY attempt
-""")
+""", row=AttemptRow)
+
+class TierReasonCountRow(NamedTuple):
+    """``DLQ_BY_TIER``: open dead letters of one tier and reason."""
+
+    tier: str
+    reason: str
+    open_count: int
+
 
 # Open dead letters per tier and reason (the partial index on open rows).
 DLQ_BY_TIER = Statement("ops.dlq_by_tier", """
 SELECT tier, reason, count(*) FROM outbox.dead_letters
 WHERE redriven_at IS NULL AND discarded_at IS NULL
 GROUP BY tier, reason ORDER BY tier, reason
-""")
+""", row=TierReasonCountRow)
 
 # How many dead letters a bulk redrive would take: the candidate predicate of outbox.redrive_where.
 REDRIVE_WHERE_COUNT = Statement("ops.redrive_where_count", """
@@ -73,7 +104,13 @@ SELECT count(*) FROM (
       AND (CAST(:until AS timestamptz) IS NULL OR d.failed_at < :until)
     LIMIT :limit
 ) c
-""")
+""", row=CountRow)
+
+
+class AuditIdRow(NamedTuple):
+    """``AUDIT``: the id of the audit row just written."""
+
+    id: int
 
 
 # Record an admin action; runs in the transaction of the change it records.
@@ -81,7 +118,7 @@ AUDIT = Statement("ops.audit", """
 INSERT INTO outbox.admin_audit (actor, actor_kind, action, job_ids, client_addr, result, detail)
 VALUES (:actor, :actor_kind, :action, CAST(:job_ids AS uuid[]), :client_addr, :result, CAST(:detail AS jsonb))
 RETURNING id
-""")
+""", row=AuditIdRow)
 
 #: Columns of ``outbox.jobs`` the API shows.
 JOB_COLUMNS = (
@@ -107,12 +144,21 @@ ORDER BY enqueued_at DESC, id DESC
 LIMIT :limit
 """)
 
+class TimelineRow(NamedTuple):
+    """``TIMELINE``: one event of a job's life."""
+
+    at: dt.datetime
+    event: str
+    attempt: int | None
+    detail: dict[str, Any]
+
+
 # A job's life, oldest event first. Steps of one transaction (the attempt's and the job's finish) carry
 # clock_timestamp()s microseconds apart in either order: within a millisecond the logical order wins.
 TIMELINE = Statement("ops.timeline", """
 SELECT at, event, attempt, detail FROM outbox.job_timeline
 WHERE job_id = CAST(:job_id AS uuid) ORDER BY date_trunc('milliseconds', at), seq, attempt
-""")
+""", row=TimelineRow)
 
 #: Columns of ``outbox.tier_health``.
 TIER_HEALTH_COLUMNS = (
@@ -131,46 +177,86 @@ SELECT {", ".join(TIER_HEALTH_COLUMNS)} FROM outbox.tier_health ORDER BY weight 
 READ_TIMEOUT = Statement("ops.read_timeout", "SELECT set_config('statement_timeout', CAST(:ms AS text), true)")
 
 # Readiness: Postgres answers and the outbox schema is there.
-PING = Statement("ops.ping", "SELECT count(*) FROM outbox.tiers")
+PING = Statement("ops.ping", "SELECT count(*) FROM outbox.tiers", row=CountRow)
+
+class TableHealthRow(NamedTuple):
+    """``TABLE_HEALTH``: one outbox table's tuples and time since its last vacuum."""
+
+    relname: str
+    live_tuples: int
+    dead_tuples: int
+    #: None if the table was never vacuumed.
+    since_vacuum_s: float | None
+
 
 # Bloat of the outbox tables: live and dead tuples, seconds since the last (auto)vacuum.
 TABLE_HEALTH = Statement("ops.table_health", """
 SELECT relname, n_live_tup, n_dead_tup,
        EXTRACT(EPOCH FROM now() - GREATEST(last_vacuum, last_autovacuum))::float8
 FROM pg_stat_user_tables WHERE schemaname = 'outbox' ORDER BY relname
-""")
+""", row=TableHealthRow)
+
+class OldestXminRow(NamedTuple):
+    """``OLDEST_XMIN``: what holds back vacuum (0 and 0.0 when nothing does)."""
+
+    xmin_age: int
+    xact_s: float
+
 
 # What holds back vacuum: the oldest transaction's xmin age (in transactions) and duration (seconds).
 OLDEST_XMIN = Statement("ops.oldest_xmin", """
 SELECT COALESCE(max(age(backend_xmin)), 0)::bigint,
        COALESCE(EXTRACT(EPOCH FROM now() - min(xact_start)), 0)::float8
 FROM pg_stat_activity WHERE backend_xmin IS NOT NULL OR xact_start IS NOT NULL
-""")
+""", row=OldestXminRow)
+
+class TierCountRow(NamedTuple):
+    """``DLQ_OPEN_BY_TIER``: open dead letters of one tier."""
+
+    tier: str
+    open_count: int
+
 
 # Open dead letters per tier (the DLQ size gauge).
 DLQ_OPEN_BY_TIER = Statement("ops.dlq_open_by_tier", """
 SELECT tier, count(*) FROM outbox.dead_letters
 WHERE redriven_at IS NULL AND discarded_at IS NULL GROUP BY tier
-""")
+""", row=TierCountRow)
 
 # --- Flow control: pauses and tier overrides (revision 0003) -----------------------------------------
+
+class PausedAtRow(NamedTuple):
+    """``PAUSE`` and ``RESUME``: when the pause began (no row: nothing was paused, or already paused)."""
+
+    paused_at: dt.datetime
+
 
 # Pause a tier or task (idempotent: pausing twice keeps the first pause's time and author).
 PAUSE = Statement("ops.pause", """
 INSERT INTO outbox.pauses (scope, name, paused_by, reason) VALUES (:scope, :name, :by, :reason)
 ON CONFLICT (scope, name) DO NOTHING
 RETURNING paused_at
-""")
+""", row=PausedAtRow)
 
 # Resume: delete the pause; returns the row if there was one.
 RESUME = Statement("ops.resume", """
 DELETE FROM outbox.pauses WHERE scope = :scope AND name = :name RETURNING paused_at
-""")
+""", row=PausedAtRow)
+
+class PauseRow(NamedTuple):
+    """``PAUSES``: one pause in force."""
+
+    scope: str
+    name: str
+    paused_at: dt.datetime
+    paused_by: str
+    reason: str | None
+
 
 # Every pause in force.
 PAUSES = Statement("ops.pauses", """
 SELECT scope, name, paused_at, paused_by, reason FROM outbox.pauses ORDER BY scope, name
-""")
+""", row=PauseRow)
 
 # Route a task to another tier until a time (replaces an existing override of the task).
 SET_OVERRIDE = Statement("ops.set_override", """
@@ -182,13 +268,30 @@ SET tier = EXCLUDED.tier, expires_at = EXCLUDED.expires_at, created_at = now(),
 """)
 
 
+class ClearedOverrideRow(NamedTuple):
+    """``CLEAR_OVERRIDE``: the tier the dropped override routed to (no row: there was none)."""
+
+    tier: str
+
+
 # Drop a task's override (jobs already moved stay where they are).
 CLEAR_OVERRIDE = Statement("ops.clear_override", """
 DELETE FROM outbox.tier_overrides WHERE task = :task RETURNING tier
-""")
+""", row=ClearedOverrideRow)
+
+class OverrideRow(NamedTuple):
+    """``OVERRIDES``: one tier override in force."""
+
+    task: str
+    tier: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    created_by: str
+    reason: str | None
+
 
 # Overrides still in force.
 OVERRIDES = Statement("ops.overrides", """
 SELECT task, tier, expires_at, created_at, created_by, reason FROM outbox.tier_overrides
 WHERE expires_at > now() ORDER BY task
-""")
+""", row=OverrideRow)

@@ -12,6 +12,7 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 
 from __future__ import annotations
 
+from outbox._rows import ClaimedRow, MovedRow, RedrivenRow
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
 
@@ -295,7 +296,7 @@ FROM (
 ) AS p
 JOIN outbox.jobs AS j ON j.id = p.job_id
 ORDER BY p.weight DESC, p.priority DESC, p.available_at
-""")
+""", row=ClaimedRow)
 
 # Confirmed by the broker: drop the pending rows and stamp the ledger.
 # A worker may already have started the job (status running): keep its status.
@@ -427,7 +428,7 @@ SELECT job_id, new_job_id FROM outbox.redrive_where(
     p_since => CAST(:since AS timestamptz), p_until => CAST(:until AS timestamptz),
     p_target_tier => CAST(:target_tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
     p_limit => CAST(:limit AS integer))
-""")
+""", row=RedrivenRow)
 
 # Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
 # publishes it there); jobs already published keep their tier.
@@ -447,4 +448,4 @@ ordered AS MATERIALIZED (
 UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
 FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
 RETURNING j.id
-""")
+""", row=MovedRow)

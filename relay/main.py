@@ -153,9 +153,9 @@ async def _poke_on_stop(stop: asyncio.Event, wakeup: Wakeup) -> None:
 async def _log_lag(relay: Relay) -> None:
     lags = await relay.lag()
     for tier in relay.settings.topology.tiers:
-        metrics.LAG.labels(tier).set(lags.get(tier, (0, 0.0))[1])
-    for tier, (count, age_s) in sorted(lags.items()):
-        event(log, "relay.lag", tier=tier, due=count, oldest_age_s=round(age_s, 3))
+        metrics.LAG.labels(tier).set(lags[tier].oldest_s if tier in lags else 0.0)
+    for tier, lag in sorted(lags.items()):
+        event(log, "relay.lag", tier=tier, due=lag.due, oldest_age_s=round(lag.oldest_s, 3))
 
 
 def main(settings: Settings, metrics_port: int | None = None, lane: str = "all") -> int:

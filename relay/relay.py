@@ -44,10 +44,12 @@ import psycopg
 from outbox import _encoding as encoding
 from outbox import _transitions as transitions
 from outbox._logs import clip, event
+from outbox._rows import ClaimedRow
 from outbox._sql import run_async
 from outbox.config import Settings
 from tierbox.relay import counters as metrics
 from tierbox.relay import queries
+from tierbox.relay.queries import LagRow
 
 log = logging.getLogger("tierbox.relay")
 
@@ -142,8 +144,8 @@ class Relay:
                                                             "min_weight": self.min_weight})
             if not rows:
                 return 0
-            expired = [r[0] for r in rows if r[9]]
-            live = [r for r in rows if not r[9]]
+            expired = [r.job_id for r in rows if r.expired]
+            live = [r for r in rows if not r.expired]
             outcome = await self.publish(live)
             # Main lane only: a test holds a batch in flight and watches the urgent lane go past it.
             if outcome.confirmed and self._pause_before_commit_s and self.min_weight == 0:
@@ -166,25 +168,24 @@ class Relay:
                 break
         return total
 
-    async def publish(self, rows: Sequence[Sequence[Any]]) -> PublishOutcome:
+    async def publish(self, rows: Sequence[ClaimedRow]) -> PublishOutcome:
         """Publish claimed rows concurrently; each result is a confirm, a return or an error."""
         outcome = PublishOutcome()
         if not rows:
             return outcome
         results = await asyncio.gather(*(self._publish_one(r) for r in rows), return_exceptions=True)
         for row, result in zip(rows, results, strict=True):
-            job_id = row[0]
             if isinstance(result, aiormq.spec.Basic.Ack):
-                outcome.confirmed.append(job_id)
-                outcome.tiers[job_id] = row[3]
+                outcome.confirmed.append(row.job_id)
+                outcome.tiers[row.job_id] = row.tier
             else:
-                outcome.failed[job_id] = _describe(result)
-                _count_failure(row[3], result)
+                outcome.failed[row.job_id] = _describe(result)
+                _count_failure(row.tier, result)
         return outcome
 
-    async def _publish_one(self, row: Sequence[Any]) -> Any:
-        job_id, _weight, task, tier, priority, payload, headers, attempts, enqueued_at, _ = row
-        body, properties = build_publish(job_id, task, tier, priority, payload, headers, attempts, enqueued_at)
+    async def _publish_one(self, row: ClaimedRow) -> Any:
+        body, properties = build_publish(row.job_id, row.task, row.tier, row.priority, row.payload, row.headers,
+                                         row.attempts, row.enqueued_at)
         if self.channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
         # Straight to aiormq (what aio-pika's Exchange.publish calls after building an
@@ -192,7 +193,7 @@ class Relay:
         # per row (measured: build_message was ~10% of the relay's CPU).
         underlay = await self.channel.get_underlay_channel()
         return await underlay.basic_publish(
-            body, exchange=self.exchange.name, routing_key=tier, properties=properties, mandatory=True,
+            body, exchange=self.exchange.name, routing_key=row.tier, properties=properties, mandatory=True,
             timeout=self.settings.relay_confirm_timeout_s,
         )
 
@@ -215,13 +216,13 @@ class Relay:
         """Seconds until the earliest pending row is due (<= 0: due now); None if none."""
         async with self.db.transaction():
             rows = await run_async(self.db, queries.NEXT_DUE_IN, {"min_weight": self.min_weight})
-        return rows[0][0] if rows and rows[0][0] is not None else None
+        return rows[0].due_in_s if rows else None
 
-    async def lag(self) -> dict[str, tuple[int, float]]:
+    async def lag(self) -> dict[str, LagRow]:
         """Per tier: due rows not yet published and the age in seconds of the oldest."""
         async with self.db.transaction():
             rows = await run_async(self.db, queries.LAG)
-        return {r[0]: (int(r[1]), float(r[2])) for r in rows}
+        return {r.tier: LagRow(r.tier, int(r.due), float(r.oldest_s)) for r in rows}
 
 
 def build_publish(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,

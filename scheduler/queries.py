@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from typing import NamedTuple
+
 from outbox._sql import Statement
+
+
+class ScheduleStateRow(NamedTuple):
+    """``SCHEDULE_STATE``: where a schedule's next runs are counted from, and its last run's due time."""
+
+    name: str
+    #: ``last_due_at``, or when the row was first written for a schedule that has never run.
+    anchor: dt.datetime
+    last_due_at: dt.datetime | None
+
+
+class AdvancedRow(NamedTuple):
+    """``ADVANCE``: the schedule that moved (no row: a stale leader was fenced)."""
+
+    name: str
+
+
+class ScheduleRow(NamedTuple):
+    """``LIST_SCHEDULES``: one stored schedule, as ``outbox.schedules`` holds it."""
+
+    name: str
+    task: str
+    cron: str
+    tz: str
+    expires_s: float
+    misfire: str
+    last_due_at: dt.datetime | None
+    last_job_id: uuid.UUID | None
+    last_enqueued_at: dt.datetime | None
+    updated_at: dt.datetime
+
 
 # Record a declared schedule; a changed declaration keeps its last-run state, an unchanged one is not
 # rewritten (updated_at anchors a schedule that has never run, so it must not move on every tick).
@@ -21,7 +56,7 @@ WHERE (s.task, s.cron, s.tz, s.expires_s, s.misfire)
 SCHEDULE_STATE = Statement("scheduler.schedule_state", """
 SELECT name, COALESCE(last_due_at, updated_at) AS anchor, last_due_at
 FROM outbox.schedules WHERE name = ANY(CAST(:names AS text[]))
-""")
+""", row=ScheduleStateRow)
 
 # Advance one schedule past a run, in the run's enqueue transaction. The guard on the previous
 # value fences a stale leader: if anyone advanced it meanwhile, no row comes back and we roll back.
@@ -33,10 +68,10 @@ SET last_due_at = CAST(:due AS timestamptz), last_job_id = COALESCE(CAST(:job_id
     updated_at = now()
 WHERE name = :name AND last_due_at IS NOT DISTINCT FROM CAST(:previous AS timestamptz)
 RETURNING name
-""")
+""", row=AdvancedRow)
 
 # Every stored schedule, for `tierbox schedules`.
 LIST_SCHEDULES = Statement("scheduler.list_schedules", """
 SELECT name, task, cron, tz, expires_s, misfire, last_due_at, last_job_id, last_enqueued_at, updated_at
 FROM outbox.schedules ORDER BY name
-""")
+""", row=ScheduleRow)

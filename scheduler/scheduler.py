@@ -186,8 +186,9 @@ class Scheduler:
                 run(conn, q.UPSERT_SCHEDULE, {"name": d.name, "task": d.task.name, "cron": d.schedule.expr,
                                               "tz": d.schedule.tz, "expires_s": d.expires_s,
                                               "misfire": d.schedule.misfire})
-            state = {r[0]: (r[1], r[2]) for r in run(conn, q.SCHEDULE_STATE, {"names": [d.name for d in schedules]})}
-        enqueued = sum(self._tick_one(conn, d, *state[d.name], now) for d in schedules)
+            state = {r.name: r for r in run(conn, q.SCHEDULE_STATE, {"names": [d.name for d in schedules]})}
+        enqueued = sum(self._tick_one(conn, d, state[d.name].anchor, state[d.name].last_due_at, now)
+                       for d in schedules)
         self._next_due = min((d.schedule.next_after(now) for d in schedules), default=None)
         return enqueued
 

@@ -1,0 +1,42 @@
+"""Row types of the statements in :mod:`outbox._transitions` that return rows to the relay and operators.
+
+Each is a ``NamedTuple`` whose fields are the statement's columns in order (``Statement(..., row=)``),
+so callers read ``row.job_id`` where they used to read ``row[0]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import NamedTuple
+
+
+class ClaimedRow(NamedTuple):
+    """A due pending row the relay claimed (``CLAIM``), with what its message needs."""
+
+    job_id: uuid.UUID
+    weight: int
+    task: str
+    tier: str
+    priority: int
+    #: ``jobs.payload`` as JSON text (the envelope carries it unparsed).
+    payload: str
+    #: ``jobs.headers`` as JSON text.
+    headers: str
+    attempts: int
+    enqueued_at: dt.datetime
+    #: Past ``expires_at``: the relay marks it expired instead of publishing it.
+    expired: bool
+
+
+class RedrivenRow(NamedTuple):
+    """One dead letter a bulk redrive (``REDRIVE_WHERE``) turned into a new job."""
+
+    job_id: uuid.UUID
+    new_job_id: uuid.UUID
+
+
+class MovedRow(NamedTuple):
+    """A job whose backlog row ``MOVE_BACKLOG`` moved to an override's tier."""
+
+    job_id: uuid.UUID
