@@ -72,9 +72,11 @@ def relay(metrics_port: int | None, lane: str, **overrides: Any) -> None:
 @click.option("--amqp-url", help="RabbitMQ URL.")
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, help="Seconds in-flight jobs get after SIGTERM [30].")
 @click.option("--metrics-port", type=int, help="Serve this process's Prometheus counters on 127.0.0.1:PORT.")
+@click.option("--burst", is_flag=True, help="Exit 0 once the pool's queues are empty and nothing is in flight "
+                                            "(retries due within a moment included) instead of waiting for SIGTERM.")
 @one_line_errors
 def worker(pool: str | None, queues: str | None, concurrency: int | None, prefetch: int | None,
-           metrics_port: int | None, **overrides: Any) -> None:
+           metrics_port: int | None, burst: bool, **overrides: Any) -> None:
     """Run one worker pool."""
     from outbox.enqueue import configure
     from outbox.registry import import_app, registry
@@ -87,7 +89,7 @@ def worker(pool: str | None, queues: str | None, concurrency: int | None, prefet
     if failures:
         raise TierboxError("; ".join(failures))
     configure(topology=settings.topology, max_payload_bytes=settings.max_payload_bytes)
-    sys.exit(main(settings, name, spec, registry, metrics_port))
+    sys.exit(main(settings, name, spec, registry, metrics_port, burst=burst))
 
 
 @click.command(help="Check the task registry and topology; exit 1 listing every problem.")

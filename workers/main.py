@@ -1,7 +1,8 @@
-"""The ``tierbox worker`` process: one pool, until SIGTERM/SIGINT, then a graceful stop (exit 0)."""
+"""The ``tierbox worker`` process: one pool until SIGTERM/SIGINT (``--burst``: until drained), then a graceful stop."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 
@@ -36,13 +37,22 @@ def pool_spec(settings: Settings, pool: str | None, queues: str | None, concurre
     return name, spec
 
 
-def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metrics_port: int | None = None) -> int:
-    """Run the pool (serving its counters on ``metrics_port`` if given); returns the exit code."""
+def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metrics_port: int | None = None, *,
+         burst: bool = False) -> int:
+    """Run the pool (serving its counters on ``metrics_port`` if given); returns the exit code.
+
+    ``burst``: return once the pool is drained (:meth:`Pool.drain`) instead of running until signalled.
+    """
     if metrics_port:
         from tierbox.workers.counters import serve
 
         serve(metrics_port)
-    serve_until_signalled(lambda stop: Pool(settings, name, spec, registry).run(stop))
+
+    async def work(stop: asyncio.Event) -> None:
+        pool = Pool(settings, name, spec, registry)
+        await (pool.drain(stop) if burst else pool.run(stop))
+
+    serve_until_signalled(work)
     if threading.active_count() > 1:
         # Abandoned sync handlers (timeouts, grace period over) would hold the interpreter open.
         os._exit(0)

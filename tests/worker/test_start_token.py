@@ -13,9 +13,7 @@ connection raises.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
@@ -25,36 +23,12 @@ import pytest
 import outbox
 from outbox import _transitions as transitions
 from outbox.config import Settings
-from outbox.registry import registry
-from outbox.tiers import PoolSpec
-from tierbox.relay import Relay
+from tests.worker.inprocess import high_pool, published
 from tierbox.workers import pool as pool_module
 from tierbox.workers.pool import Pool
 
 RUNS: list[str] = []
 LOST_REPLY = "consuming input failed: server closed the connection unexpectedly (test: reply lost after commit)"
-
-
-async def _published(settings: Settings, count: int) -> None:
-    """Publish the outbox's jobs to their queues (the relay also declares the topology)."""
-    relay = await Relay.connect(settings)
-    try:
-        assert await relay.drain() == count
-    finally:
-        await relay.close()
-
-
-@contextlib.asynccontextmanager
-async def _high_pool(settings: Settings) -> AsyncIterator[Pool]:
-    """A pool over the ``high`` queue, in this process, not consuming: the test hands it messages."""
-    pool = Pool(settings, "high", PoolSpec(tiers=("high",)), registry)
-    try:
-        yield pool
-    finally:
-        pool.executor.shutdown()
-        await pool.admission.close()
-        await pool.async_engine.dispose()
-        pool.sync_engine.dispose()
 
 
 async def _process_queued(settings: Settings, pool: Pool, count: int) -> Any:
@@ -152,9 +126,9 @@ async def test_a_lost_start_reply_resumes_the_attempt_instead_of_leaving_it_to_t
     with psycopg.connect(settings.psycopg_url) as conn:
         jobs = {note: outbox.enqueue(conn, task, args=[note])
                 for note, task in (("batched-sync", sync_ctx), ("batched-async", async_plain), ("alone", async_ctx))}
-    await _published(settings, 3)
+    await published(settings, 3)
     lost: list[uuid.UUID] = []
-    async with _high_pool(settings) as pool:
+    async with high_pool(settings) as pool:
         _lose_the_first_start_reply_of_each_job(pool, lost)
         assert await _process_queued(settings, pool, len(jobs)) is None  # every message acked, none requeued
 
@@ -184,9 +158,9 @@ async def test_a_retry_after_a_lost_start_reply_is_not_admitted_again(
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, rate_limited, args=["paid once"])
-    await _published(settings, 1)
+    await published(settings, 1)
     lost: list[uuid.UUID] = []
-    async with _high_pool(settings) as pool:
+    async with high_pool(settings) as pool:
         _lose_the_first_start_reply_of_each_job(pool, lost)
         await _process_queued(settings, pool, 1)
     assert lost == [job] and RUNS == ["paid once"]
@@ -212,12 +186,12 @@ async def test_once_the_handler_ran_a_retried_delivery_does_not_run_it_again_in_
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, fails, args=["once"])
-    await _published(settings, 1)
+    await published(settings, 1)
 
     async def retry_not_recorded(*args: Any, **kw: Any) -> bool:
         raise psycopg.OperationalError(LOST_REPLY)
 
-    async with _high_pool(settings) as pool:
+    async with high_pool(settings) as pool:
         pool.ledger.retry = retry_not_recorded  # type: ignore[method-assign]
         await _process_queued(settings, pool, 1)
     assert RUNS == ["once"]  # not run again by the retried delivery
