@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -52,10 +51,10 @@ async def test_same_message_delivered_twice_runs_once(system: System) -> None:
         await relay.exchange.publish(relay_message(system, job), routing_key="high", mandatory=True)
     finally:
         await relay.close()
-    worker = system.worker()
+    worker = system.worker("--pool", "urgent", "--burst")  # returns once both copies are handled
+    assert worker.wait(60) == 0
     system.wait_status(job, "succeeded")
-    await asyncio.sleep(1.0)  # let the second copy arrive and be absorbed
-    out = stop_and_read(worker)
+    out = worker.output()
     assert "skipped_finished=1" in out or "skipped_running=1" in out, out[-2000:]
     assert system.runs(job) == 1 and len(system.effects(job)) == 1
 
@@ -85,10 +84,12 @@ def test_start_does_not_wait_for_the_relay_batch_and_the_republish_is_absorbed(s
     assert system.q("SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == [(1,)]
     held.kill(signal.SIGKILL)
     held.wait()
+    stop_and_read(worker)
     system.relay()  # publishes the row again: its batch was never committed
     system.wait(lambda: system.q("SELECT count(*) FROM outbox.pending") == [(0,)], what="row republished")
-    time.sleep(1.5)  # the copy is in the queue (confirmed); let the worker take it
-    assert "skipped_finished=1" in stop_and_read(worker)  # counters are printed on stop
+    absorber = system.worker("--pool", "normal", "--burst")  # the copy is in the queue (confirmed)
+    assert absorber.wait(60) == 0
+    assert "skipped_finished=1" in absorber.output()  # counters are printed on stop
     assert system.runs(job) == 1 and system.effects(job) == [(1, "in flight")]
     assert system.outcomes(job) == ["succeeded"] and system.status(job) == "succeeded"
 
