@@ -3,8 +3,8 @@
 Each message becomes one :class:`~tierbox.workers.delivery.Delivery`, finished exactly once:
 its outcome recorded in Postgres, its admission released, then the message acked (late: a crash
 before the outcome is committed leaves it unacked, so RabbitMQ redelivers it; ``long=True``
-tasks are acked once their lease is committed). Postgres or broker trouble on the way is retried
-with back-off (:data:`INFRA_BACKOFF_S`), then the message is handed back to its queue.
+tasks are acked once their lease is committed). A delivery's way through the pool is
+:mod:`workers.processing`; this module holds the pool's life: connections, slots, chores, shutdown.
 
 Ordering between the pool's queues is decided by :mod:`workers.buffer`.
 Leases are renewed by a heartbeat every ``lease_s / 3``; any worker's reaper
@@ -19,9 +19,7 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
-from collections.abc import Awaitable
 from typing import Any
 
 import aio_pika
@@ -29,44 +27,25 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from outbox._failure import ErrorInfo
 from outbox._logs import event
 from outbox._runtime import wait_any
 from outbox.config import Settings
-from outbox.context import TaskContext
 from outbox.errors import TopologyMismatchError
 from outbox.registry import Registry
 from outbox.tiers import PoolSpec
-from tierbox.flow.admission import PAUSE_REFRESH_S, RUN, Admission
-from tierbox.workers import counters as metrics
-from tierbox.workers.batch import OutcomeNotRecorded, StartBatcher
+from tierbox.flow.admission import PAUSE_REFRESH_S, Admission
 from tierbox.workers.buffer import PriorityBuffer
-from tierbox.workers.delivery import Delivery, DeliveryFinishedError
 from tierbox.workers.dlq_sweeper import DlqSweeper
 from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
-from tierbox.workers.execute import AttemptTimeout, Executor
-from tierbox.workers.ledger import Ledger, StartResult
-from tierbox.workers.outcomes import (
-    Deferred,
-    Duplicate,
-    Failed,
-    HandedBack,
-    NotRecorded,
-    Outcome,
-    Ran,
-    Recorder,
-    Released,
-    Undeliverable,
-    UnknownTask,
-)
+from tierbox.workers.execute import Executor
+from tierbox.workers.ledger import Ledger
+from tierbox.workers.processing import Processor
 
 log = logging.getLogger("tierbox.worker")
 
 #: Broker reconnect back-off: first wait and cap, seconds.
 RECONNECT_FIRST_S = 0.5
 RECONNECT_MAX_S = 30.0
-#: Back-off after a Postgres failure before the message is handed back to the broker.
-INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def new_worker_id() -> str:
@@ -99,16 +78,19 @@ class Pool:
         self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
                                          max_overflow=0, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
-        self.starts = StartBatcher(self.ledger)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)
-        self.recorder = Recorder(self.ledger, name)
+        self.processor = Processor(name, registry, self.ledger, self.admission, self.executor, self.buffer)
+        #: Handles one delivery end to end (:meth:`Processor.process`).
+        self.process = self.processor.process
+        self.starts = self.processor.starts
+        self.recorder = self.processor.recorder
         #: Deliveries by what happened to them (printed by ``worker.stopped``).
         self.counts = self.recorder.counts
+        self._running = self.processor.running
         self.connection: aio_pika.abc.AbstractConnection | None = None
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
-        self._running: dict[uuid.UUID, Delivery] = {}
         self._received = 0
         self._busy = 0
         self._idle = asyncio.Event()
@@ -255,7 +237,7 @@ class Pool:
 
     async def shutdown(self, slots: list[asyncio.Task[None]], chores: list[asyncio.Task[None]]) -> None:
         """Stop consuming, let in-flight jobs finish within the grace period, release the rest."""
-        self._stopping = True
+        self._stopping = self.processor.stopping = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
@@ -272,7 +254,7 @@ class Pool:
         # A slot cancelled while its start was in a batch statement: the statement may still commit
         # the lease of a job nobody will run. Wait for it, and hand such jobs back like the rest.
         orphans = await self.starts.orphans()
-        await self._release(unfinished, orphans)
+        await self.processor.release(unfinished, orphans)
         for c in chores:
             c.cancel()
         await asyncio.gather(*chores, return_exceptions=True)
@@ -285,120 +267,6 @@ class Pool:
               starts=self.starts.group.recorded, start_statements=self.starts.group.flushes,
               sessionless_successes=self.executor.successes.group.recorded,
               success_statements=self.executor.successes.group.flushes)
-
-    async def _release(self, unfinished: list[Delivery], orphans: list[tuple[uuid.UUID, StartResult]]) -> None:
-        """Hand jobs still running after the grace period back to the outbox (or dead-letter a spent one)."""
-        for delivery in unfinished:
-            if not delivery.finished:
-                await self._settle_released(delivery.env.id, delivery.finish(Released()))
-        for job_id, start in orphans:
-            if start.decision == "run":
-                await self._settle_released(job_id, self.recorder.release_job(job_id, start))
-
-    async def _settle_released(self, job_id: uuid.UUID, release: Awaitable[None]) -> None:
-        try:
-            await release
-        except Exception as exc:  # noqa: BLE001 - the lease expires and the reaper recovers it
-            event(log, "worker.release_failed", logging.WARNING, job_id=job_id, error=exc)
-
-    async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
-        """Handle one delivery end to end; never raises (failures are recorded or retried), except
-        :class:`DeliveryFinishedError`, a bug."""
-        delivery = Delivery(tier, message, self.recorder, self.admission)
-        try:
-            for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
-                try:
-                    await self._handle(delivery)
-                    return
-                except DeliveryFinishedError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
-                    event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
-                          error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
-                    if backoff is None or self._stopping:
-                        break
-                    delivery.next_try()
-                    await asyncio.sleep(backoff)
-            await delivery.finish(HandedBack())
-        finally:
-            await delivery.release()  # a no-op once finished; a cancelled delivery (shutdown) frees its hold
-
-    async def _handle(self, d: Delivery) -> None:
-        error = d.decode()
-        if error is not None:
-            await d.finish(Undeliverable("undecodable", ErrorInfo(type(error).__name__, str(error)[:2000])))
-            return
-        d.task = self.registry.get(d.env.task)
-        if d.admitted is None:
-            decision = await self.admission.admit(d.task, d.env.tier, d.payload.kwargs) if d.task else RUN
-            if not decision.run:
-                await d.finish(Deferred(decision))
-                return
-            # Admitted once for the delivery, not once per try: a try after a lost start reply must
-            # reach start_attempt with its token, not be deferred by a rate limit it already paid.
-            d.admitted = decision
-        if d.task is not None and d.task.is_async and d.task.takes_context:
-            # The handler's transaction needs a pooled connection: start_attempt runs on it first,
-            # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
-            # infrastructure trouble), never the handler's first statement (a used-up attempt).
-            async with self.async_engine.connect() as conn:
-                d.conn = conn
-                try:
-                    d.start = await self.ledger.start(d.env.id, acked_early=d.task.long, conn=conn, token=d.token)
-                    await self._started(d)
-                finally:
-                    d.conn = None
-            return
-        # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
-        d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
-        await self._started(d)
-
-    async def _started(self, d: Delivery) -> None:
-        if d.started.decision == "unknown":
-            error = ErrorInfo("LookupError", f"job {d.env.id} is not in the ledger")
-            await d.finish(Undeliverable("unknown_job", error))
-        elif d.started.decision != "run":
-            await d.finish(Duplicate(d.started.decision))
-        elif d.task is None:
-            await d.finish(UnknownTask())
-        else:
-            await self._run(d)
-
-    async def _run(self, d: Delivery) -> None:
-        """Run one attempt and finish the delivery with its outcome, heartbeat renewing its lease meanwhile."""
-        task, env, start = d.handler, d.env, d.started
-        d.handler_ran = True
-        if task.long:
-            await d.ack_early()  # start_attempt has committed: the lease now protects the job
-        self._running[env.id] = d
-        if start.attempt == 1 and start.enqueued_at is not None:
-            metrics.WAIT.labels(env.tier).observe(max(time.time() - start.enqueued_at.timestamp(), 0.0))
-        metrics.RUNNING.labels(self.name).set(len(self._running))
-        metrics.BUFFERED.labels(self.name).set(len(self.buffer))
-        began = time.monotonic()
-        try:
-            await d.finish(await self._attempt(d))
-        finally:
-            self._running.pop(env.id, None)
-            metrics.DURATION.labels(env.tier).observe(time.monotonic() - began)
-            metrics.RUNNING.labels(self.name).set(len(self._running))
-
-    async def _attempt(self, d: Delivery) -> Outcome:
-        start = d.started
-        ctx = TaskContext(job_id=d.env.id, task=d.handler.name, tier=d.env.tier, attempt=start.attempt,
-                          max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
-        try:
-            return Ran(await self.executor.run(d.handler, d.payload, ctx, d.conn))
-        except AttemptTimeout as exc:
-            return Failed(exc, "timeout")
-        except OutcomeNotRecorded as exc:
-            # Not the handler's failure: leave the job to its lease (no heartbeat once it leaves
-            # _running); the reaper retries it.
-            return NotRecorded(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger
-            return Failed(exc, "failed")
 
     async def _heartbeat(self) -> None:
         await self.ledger.heartbeat(list(self._running))

@@ -24,7 +24,7 @@ import outbox
 from outbox import _transitions as transitions
 from outbox.config import Settings
 from tests.worker.inprocess import high_pool, published
-from tierbox.workers import pool as pool_module
+from tierbox.workers import processing
 from tierbox.workers.pool import Pool
 
 RUNS: list[str] = []
@@ -121,7 +121,7 @@ def test_the_same_token_resumes_the_attempt_any_other_copy_is_a_duplicate(db_url
 
 async def test_a_lost_start_reply_resumes_the_attempt_instead_of_leaving_it_to_the_lease(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool_module, "INFRA_BACKOFF_S", (0.05, 0.05))
+    monkeypatch.setattr(processing, "INFRA_BACKOFF_S", (0.05, 0.05))
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         jobs = {note: outbox.enqueue(conn, task, args=[note])
@@ -154,7 +154,7 @@ async def test_a_retry_after_a_lost_start_reply_is_not_admitted_again(
     """Flow control admits a delivery once: the try after a lost start reply must reach
     start_attempt with its token, not be deferred by the rate limit its first try already paid
     (which left the job running under a lease nobody holds, and lost an attempt that never ran)."""
-    monkeypatch.setattr(pool_module, "INFRA_BACKOFF_S", (0.05, 0.05))
+    monkeypatch.setattr(processing, "INFRA_BACKOFF_S", (0.05, 0.05))
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, rate_limited, args=["paid once"])
@@ -182,7 +182,7 @@ async def test_once_the_handler_ran_a_retried_delivery_does_not_run_it_again_in_
     """The handler failed and its retry could not be recorded (Postgres gone): the delivery's next
     try must not resume the attempt, which would run the handler twice under one attempt number.
     It meets the lease as a duplicate, and the reaper takes the job from there, as before."""
-    monkeypatch.setattr(pool_module, "INFRA_BACKOFF_S", (0.05,))
+    monkeypatch.setattr(processing, "INFRA_BACKOFF_S", (0.05,))
     RUNS.clear()
     with psycopg.connect(settings.psycopg_url) as conn:
         job = outbox.enqueue(conn, fails, args=["once"])
