@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
-from tierbox.api import errors, openapi
+from tierbox.api import errors, openapi, params
 from tierbox.api.auth import TokenStore
 from tierbox.api.config import ApiConfig
 from tierbox.api.routes_control import ROUTES as CONTROL_ROUTES
@@ -55,6 +55,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, scrape, healthz, readyz],
         dependencies={"db": Provide(provide_db)},
         exception_handlers=errors.HANDLERS,
+        before_request=params.screen,  # hostile input stops here, before parsing or Postgres
         request_max_body_size=config.max_body_bytes,
         openapi_config=openapi.config(VERSION),
         state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),

@@ -3,13 +3,14 @@
 ::
 
     RequestError(status, code, message, field)    raised by our handlers
-    ├── 400 malformed_json                     the body is not JSON
+    ├── 400 malformed_json                     the body is not the JSON object the route reads (every 400)
     ├── 401 unauthenticated / invalid_token    no or unknown bearer token
     ├── 403 forbidden                          the token's scope is too small
     ├── 404 not_found                          no such job or dead letter, no such route
     ├── 409 conflict                           already redriven or discarded
     ├── 413 body_too_large
-    ├── 422 invalid                            a field failed validation (``field`` names it)
+    ├── 422 invalid                            a field failed validation, or holds a control character, a
+    │                                          lone surrogate or NUL (``field`` names it; see ``params.screen``)
     ├── 503 timeout / unavailable              a read hit its time limit, or Postgres is down
     └── 500 internal                           a bug: logged with its traceback, no details sent
 
@@ -91,7 +92,9 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     if status >= 500:
         log.error("action=api.http_error status=%s detail=%s", status, exc.detail)
     headers = {"WWW-Authenticate": 'Bearer realm="tierbox"'} if status == 401 else None
-    code = "malformed_json" if status == 400 and "JSON" in str(exc.detail) else _CODES.get(status, "error")
+    # The API reads no body but JSON, so every 400 Litestar raises (truncated, not UTF-8, ...) is a body
+    # that is not JSON; ``params.screen`` refuses those first, this keeps the code right if one slips past.
+    code = "malformed_json" if status == 400 else _CODES.get(status, "error")
     return _respond(status, code, str(exc.detail), None, headers)
 
 

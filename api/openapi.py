@@ -19,12 +19,19 @@ ERRORS: dict[int, ResponseSpec] = {
     401: _error("No bearer token, or an unknown one."),
     403: _error("The token's scope does not allow this."),
     404: _error("No such job or dead letter."),
-    422: _error("A parameter failed validation; error.field names it."),
+    422: _error("A parameter failed validation, or holds a control character, a lone surrogate or bytes that "
+                "are not UTF-8, or is longer than its maximum (code invalid); error.field names it."),
+    503: _error("Postgres (or Redis, for breakers) is unreachable, or a read hit its time limit "
+                "(code unavailable or timeout)."),
 }
 #: Errors of the routes that change state.
 WRITE_ERRORS: dict[int, ResponseSpec] = {
     **ERRORS,
-    400: _error("The body is not JSON."),
+    400: _error("The body is not the JSON object this route reads: truncated, trailing bytes, not UTF-8, "
+                "a lone surrogate escape, another type at the top level, or missing (code malformed_json)."),
+    422: _error("A parameter or a body field failed validation, or a parameter holds a control character, a "
+                "lone surrogate or bytes that are not UTF-8, or a body string holds NUL (code invalid); "
+                "error.field names it."),
     409: _error("Already redriven or discarded (the SQL guard refused it)."),
     413: _error("The body is too large."),
 }
