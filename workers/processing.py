@@ -92,14 +92,8 @@ class Processor:
             await d.finish(Undeliverable("undecodable", ErrorInfo(type(error).__name__, str(error)[:2000])))
             return
         d.task = self.registry.get(d.env.task)
-        if d.admitted is None:
-            decision = await self.admission.admit(d.task, d.env.tier, d.payload.kwargs) if d.task else RUN
-            if not decision.run:
-                await d.finish(Deferred(decision))
-                return
-            # Admitted once for the delivery, not once per try: a try after a lost start reply must
-            # reach start_attempt with its token, not be deferred by a rate limit it already paid.
-            d.admitted = decision
+        if not await self._admitted(d):
+            return
         if d.task is not None and d.task.is_async and d.task.takes_context:
             # The handler's transaction needs a pooled connection: start_attempt runs on it first,
             # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
@@ -115,6 +109,18 @@ class Processor:
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
         d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
         await self._started(d)
+
+    async def _admitted(self, d: Delivery) -> bool:
+        """Whether flow control lets it start; if not, the delivery is finished as deferred."""
+        if d.admitted is None:
+            decision = await self.admission.admit(d.task, d.env.tier, d.payload.kwargs) if d.task else RUN
+            if not decision.run:
+                await d.finish(Deferred(decision))
+                return False
+            # Admitted once for the delivery, not once per try: a try after a lost start reply must
+            # reach start_attempt with its token, not be deferred by a rate limit it already paid.
+            d.admitted = decision
+        return True
 
     async def _started(self, d: Delivery) -> None:
         if d.started.decision == "unknown":
@@ -156,7 +162,7 @@ class Processor:
             return Failed(exc, "timeout")
         except OutcomeNotRecorded as exc:
             # Not the handler's failure: leave the job to its lease (no heartbeat once it leaves
-            # _running); the reaper retries it.
+            # ``running``); the reaper retries it.
             return NotRecorded(exc)
         except asyncio.CancelledError:
             raise
