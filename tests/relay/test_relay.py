@@ -287,8 +287,13 @@ async def test_urgent_lane_publishes_past_a_batch_in_flight(settings: Settings, 
     [urgent] = enqueue_committed(settings.database_url, "sample.otp", args=[2])
     await wait_until_async(lambda: queue_depth(amqp, settings.queue_name("critical")), timeout=10,
                            what="the urgent lane publishes the critical row")
-    with psycopg.connect(settings.database_url) as conn:
-        published = dict(conn.execute("SELECT id, published_at IS NOT NULL FROM outbox.jobs").fetchall())
+
+    def marks() -> dict[object, bool]:
+        with psycopg.connect(settings.database_url) as conn:
+            return dict(conn.execute("SELECT id, published_at IS NOT NULL FROM outbox.jobs").fetchall())
+
+    # The message is in the queue once confirmed; the urgent lane marks the row a moment later, at its commit.
+    published = wait_until(lambda: (m := marks())[urgent] and m, timeout=10, what="the urgent lane's commit")
     assert published == {urgent: True, held: False}  # the held batch is still uncommitted
     relay.kill(signal.SIGKILL)
     relay.wait()
