@@ -129,6 +129,19 @@ def _drop(admin: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def empty_db_url(service_urls: dict[str, str]) -> Iterator[str]:
+    """An empty database of this test's own (no outbox schema), dropped afterwards."""
+    admin = service_urls["postgres"]
+    name = f"tierbox_e_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_db(admin, name)
+    finally:
+        _drop(admin, name)
+
+
 @pytest.fixture(scope="session")
 def shared_db_url(service_urls: dict[str, str], template_db: str) -> Iterator[str]:
     admin = service_urls["postgres"]

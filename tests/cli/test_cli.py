@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import psycopg
@@ -35,20 +33,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 
 def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def empty_db_url(service_urls: dict[str, str]) -> Iterator[str]:
-    """An empty database (no outbox schema), dropped afterwards."""
-    admin = service_urls["postgres"]
-    name = f"tierbox_cli_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def write_topology(tmp_path: Path, extra: dict[str, object]) -> str:

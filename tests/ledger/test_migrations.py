@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -17,24 +15,6 @@ from sqlalchemy import create_engine
 import outbox
 from outbox.schema import SCHEMA
 from tierbox import migrations
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-@pytest.fixture
-def scratch_url(service_urls: dict[str, str]) -> Iterator[str]:
-    """An empty database of this test's own, dropped afterwards."""
-    admin = service_urls["postgres"]
-    name = f"tierbox_mig_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_db(admin, name)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def script() -> ScriptDirectory:
@@ -146,47 +126,47 @@ def test_table_storage_options_match_metadata(db_url: str) -> None:
     assert set(reloptions) == {t.name for t in outbox.metadata.sorted_tables}
 
 
-def test_every_revision_goes_up_down_up(scratch_url: str) -> None:
+def test_every_revision_goes_up_down_up(empty_db_url: str) -> None:
     revisions = revisions_base_to_head()
     assert revisions, "no revisions found"
     previous = "base"
     for rev in revisions:
-        before = snapshot(scratch_url)
-        migrations.upgrade(scratch_url, rev)
-        after = snapshot(scratch_url)
+        before = snapshot(empty_db_url)
+        migrations.upgrade(empty_db_url, rev)
+        after = snapshot(empty_db_url)
         assert after["version"] == [(rev,)]
-        migrations.downgrade(scratch_url, previous)
-        assert snapshot(scratch_url) == before, f"downgrade of {rev} did not restore {previous}"
-        migrations.upgrade(scratch_url, rev)
-        assert snapshot(scratch_url) == after, f"re-upgrade to {rev} differs from the first upgrade"
+        migrations.downgrade(empty_db_url, previous)
+        assert snapshot(empty_db_url) == before, f"downgrade of {rev} did not restore {previous}"
+        migrations.upgrade(empty_db_url, rev)
+        assert snapshot(empty_db_url) == after, f"re-upgrade to {rev} differs from the first upgrade"
         previous = rev
 
     # Down to base leaves nothing of ours but alembic's (empty) version table.
-    migrations.downgrade(scratch_url, "base")
-    assert outbox_objects(scratch_url) == {"tables": [migrations.VERSION_TABLE], "functions": []}
-    with psycopg.connect(scratch_url) as conn:
+    migrations.downgrade(empty_db_url, "base")
+    assert outbox_objects(empty_db_url) == {"tables": [migrations.VERSION_TABLE], "functions": []}
+    with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT count(*) FROM outbox.alembic_version").fetchone() == (0,)
 
 
-def test_migrating_twice_is_a_no_op(scratch_url: str) -> None:
-    migrations.upgrade(scratch_url)
-    first = snapshot(scratch_url)
-    migrations.upgrade(scratch_url)
-    assert snapshot(scratch_url) == first
+def test_migrating_twice_is_a_no_op(empty_db_url: str) -> None:
+    migrations.upgrade(empty_db_url)
+    first = snapshot(empty_db_url)
+    migrations.upgrade(empty_db_url)
+    assert snapshot(empty_db_url) == first
     assert first["version"] == [(script().get_current_head(),)]
 
 
-def test_applications_own_alembic_version_is_untouched(scratch_url: str) -> None:
-    with psycopg.connect(scratch_url) as conn:
+def test_applications_own_alembic_version_is_untouched(empty_db_url: str) -> None:
+    with psycopg.connect(empty_db_url) as conn:
         conn.execute("CREATE TABLE public.alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)")
         conn.execute("INSERT INTO public.alembic_version VALUES ('app_rev_42')")
-    migrations.upgrade(scratch_url)
-    with psycopg.connect(scratch_url) as conn:
+    migrations.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [("app_rev_42",)]
         assert conn.execute("SELECT version_num FROM outbox.alembic_version").fetchall() == \
             [(script().get_current_head(),)]
-    migrations.downgrade(scratch_url, "base")
-    with psycopg.connect(scratch_url) as conn:
+    migrations.downgrade(empty_db_url, "base")
+    with psycopg.connect(empty_db_url) as conn:
         assert conn.execute("SELECT version_num FROM public.alembic_version").fetchall() == [("app_rev_42",)]
         # Nothing of the outbox landed in public either.
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace "
@@ -200,7 +180,7 @@ def test_the_revision_the_code_requires_is_the_newest_migration() -> None:
 
 
 async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
-        scratch_url: str, service_urls: dict[str, str]) -> None:
+        empty_db_url: str, service_urls: dict[str, str]) -> None:
     """Rolled out before `tierbox migrate`: a relay or worker says what to run (and its connect loop
     retries, so it starts once the schema is migrated) instead of failing every start."""
     from outbox.config import Settings
@@ -210,18 +190,18 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
     from tierbox.relay import Relay
     from tierbox.workers.pool import Pool
 
-    settings = Settings(database_url=scratch_url, amqp_url=service_urls["rabbitmq"],
+    settings = Settings(database_url=empty_db_url, amqp_url=service_urls["rabbitmq"],
                         redis_url=service_urls["redis"], queue_prefix=f"schema-{uuid.uuid4().hex[:6]}-")
     pool = Pool(settings, "urgent", PoolSpec(tiers=("critical",)), Registry())
     try:
         with pytest.raises(SchemaOutdatedError, match=r"no outbox schema .* run `tierbox migrate` first"):
             await Relay.connect(settings)
-        migrations.upgrade(scratch_url, "0005")
+        migrations.upgrade(empty_db_url, "0005")
         with pytest.raises(SchemaOutdatedError, match="at revision 0005, this Tierbox needs 0006: run `tierbox migrate`"):
             await Relay.connect(settings)
         with pytest.raises(SchemaOutdatedError, match="at revision 0005"):
             await pool.start()
-        migrations.upgrade(scratch_url)
+        migrations.upgrade(empty_db_url)
         relay = await Relay.connect(settings)  # migrated: it connects
         await relay.close()
     finally:

@@ -14,15 +14,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import _drop, _with_db
 from tests.helpers import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
@@ -85,17 +82,6 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def empty_db(service_urls: dict[str, str]) -> Iterator[str]:
-    """A database with no outbox schema, dropped afterwards."""
-    admin = service_urls["postgres"]
-    name = f"tierbox_pkg_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_db(admin, name)
-    _drop(admin, name)
-
-
 def test_wheel_installs_only_outbox_and_tierbox_and_ships_the_migrations(dist: Path) -> None:
     wheel = next(dist.glob("tierbox-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -108,10 +94,10 @@ def test_wheel_installs_only_outbox_and_tierbox_and_ships_the_migrations(dist: P
 
 
 def test_installed_tierbox_runs_a_job_beside_the_applications_own_packages(
-        venv: Path, project: Path, empty_db: str, prefix: str, service_urls: dict[str, str],
+        venv: Path, project: Path, empty_db_url: str, prefix: str, service_urls: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERBOX_", "PYTHON"))}
-    env |= {"PYTHONPATH": str(project), "TIERBOX_DATABASE_URL": empty_db, "TIERBOX_AMQP_URL": service_urls["rabbitmq"],
+    env |= {"PYTHONPATH": str(project), "TIERBOX_DATABASE_URL": empty_db_url, "TIERBOX_AMQP_URL": service_urls["rabbitmq"],
             "TIERBOX_REDIS_URL": service_urls["redis"], "TIERBOX_QUEUE_PREFIX": prefix, "TIERBOX_APP": "usertasks"}
     tierbox = venv / "tierbox"
     kw = {"cwd": project, "env": env}
@@ -127,7 +113,7 @@ def test_installed_tierbox_runs_a_job_beside_the_applications_own_packages(
     enqueue = f"""
 import psycopg, usertasks
 from outbox import enqueue
-with psycopg.connect({empty_db!r}) as conn:
+with psycopg.connect({empty_db_url!r}) as conn:
     job = enqueue(conn, usertasks.touch, kwargs={{"path": {str(marker)!r}, "word": "ran"}})
 print(job)
 """
@@ -137,7 +123,7 @@ print(job)
                               **kw) for args in (["relay"], ["worker", "--pool", "urgent", "--app", "usertasks"])]
     try:
         wait_until(marker.exists, timeout=60, what=f"the job to run (logs in {logs})")
-        with psycopg.connect(empty_db) as conn:
+        with psycopg.connect(empty_db_url) as conn:
             status = wait_until(lambda: conn.execute(
                 "SELECT status FROM outbox.jobs WHERE id = %s AND status = 'succeeded'", (job_id,)).fetchone(),
                 timeout=30, what="the job to be recorded as succeeded")
