@@ -45,6 +45,9 @@ Db = NamedDependency[AsyncConnection]
 #: or error type holds one; in a filter it only forges log lines or hides a probe), DEL, and surrogates
 #: (a lone one cannot be encoded for Postgres). Postgres itself refuses only NUL in text.
 HOSTILE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+#: The ceiling of a parameter that documents no maximum of its own (a time, a number, an enum member):
+#: far above any valid value, so an over-long one is refused before a connection is taken for it.
+MAX_PARAM_CHARS = 256
 _NAMES = {0: "NUL", 9: "a tab", 10: "a line feed", 13: "a carriage return", 0x7F: "DEL"}
 
 
@@ -65,18 +68,18 @@ async def screen(request: Request[Any, Any, Any]) -> None:
         if isinstance(value, str):
             if not path_is_utf8 and "\ufffd" in value:  # the server replaced bytes that are not UTF-8
                 raise invalid(name, "not UTF-8 (a lone surrogate, or bytes of another encoding)")
-            _check(name, value, wire.get(name))
+            _check(name, value, wire.get(name, MAX_PARAM_CHARS))
     body = _body_parameter(handler)
     if body is not None:
         check_body(await request.body(), optional=body)
 
 
-def _check(name: str, value: str | None, max_length: int | None) -> None:
+def _check(name: str, value: str | None, max_length: int) -> None:
     if value is None:
         raise invalid(name, "not UTF-8 (a lone surrogate, or bytes of another encoding)")
     if (found := HOSTILE.search(value)) is not None:
         raise invalid(name, f"holds {_describe(found.group())} at character {found.start()}: refused")
-    if max_length is not None and len(value) > max_length:
+    if len(value) > max_length:
         raise invalid(name, f"longer than {max_length} characters ({len(value)})")
 
 
@@ -105,13 +108,13 @@ def _utf8(data: bytes) -> str | None:
 
 
 @functools.cache
-def _parameters(handler: HTTPRouteHandler) -> dict[str, int | None]:
-    """Wire name -> documented maximum length of each query and path parameter the handler declares."""
-    out: dict[str, int | None] = {}
+def _parameters(handler: HTTPRouteHandler) -> dict[str, int]:
+    """Wire name -> maximum length of each query and path parameter the handler declares."""
+    out: dict[str, int] = {}
     for name, field in handler.parsed_fn_signature.parameters.items():
         kwarg = field.kwarg_definition
         if isinstance(kwarg, ParameterKwarg) and not kwarg.header and not kwarg.cookie:
-            out[kwarg.query or kwarg.name or name] = kwarg.max_length
+            out[kwarg.query or kwarg.name or name] = kwarg.max_length or MAX_PARAM_CHARS
     return out
 
 
