@@ -12,7 +12,7 @@ the generator real job ids to stumble on):
 * stateful sequences (schemathesis' state machine over the links it infers: list -> show -> redrive ...).
 
 ``make test`` runs a small share (``MAX_EXAMPLES`` per operation). The release check runs the same
-tests longer: ``TIERBOX_FUZZ_EXAMPLES=500 .venv/bin/pytest tests/api/test_api_fuzz.py`` (docs/bad_input.md).
+tests longer: ``FUZZ_EXAMPLES=500 .venv/bin/pytest tests/api/test_api_fuzz.py`` (docs/bad_input.md).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from schemathesis.checks import not_a_server_error, status_code_conformance
 
 from outbox.config import Settings
 from tests.api.test_api import OPERATE, TOKENS, assert_error
-from tests.ledger.test_redrive import dead_job
+from tests.factories import dead_job
 from tierbox.api.app import create_app
 from tierbox.api.config import ApiConfig
 
 #: Examples per operation, mode and auth; the default keeps this file to tens of seconds.
-MAX_EXAMPLES = int(os.environ.get("TIERBOX_FUZZ_EXAMPLES", "12"))
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 #: Stateful scenarios (each up to STEPS calls).
 SCENARIOS = max(5, MAX_EXAMPLES // 2)
 STEPS = 6

@@ -43,6 +43,8 @@ PARAMS: list[tuple[str, str, bytes | None, str]] = [
     ("GET", f"/admin/jobs?task={LONG}", None, "task"),
     ("GET", f"/admin/dlq?error_type={LONG}", None, "error_type"),
     ("GET", f"/admin/jobs?cursor={LONG}", None, "cursor"),
+    ("GET", f"/admin/jobs?since={'1' * 257}", None, "since"),  # no maximum of its own: the 256 ceiling
+    ("GET", f"/admin/dlq?limit={'1' * 257}", None, "limit"),
     ("GET", "/admin/dlq/%00", None, "job_id"),
     ("GET", "/admin/jobs/a%01", None, "job_id"),
     ("GET", "/admin/jobs/%ED%A0%80", None, "job_id"),
