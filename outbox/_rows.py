@@ -40,3 +40,9 @@ class MovedRow(NamedTuple):
     """A job whose backlog row ``MOVE_BACKLOG`` moved to an override's tier."""
 
     job_id: uuid.UUID
+
+
+class RepublishedRow(NamedTuple):
+    """A published job whose pending row ``REPUBLISH`` re-inserted (the relay publishes it again)."""
+
+    job_id: uuid.UUID

@@ -12,7 +12,7 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 
 from __future__ import annotations
 
-from outbox._rows import ClaimedRow, MovedRow, RedrivenRow
+from outbox._rows import ClaimedRow, MovedRow, RedrivenRow, RepublishedRow
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
 
@@ -346,6 +346,31 @@ WHERE j.id = done.job_id AND j.status IN ('pending', 'retrying', 'published')
 """)
 
 
+# Reconciliation (tierbox.relay.reconcile): RabbitMQ lost these published jobs' messages; put them back
+# in the outbox so the relay publishes them again through the normal confirmed path (MARK_PUBLISHED
+# then refreshes published_at), and record each in outbox.republished. Only a job still published,
+# not started, published longer ago than the grace and not already pending: the job rows are locked
+# in id order first and the conditions re-checked after any wait, so a worker starting the job
+# meanwhile (start_attempt locks the job row) wins and nothing is republished for it.
+REPUBLISH = Statement("relay.republish", """
+WITH ordered AS MATERIALIZED (
+    SELECT j.id, j.tier, j.priority FROM outbox.jobs AS j
+    WHERE j.id = ANY(CAST(:ids AS uuid[])) AND j.tier = CAST(:tier AS text) AND j.status = 'published'
+      AND j.published_at <= now() - make_interval(secs => CAST(:grace_s AS float8))
+      AND NOT EXISTS (SELECT 1 FROM outbox.pending AS p WHERE p.job_id = j.id)
+    ORDER BY j.id FOR NO KEY UPDATE OF j
+), pend AS (
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    SELECT o.id, o.tier, COALESCE(t.weight, 5), o.priority, now()
+    FROM ordered AS o LEFT JOIN outbox.tiers AS t ON t.name = o.tier
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id, tier
+)
+INSERT INTO outbox.republished (job_id, tier, reason, actor)
+SELECT job_id, tier, CAST(:reason AS text), CAST(:actor AS text) FROM pend
+RETURNING job_id
+""", row=RepublishedRow)
+
 # --- The workers: dead letters without an attempt, heartbeats, the reaper, deferral.
 
 # A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
@@ -449,3 +474,15 @@ UPDATE outbox.jobs j SET tier = :tier, priority = moved.priority
 FROM moved JOIN ordered ON ordered.id = moved.job_id WHERE j.id = moved.job_id
 RETURNING j.id
 """, row=MovedRow)
+
+
+# --- outbox.testing: a retry due at once runs again in the same drain. Its caller's transaction is
+# one long one, whose now() stands still while clock_timestamp() moves on: RETRY's available_at
+# (clock time) stays "in the future" for start_attempt's now() check until the transaction ends.
+# This puts the retry at the transaction's now(), so the next drain call starts it.
+TESTING_DUE_NOW = Statement("testing.due_now", """
+WITH p AS (
+    UPDATE outbox.pending SET available_at = now() WHERE job_id = :job_id RETURNING job_id
+)
+UPDATE outbox.jobs SET available_at = now() WHERE id = :job_id AND status = 'retrying'
+""")

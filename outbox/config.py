@@ -50,6 +50,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_confirm_timeout_s: float = 10.0
     #: Delay before a row whose publish failed is tried again. Defaults to 1.0 s.
     relay_retry_delay_s: float = 1.0
+    #: How often the relay compares, per tier queue, the jobs Postgres says are published and not
+    #: started with what RabbitMQ and the workers hold, and republishes the missing ones
+    #: (docs/reliability.md, "Reconciliation"); 0 disables it. Defaults to 10 s.
+    reconcile_interval_s: float = 10.0
+    #: How long a published, unstarted job must have been published before reconciliation may
+    #: republish it. Defaults to none: per tier, max(30 s, 10 x the tier's SLO) (30 s without an SLO).
+    reconcile_grace_s: float | None = None
+    #: Most jobs one reconciliation round republishes per tier. Defaults to 1000.
+    reconcile_batch: int = 1000
     #: Seconds a worker's lease on a running job lasts without a heartbeat. Defaults to 30 s.
     lease_s: float = 30.0
     #: Seconds between the reaper's scans for expired leases. Defaults to 5 s.
@@ -71,11 +80,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             _check_url(field, getattr(self, field), scheme)
         positive = ("max_payload_bytes", "relay_batch_size", "relay_poll_interval_s", "relay_confirm_timeout_s",
-                    "lease_s", "reaper_interval_s")
+                    "lease_s", "reaper_interval_s", "reconcile_batch")
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ConfigError(_env(field), f"must be > 0, got {getattr(self, field)!r}")
-        for field in ("shutdown_grace_s", "relay_retry_delay_s"):
+        if self.reconcile_grace_s is not None and self.reconcile_grace_s < 0:
+            raise ConfigError(_env("reconcile_grace_s"), f"must be >= 0, got {self.reconcile_grace_s!r}")
+        for field in ("shutdown_grace_s", "relay_retry_delay_s", "reconcile_interval_s"):
             if getattr(self, field) < 0:
                 raise ConfigError(_env(field), f"must be >= 0, got {getattr(self, field)!r}")
         if self.reaper_interval_s > self.lease_s:
@@ -114,6 +125,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """``database_url`` as libpq accepts it."""
         _, _, rest = self.database_url.partition("://")
         return f"postgresql://{rest}"
+
+    def reconcile_grace(self, tier: str) -> float:
+        """Seconds a published, unstarted job of ``tier`` waits before reconciliation may republish it."""
+        if self.reconcile_grace_s is not None:
+            return self.reconcile_grace_s
+        slo_s = self.topology.spec(tier).slo_s
+        return max(30.0, 10 * slo_s) if slo_s is not None else 30.0
 
     def queue_name(self, tier: str) -> str:
         """The RabbitMQ queue that holds ``tier``'s messages."""

@@ -217,7 +217,8 @@ dead_letters = Table(
 )
 
 #: Who may act through the admin API and CLI, what they did, and the outcome (revision 0002).
-ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard", "pause", "resume", "override_set", "override_clear")
+ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard", "pause", "resume", "override_set", "override_clear",
+                 "reconcile")
 ADMIN_RESULTS = ("ok", "refused", "not_found")
 ADMIN_ACTOR_KINDS = ("token", "os_user", "insecure_dev")
 
@@ -307,4 +308,25 @@ breaker_events = Table(
                     name="states"),
     Index("ix_breaker_events_breaker_at", "breaker", "at"),
     comment="Every circuit-breaker state change (the state itself lives in Redis).",
+)
+
+
+# --- Reconciliation (revision 0007) ------------------------------------------------------------------
+
+#: Why a job was republished: the relay's reconciler found it missing, or an operator asked.
+REPUBLISH_REASONS = ("reconcile", "manual")
+
+republished = Table(
+    "republished",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    CheckConstraint(_in("reason", REPUBLISH_REASONS), name="reason"),
+    Index("ix_republished_at", "at"),
+    Index("ix_republished_job_id", "job_id"),
+    comment="One row per job republished because RabbitMQ no longer held its message (reconciliation).",
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from typing import NamedTuple
 
 from outbox._sql import Statement
@@ -34,3 +36,61 @@ SELECT tier, count(*), EXTRACT(EPOCH FROM (now() - min(available_at)))::float8
 FROM outbox.pending WHERE available_at <= now()
 GROUP BY tier
 """, row=LagRow)
+
+
+class LockRow(NamedTuple):
+    """``RECONCILE_LOCK``: whether this transaction now holds the reconciliation lock."""
+
+    taken: bool
+
+
+class NowRow(NamedTuple):
+    """``DB_NOW``: Postgres's clock, the cut of a reconciliation round."""
+
+    now: dt.datetime
+
+
+class OwedRow(NamedTuple):
+    """``OWED``: a tier's jobs published before the cut and not started, and how many a pool holds."""
+
+    owed: int
+    held: int
+
+
+class CandidateRow(NamedTuple):
+    """``CANDIDATES``: an owed job past its grace that no pool holds, oldest first."""
+
+    job_id: uuid.UUID
+    published_at: dt.datetime
+
+
+# One reconciler at a time across every relay: held until the round's transaction ends.
+RECONCILE_LOCK = Statement("relay.reconcile_lock", """
+SELECT pg_try_advisory_xact_lock(hashtext(CAST(:key AS text)))
+""", row=LockRow)
+
+# The round's cut, read just before the broker's counts: only jobs published before it are owed.
+DB_NOW = Statement("relay.db_now", "SELECT clock_timestamp()", row=NowRow)
+
+# Jobs of the tier published (confirmed and committed) before the cut and not started, through
+# ix_jobs_unfinished_tier; those with a pending row (republished, or deferred by a worker) are on
+# their way through the outbox and not owed. held: those a worker pool holds delivered, unstarted.
+OWED = Statement("relay.owed", """
+SELECT count(*), count(*) FILTER (WHERE j.id = ANY(CAST(:inflight AS uuid[])))
+FROM outbox.jobs AS j
+WHERE j.tier = CAST(:tier AS text) AND j.finished_at IS NULL AND j.status = 'published'
+  AND j.published_at < CAST(:cut AS timestamptz)
+  AND NOT EXISTS (SELECT 1 FROM outbox.pending AS p WHERE p.job_id = j.id)
+""", row=OwedRow)
+
+# The oldest owed jobs of the tier published longer ago than its grace that no pool holds.
+CANDIDATES = Statement("relay.reconcile_candidates", """
+SELECT j.id, j.published_at
+FROM outbox.jobs AS j
+WHERE j.tier = CAST(:tier AS text) AND j.finished_at IS NULL AND j.status = 'published'
+  AND j.published_at < CAST(:cut AS timestamptz) - make_interval(secs => CAST(:grace_s AS float8))
+  AND NOT (j.id = ANY(CAST(:inflight AS uuid[])))
+  AND NOT EXISTS (SELECT 1 FROM outbox.pending AS p WHERE p.job_id = j.id)
+ORDER BY j.published_at, j.id
+LIMIT :limit
+""", row=CandidateRow)

@@ -38,6 +38,7 @@ from tierbox.workers.buffer import PriorityBuffer
 from tierbox.workers.dlq_sweeper import DlqSweeper
 from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
 from tierbox.workers.execute import Executor
+from tierbox.workers.inflight import PUBLISH_INTERVAL_S, InflightReporter
 from tierbox.workers.ledger import Ledger
 from tierbox.workers.processing import Processor
 
@@ -81,6 +82,8 @@ class Pool:
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)
         self.processor = Processor(name, registry, self.ledger, self.admission, self.executor, self.buffer)
+        #: The job ids this pool holds, published to Redis for the relay's reconciler.
+        self.inflight = InflightReporter(settings, self.worker_id, spec.tiers)
         #: Handles one delivery end to end (:meth:`Processor.process`).
         self.process = self.processor.process
         self.starts = self.processor.starts
@@ -150,7 +153,7 @@ class Pool:
             delay = RECONNECT_FIRST_S
             await wait_any(stop, lost)
             if not stop.is_set():
-                dropped = len(self.buffer.drain())
+                dropped = self.inflight.forget(self.buffer.drain())
                 event(log, "worker.disconnected", logging.WARNING, buffered_dropped=dropped)
                 await self._close_connection()
 
@@ -162,6 +165,7 @@ class Pool:
     def _receiver(self, tier: str) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
             self._received += 1
+            self.inflight.hold(tier, message)
             await self.buffer.put(tier, message.priority or 0, message)
         return receive
 
@@ -173,7 +177,8 @@ class Pool:
                   for tier, count in self.spec.reserved.items() for i in range(count)]
         chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._heartbeat, "heartbeat")),
                   asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap")),
-                  asyncio.create_task(self._every(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"))]
+                  asyncio.create_task(self._every(PAUSE_REFRESH_S, self._refresh_pauses, "pauses")),
+                  asyncio.create_task(self._every(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight"))]
         try:
             await self._connected(stop)
         finally:
@@ -231,6 +236,7 @@ class Pool:
             except Exception as exc:  # noqa: BLE001 - a bug (DeliveryFinishedError): loud, but the slot lives on
                 event(log, "worker.slot_failed", logging.ERROR, tier=tier, error=f"{type(exc).__name__}: {exc}")
             finally:
+                self.inflight.drop(message)
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
@@ -260,6 +266,7 @@ class Pool:
         await asyncio.gather(*chores, return_exceptions=True)
         self.executor.shutdown()
         await self.admission.close()
+        await self.inflight.close()
         await self._close_connection()  # unacked (buffered, unstarted) messages go back to their queues
         await self.async_engine.dispose()
         self.sync_engine.dispose()

@@ -1,0 +1,122 @@
+"""What a pool holds delivered and not finished, published to Redis for the relay's reconciler.
+
+A message a pool has received leaves its queue's ready count but its job stays ``published`` until
+a worker starts it. The reconciler (:mod:`tierbox.relay.reconcile`) compares, per tier, the jobs
+Postgres says are published and not started with the queue's ready messages plus these: without
+them every message in a pool's buffer would look lost. Each pool writes, every
+:data:`PUBLISH_INTERVAL_S`, one key per tier it consumes (:func:`key`) holding the ids of the jobs
+whose messages it holds (buffered, starting or running: the reconciler counts only those still
+``published``), with a TTL of :data:`TTL_S`, so a pool that dies stops counting within seconds.
+
+Redis being unreachable is logged once (and once when it is back); the pool works on. The
+reconciler skips its rounds while it cannot read Redis itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from outbox._logs import event
+from outbox.config import Settings
+
+log = logging.getLogger("tierbox.worker")
+
+#: How often a pool publishes what it holds, seconds.
+PUBLISH_INTERVAL_S = 1.0
+#: Lifetime of a published set: a few intervals, so a dead pool's set disappears soon.
+TTL_S = 5
+#: Socket timeout of the Redis client, seconds (a dead Redis costs this much per publish).
+REDIS_TIMEOUT_S = 0.5
+#: Job ids in one key's value are joined with this.
+SEPARATOR = ","
+
+
+def key(prefix: str, tier: str, worker_id: str) -> str:
+    """The Redis key of one pool's held job ids of ``tier``."""
+    return f"tierbox:{prefix}:inflight:{tier}:{worker_id}"
+
+
+def pattern(prefix: str, tier: str) -> str:
+    """A SCAN ``MATCH`` pattern for every pool's key of ``tier`` (glob characters of the names escaped)."""
+    return key(_glob_escape(prefix), _glob_escape(tier), "*")
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """A Redis client with short timeouts and no retries."""
+    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                                   socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+
+
+class InflightReporter:
+    """One pool's held messages by tier; :meth:`publish` writes them to Redis."""
+
+    def __init__(self, settings: Settings, worker_id: str, tiers: Iterable[str]) -> None:
+        self.prefix = settings.queue_prefix
+        self.worker_id = worker_id
+        self.tiers = list(tiers)
+        self._settings = settings
+        self._redis: aioredis.Redis | None = None
+        #: id(message) -> (tier, job id): a message object per delivery, so two copies of a job count twice.
+        self._held: dict[int, tuple[str, str]] = {}
+        self._failing = False
+
+    def hold(self, tier: str, message: Any) -> None:
+        """The pool received ``message`` from ``tier``'s queue."""
+        self._held[id(message)] = (tier, str(message.message_id or ""))
+
+    def drop(self, message: Any) -> None:
+        """The pool is done with ``message`` (acked, handed back or rejected)."""
+        self._held.pop(id(message), None)
+
+    def forget(self, dropped: list[tuple[str, Any]]) -> int:
+        """Messages the pool dropped from its buffer (their connection died: RabbitMQ requeues them);
+        returns how many."""
+        for _, message in dropped:
+            self.drop(message)
+        return len(dropped)
+
+    def held(self, tier: str) -> list[str]:
+        """Job ids of ``tier`` the pool holds now."""
+        return [job_id for t, job_id in self._held.values() if t == tier and job_id]
+
+    async def publish(self) -> None:
+        """Write one key per tier (TTL :data:`TTL_S`); Redis trouble is logged on change, never raised."""
+        try:
+            if self._redis is None:
+                self._redis = connect(self._settings)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for tier in self.tiers:
+                    pipe.set(key(self.prefix, tier, self.worker_id), SEPARATOR.join(self.held(tier)), ex=TTL_S)
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - the pool works on; the reconciler skips rounds meanwhile
+            if not self._failing:
+                event(log, "worker.inflight_publish_failed", logging.WARNING, worker_id=self.worker_id,
+                      error=f"{type(exc).__name__}: {exc}")
+            self._failing = True
+            return
+        if self._failing:
+            event(log, "worker.inflight_publish_resumed", worker_id=self.worker_id)
+        self._failing = False
+
+    async def close(self) -> None:
+        """Delete this pool's keys (best effort: they expire anyway) and close the client."""
+        if self._redis is None:
+            return
+        try:
+            await self._redis.delete(*(key(self.prefix, t, self.worker_id) for t in self.tiers))
+        except Exception:  # noqa: BLE001 - the keys expire within TTL_S
+            pass
+        finally:
+            await self._redis.aclose()
+            self._redis = None
