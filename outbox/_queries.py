@@ -32,6 +32,7 @@ TESTING_DUE = Statement("testing.due", """
 SELECT p.job_id, j.task, j.tier, j.payload::text
 FROM outbox.pending AS p JOIN outbox.jobs AS j ON j.id = p.job_id
 WHERE p.available_at <= clock_timestamp() AND NOT (p.job_id = ANY(CAST(:skip AS uuid[])))
+  AND (CAST(:only AS uuid[]) IS NULL OR p.job_id = ANY(CAST(:only AS uuid[])))
 ORDER BY p.weight DESC, p.priority DESC, p.available_at
 LIMIT :limit
 """)

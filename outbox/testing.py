@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -90,13 +90,19 @@ def assert_enqueued(session: Any, task: Task | str, *, args: Sequence[Any] | Non
     raise AssertionError(f"expected {name} enqueued with args={args} kwargs={kwargs} tier={tier}; found {seen}")
 
 
-def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = None) -> list[DrainedJob]:
-    """Run every due job visible to ``session``, in-process, until none is left; never commits."""
+def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = None,
+          jobs: Iterable[uuid.UUID] | None = None) -> list[DrainedJob]:
+    """Run every due job visible to ``session``, in-process, until none is left; never commits.
+
+    Each job runs at most once per call (a retry that falls due at once waits for the next call).
+    ``jobs`` limits the run to those ids; every other job stays pending.
+    """
     reg = registry_ or registry
+    only = None if jobs is None else list(jobs)
     results: list[DrainedJob] = []
     seen: list[uuid.UUID] = []
     while len(results) < max_jobs:
-        rows = run(session, queries.TESTING_DUE, {"skip": seen, "limit": 100})
+        rows = run(session, queries.TESTING_DUE, {"skip": seen, "limit": 100, "only": only})
         if not rows:
             break
         for job_id, task_name, tier, payload in rows:
@@ -133,6 +139,7 @@ def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, at
     if retryable and attempts_left(attempt, max_retries) > 0:
         run(session, transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": 0.0, "outcome": "failed",
                                      **error})
+        run(session, transitions.TESTING_DUE_NOW, {"job_id": job_id})
         return DrainedJob(job_id, task_name, "retrying", f"{type(exc).__name__}: {exc}")
     reason = "unknown_task" if task is None else ("failed" if retryable else "non_retryable")
     run(session, transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason, "outcome": "failed",

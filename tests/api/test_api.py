@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 
 from outbox.config import Settings
 from outbox.schema import DEAD_LETTER_REASONS, JOB_STATUSES
-from tests.ledger.test_redrive import dead_job
+from tests.factories import dead_job
 from tierbox.api.app import create_app
 from tierbox.api.auth import ApiToken, hash_token
 from tierbox.api.config import ApiConfig
@@ -148,7 +148,8 @@ def test_list_show_and_count_dead_letters(client: TestClient[Any], db_url: str) 
                       {"tier": "normal", "reason": "failed", "count": 2}]
     one = client.get(f"/admin/dlq/{webhook}", headers=READ).json()
     assert one["dead_letter"]["task"] == "sample.webhook" and one["dead_letter"]["state"] == "open"
-    assert one["dead_letter"]["error_type"] == "RuntimeError" and one["attempts"] == []
+    assert one["dead_letter"]["error_type"] == "Reject"  # the handler raised Reject: one attempt, no retry
+    assert [(a["attempt"], a["outcome"], a["error_type"]) for a in one["attempts"]] == [(1, "failed", "Reject")]
     assert_error(client.get(f"/admin/dlq/{uuid.uuid4()}", headers=READ), 404, "not_found")
 
 
@@ -341,8 +342,12 @@ def test_jobs_list_and_timeline(client: TestClient[Any], db_url: str) -> None:
     assert [j["id"] for j in client.get("/admin/jobs", params={"limit": 1}, headers=READ).json()["items"]] == [new]
     detail = client.get(f"/admin/jobs/{job}", headers=READ).json()
     assert detail["job"]["status"] == "dead"
-    assert [e["event"] for e in detail["timeline"]] == ["enqueued", "dead_lettered", "finished_dead", "redriven"] \
-        or [e["event"] for e in detail["timeline"]] == ["enqueued", "finished_dead", "dead_lettered", "redriven"]
+    events = [e["event"] for e in detail["timeline"]]
+    # Four real failed attempts (the factory runs the job to its dead letter), then the dead letter and the
+    # redrive; the dead letter and the finish share an instant, so either may come first.
+    assert events[0] == "enqueued" and events[-1] == "redriven" and set(events[-3:-1]) == {"dead_lettered",
+                                                                                        "finished_dead"}
+    assert sorted(events[1:-3]) == ["attempt_failed"] * 4 + ["attempt_started"] * 4
     assert detail["timeline"][-1]["detail"]["new_job_id"] == new
     assert client.get(f"/admin/jobs/{new}", headers=READ).json()["job"]["redrive_of"] == str(job)
     assert_error(client.get(f"/admin/jobs/{uuid.uuid4()}", headers=READ), 404, "not_found")

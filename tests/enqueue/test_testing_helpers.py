@@ -70,3 +70,24 @@ def test_drain_runs_chained_steps_and_records_failures(session: Session) -> None
     error_type, traceback = session.execute(text("SELECT error_type, traceback FROM outbox.attempts WHERE job_id = :i"),
                                             {"i": rejected}).one()
     assert error_type == "Reject" and "Traceback (most recent call last)" in traceback
+
+
+@outbox.task(tier=outbox.Tier.HIGH, name="example.fails_once", max_retries=1)
+def fails_once(ctx: outbox.TaskContext) -> None:
+    """Fails its first attempt, succeeds on the retry."""
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+
+
+def test_a_retry_runs_at_the_next_drain_of_the_same_transaction_and_jobs_limits_the_run(session: Session) -> None:
+    flaky = outbox.enqueue(session, fails_once)
+    other = outbox.enqueue(session, send_receipt, args=[7])
+    [first] = outbox.testing.drain(session, jobs=[flaky])  # only the flaky job; the receipt stays pending
+    assert first.status == "retrying"
+    assert session.execute(text("SELECT count(*) FROM outbox.pending WHERE job_id = :i"), {"i": other}).scalar() == 1
+    # The test transaction's now() stands still; the retry is due at it, so the next drain starts it.
+    [second] = outbox.testing.drain(session, jobs=[flaky])
+    assert second.status == "succeeded"
+    attempts = session.execute(text("SELECT attempt, outcome FROM outbox.attempts WHERE job_id = :i ORDER BY attempt"),
+                               {"i": flaky}).all()
+    assert [tuple(a) for a in attempts] == [(1, "failed"), (2, "succeeded")]

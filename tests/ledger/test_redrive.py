@@ -10,20 +10,7 @@ import pytest
 
 import outbox
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
-
-
-def dead_job(conn: psycopg.Connection, task: str = "sample.invoice", reason: str = "failed",
-             failed_ago: str = "0 minutes") -> uuid.UUID:
-    """A job as the worker leaves it after its final failure (status dead + dead letter)."""
-    job_id = outbox.enqueue(conn, task, args=[1], kwargs={"note": "x"}, headers={"tenant": "acme"})
-    conn.execute("DELETE FROM outbox.pending WHERE job_id = %s", (job_id,))
-    conn.execute("UPDATE outbox.jobs SET status = 'dead', attempts = 4, finished_at = now() WHERE id = %s", (job_id,))
-    conn.execute("""INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason,
-                        error_type, error_message, attempts, enqueued_at, failed_at)
-                    SELECT id, task, tier, priority, payload, headers, %s, 'RuntimeError', 'boom', attempts,
-                           enqueued_at, now() - CAST(%s AS interval)
-                    FROM outbox.jobs WHERE id = %s""", (reason, failed_ago, job_id))
-    return job_id
+from tests.factories import dead_job
 
 
 def test_redrive_recreates_the_job_exactly_and_records_lineage(tx: psycopg.Connection) -> None:

@@ -12,7 +12,7 @@ import pytest
 import outbox
 import tierbox.ops.queries
 from outbox._sql import Statement
-from tests.ledger.test_redrive import dead_job
+from tests.factories import dead_job
 from tests.ledger.test_statements import positional
 
 API_STATEMENTS = [(f"ops.queries.{k}", v) for k, v in sorted(vars(tierbox.ops.queries).items()) if isinstance(v, Statement)]
@@ -69,7 +69,8 @@ def test_tier_health_counts_live_jobs_outcomes_waits_and_slo(tx: psycopg.Connect
     [row] = rows(tx, "SELECT pending, due, oldest_due_age_s > 40, published, running, stuck, succeeded_5m, "
                      "failed_5m, dead_5m, succeeded_1h, wait_p50_s IS NOT NULL, slo_breached "
                      "FROM outbox.tier_health WHERE tier = 'high'")
-    assert row == (2, 1, True, 0, 1, 1, 2, 1, 1, 2, True, True)
+    # failed_5m: the retried job's failed attempt and the dead job's four (it is run to its dead letter).
+    assert row == (2, 1, True, 0, 1, 1, 2, 5, 1, 2, True, True)
     assert rows(tx, "SELECT count(*) FILTER (WHERE slo_breached) FROM outbox.tier_health") == [(1,)]
 
 
@@ -95,7 +96,7 @@ def test_failure_summary_groups_by_tier_task_reason_and_error_type(tx: psycopg.C
     got = rows(tx, "SELECT tier, task, reason, error_type, last_1h, last_24h, last_7d, open "
                    "FROM outbox.failure_summary ORDER BY reason")
     assert got == [("high", "sample.webhook", "failed", "RuntimeError", 2, 3, 3, 3),
-                   ("high", "sample.webhook", "non_retryable", "RuntimeError", 0, 0, 1, 0)]
+                   ("high", "sample.webhook", "non_retryable", "Reject", 0, 0, 1, 0)]
 
 
 def test_job_timeline_tells_the_story_in_order(tx: psycopg.Connection) -> None:

@@ -14,8 +14,8 @@ import pytest
 import outbox
 from outbox._encoding import encode_envelope
 from outbox.config import Settings
+from tests.factories import dead_job
 from tests.helpers import ROOT, settings_env
-from tests.ledger.test_redrive import dead_job
 from tests.system import System
 from tierbox.relay.relay import build_message
 
