@@ -10,6 +10,10 @@ RETURNED = Counter("tierbox_relay_returns_total", "Publishes returned as unrouta
 FAILED = Counter("tierbox_relay_publish_errors_total", "Publishes lost to timeouts or closed channels "
                  "(rows kept pending)", ["tier"])
 EXPIRED = Counter("tierbox_relay_expired_total", "Rows past expires_at marked expired instead of published")
+REPUBLISHED = Counter("tierbox_relay_republished_total", "Published jobs whose message RabbitMQ no longer held, "
+                      "put back in the outbox by reconciliation", ["tier"])
+RECONCILE_SKIPPED = Counter("tierbox_relay_reconcile_skipped_total", "Reconciliation rounds skipped (Redis "
+                            "unreachable, or a round failed)")
 RECONNECTS = Counter("tierbox_relay_reconnects_total", "Times the relay lost a connection and reconnected")
 BATCH = Histogram("tierbox_relay_batch_seconds", "Claim, publish, confirm and commit of one batch",
                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))

@@ -7,6 +7,7 @@ finishes (its confirms are awaited and committed), then the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -18,6 +19,7 @@ from outbox.config import Settings, redact_url
 from outbox.errors import ConfigError
 from outbox.tiers import URGENT_SLO_S
 from tierbox.relay import counters as metrics
+from tierbox.relay.reconcile import Reconciler
 from tierbox.relay.relay import Relay
 from tierbox.relay.wakeup import Waker, Wakeup
 
@@ -50,6 +52,10 @@ async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> N
     if lane != "main" or urgent_weight is None:
         waker.start()  # a main-only lane of a topology with urgent tiers polls: the urgent lane takes NOTIFYs
     delay = RECONNECT_FIRST_S
+    # Beside the main lane, in a task of its own: a round waits for the pools' in-flight sets
+    # (reconcile.INFLIGHT_SETTLE_S), which must not hold up publishing.
+    reconciling = (asyncio.create_task(reconcile_forever(settings, stop), name="reconcile")
+                   if lane != "urgent" and settings.reconcile_interval_s > 0 else None)
     try:
         while not stop.is_set():
             try:
@@ -73,8 +79,38 @@ async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> N
             finally:
                 await relay.close()
     finally:
+        if reconciling is not None:
+            reconciling.cancel()
+            await asyncio.gather(reconciling, return_exceptions=True)
         await waker.stop()
     event(log, "relay.stopped", lane=lane)
+
+
+async def reconcile_forever(settings: Settings, stop: asyncio.Event) -> None:
+    """A reconciliation round every ``reconcile_interval_s`` until ``stop`` (see :mod:`tierbox.relay.reconcile`).
+
+    A round that fails (Postgres, RabbitMQ or Redis trouble) is logged and counted; the connections
+    are opened again for the next round.
+    """
+    reconciler: Reconciler | None = None
+    try:
+        while not stop.is_set():
+            await wait_any(stop, timeout_s=settings.reconcile_interval_s)
+            if stop.is_set():
+                break
+            try:
+                reconciler = reconciler or await Reconciler.connect(settings)
+                await reconciler.run_once()
+            except Exception as exc:  # noqa: BLE001 - logged, counted; the next round reconnects
+                metrics.RECONCILE_SKIPPED.inc()
+                event(log, "relay.reconcile_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+                if reconciler is not None:
+                    with contextlib.suppress(Exception):
+                        await reconciler.close()
+                reconciler = None
+    finally:
+        if reconciler is not None:
+            await reconciler.close()
 
 
 def check_lane(settings: Settings, lane: str) -> None:

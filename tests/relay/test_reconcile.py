@@ -1,0 +1,297 @@
+"""Reconciliation against real Postgres, RabbitMQ and Redis: a job survives RabbitMQ losing its message.
+
+The first tests drive a :class:`Reconciler` in the test's process round by round; the last ones run
+real relay and worker processes and purge or delete the test's own queues under them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import msgspec
+import psycopg
+import pytest
+
+import outbox
+from outbox import _transitions as transitions
+from outbox._sql import run_async
+from outbox.config import Settings
+from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+from tests.helpers import Proc
+from tests.system import System
+from tierbox.relay import Relay
+from tierbox.relay.reconcile import Reconciler
+from tierbox.workers import inflight
+
+
+def enqueue(settings: Settings, task: str, n: int, *args: Any) -> list[uuid.UUID]:
+    with psycopg.connect(settings.database_url) as conn:
+        return [outbox.enqueue(conn, task, args=list(args)) for _ in range(n)]
+
+
+def q(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def republished(settings: Settings) -> list[uuid.UUID]:
+    return [r[0] for r in q(settings, "SELECT job_id FROM outbox.republished ORDER BY id")]
+
+
+async def ready(amqp: aio_pika.abc.AbstractConnection, queue: str) -> int:
+    channel = await amqp.channel()
+    try:
+        return int((await channel.declare_queue(queue, passive=True)).declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def purge(amqp: aio_pika.abc.AbstractConnection, queue: str) -> int:
+    """AMQP queue.purge on one of this test's queues; returns the messages it dropped."""
+    channel = await amqp.channel()
+    try:
+        result = await (await channel.get_queue(queue, ensure=False)).purge()
+        return int(result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def publish_all(settings: Settings) -> int:
+    relay = await Relay.connect(settings)
+    try:
+        return await relay.drain()
+    finally:
+        await relay.close()
+
+
+@pytest.fixture
+def quick(settings: Settings) -> Settings:
+    """Reconciliation with no grace: a job published a moment ago may be republished."""
+    return msgspec.structs.replace(settings, reconcile_interval_s=1.0, reconcile_grace_s=0.0)
+
+
+@pytest.fixture
+async def reconciler(quick: Settings) -> AsyncIterator[Reconciler]:
+    r = await Reconciler.connect(quick, actor="test-relay")
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+async def test_a_purged_job_is_republished_after_two_rounds_then_published_again(
+        quick: Settings, reconciler: Reconciler, amqp: aio_pika.abc.AbstractConnection) -> None:
+    jobs = enqueue(quick, "sample.critical_effect", 5)
+    assert await publish_all(quick) == 5
+    assert await reconciler.run_once() == 0  # nothing missing: the queue holds all five
+    assert await purge(amqp, quick.queue_name("critical")) == 5
+    assert await reconciler.run_once() == 0  # first round: candidates only
+    assert republished(quick) == []
+    assert await reconciler.run_once() == 5  # second round: still missing, republished
+    assert sorted(republished(quick)) == sorted(jobs)
+    assert q(quick, "SELECT DISTINCT reason, actor, tier FROM outbox.republished") == [
+        ("reconcile", "test-relay", "critical")]
+    assert q(quick, "SELECT count(*) FROM outbox.pending") == [(5,)]
+    assert await reconciler.run_once() == 0  # pending again: on its way, not owed
+    assert await publish_all(quick) == 5
+    assert await ready(amqp, quick.queue_name("critical")) == 5
+    assert await reconciler.run_once() == 0  # in the queue again: nothing missing
+    assert len(republished(quick)) == 5
+    assert q(quick, "SELECT DISTINCT status FROM outbox.jobs") == [("published",)]
+    events = q(quick, "SELECT event, detail->>'reason' FROM outbox.job_timeline WHERE job_id = %s "
+                      "ORDER BY at, seq", jobs[0])
+    assert ("republished", "reconcile") in events
+    health = q(quick, "SELECT republished_1h, published, published_oldest_age_s FROM outbox.tier_health "
+                      "WHERE tier = 'critical'")
+    assert health[0][0] == 5 and health[0][1] == 5 and health[0][2] is not None
+
+
+async def test_the_grace_keeps_a_recently_published_job(
+        settings: Settings, amqp: aio_pika.abc.AbstractConnection) -> None:
+    slow = msgspec.structs.replace(settings, reconcile_grace_s=60.0)
+    enqueue(slow, "sample.critical_effect", 3)
+    await publish_all(slow)
+    await purge(amqp, slow.queue_name("critical"))
+    r = await Reconciler.connect(slow)
+    try:
+        assert r.db is not None
+        for _ in range(2):
+            async with r.db.transaction():
+                found = await r.round(r.db, ["critical"])
+            [tier] = found.tiers
+            assert (tier.owed, tier.ready, tier.shortfall, tier.candidates, tier.republished) == (3, 0, 3, [], [])
+    finally:
+        await r.close()
+    assert republished(slow) == []
+
+
+async def test_jobs_a_pool_holds_are_not_missing(
+        quick: Settings, reconciler: Reconciler, amqp: aio_pika.abc.AbstractConnection) -> None:
+    """Two of five messages sit in a pool's buffer (its Redis set says so); three were purged."""
+    jobs = enqueue(quick, "sample.critical_effect", 5)
+    await publish_all(quick)
+    await purge(amqp, quick.queue_name("critical"))
+    held = inflight.InflightReporter(quick, "test-pool", ["critical"])
+    for job in jobs[:2]:
+        held.hold("critical", type("Message", (), {"message_id": str(job)})())
+    await held.publish()
+    try:
+        assert reconciler.db is not None
+        async with reconciler.db.transaction():
+            found = await reconciler.round(reconciler.db, ["critical"])
+        assert (found.tiers[0].owed, found.tiers[0].held, found.tiers[0].shortfall) == (5, 2, 3)
+        assert sorted(found.tiers[0].candidates) == sorted(jobs[2:])
+        await held.publish()  # the pool's next beat
+        assert await reconciler.run_once() == 3
+        assert sorted(republished(quick)) == sorted(jobs[2:])
+    finally:
+        await held.close()
+
+
+async def test_force_skips_the_two_rounds_and_a_dry_run_writes_nothing(
+        quick: Settings, amqp: aio_pika.abc.AbstractConnection) -> None:
+    jobs = enqueue(quick, "sample.critical_effect", 2)
+    await publish_all(quick)
+    await purge(amqp, quick.queue_name("critical"))
+    r = await Reconciler.connect(quick, actor="alice")
+    r.reason = "manual"
+    try:
+        assert r.db is not None
+        async with r.db.transaction():
+            dry = await r.round(r.db, ["critical"], dry_run=True, force=True)
+        assert sorted(dry.tiers[0].republished) == sorted(jobs) and dry.republished == 0
+        assert republished(quick) == [] and q(quick, "SELECT count(*) FROM outbox.pending") == [(0,)]
+        async with r.db.transaction():
+            done = await r.round(r.db, ["critical"], force=True)
+        assert done.republished == 2
+    finally:
+        await r.close()
+    assert q(quick, "SELECT DISTINCT reason, actor FROM outbox.republished") == [("manual", "alice")]
+
+
+async def test_a_round_is_skipped_without_redis_or_while_another_holds_the_lock(
+        quick: Settings, amqp: aio_pika.abc.AbstractConnection) -> None:
+    enqueue(quick, "sample.critical_effect", 2)
+    await publish_all(quick)
+    await purge(amqp, quick.queue_name("critical"))
+    blind = await Reconciler.connect(msgspec.structs.replace(quick, redis_url="redis://127.0.0.1:1/0"))
+    try:
+        assert blind.db is not None
+        for _ in range(2):
+            async with blind.db.transaction():
+                found = await blind.round(blind.db, force=True)
+            assert found.skipped is not None and "Redis unreachable" in found.skipped and found.tiers == []
+    finally:
+        await blind.close()
+    first = await Reconciler.connect(quick)
+    second = await Reconciler.connect(quick)
+    try:
+        assert first.db is not None and second.db is not None
+        async with first.db.transaction():
+            await first.round(first.db, ["critical"])  # holds the lock until this transaction ends
+            async with second.db.transaction():
+                other = await second.round(second.db, force=True)
+            assert other.skipped == "another relay's round holds the lock"
+    finally:
+        await first.close()
+        await second.close()
+    assert republished(quick) == []
+
+
+async def test_a_duplicate_of_a_republished_job_that_ran_is_absorbed(
+        quick: Settings, system_quick: System) -> None:
+    """The message was not lost after all: the job runs from it, then the republished copy arrives."""
+    [job] = enqueue(quick, "sample.critical_effect", 1)
+    await publish_all(quick)
+    async with await psycopg.AsyncConnection.connect(quick.psycopg_url) as conn:
+        rows = await run_async(conn, transitions.REPUBLISH, {"ids": [job], "tier": "critical", "grace_s": 0,
+                                                             "reason": "manual", "actor": "test"})
+    assert [r.job_id for r in rows] == [job]
+    assert await publish_all(quick) == 1  # the second copy
+    worker = system_quick.worker("--pool", "urgent", "--burst")
+    assert worker.wait(60) == 0
+    system_quick.wait_status(job, "succeeded")
+    out = worker.output()
+    assert "skipped_finished=1" in out or "skipped_running=1" in out, out[-2000:]
+    assert system_quick.runs(job) == 1 and system_quick.outcomes(job) == ["succeeded"]
+
+
+# --- Real relay and worker processes --------------------------------------------------------------
+
+
+@pytest.fixture
+def system_quick(quick: Settings, procs: list[Proc], tmp_path: Path) -> System:
+    """Processes reconciling every second with a 1 s grace."""
+    return System(msgspec.structs.replace(quick, reconcile_grace_s=1.0), procs, tmp_path)
+
+
+def wait_published(system: System, jobs: list[uuid.UUID]) -> None:
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'published' AND id = ANY(%s)",
+                                 jobs)[0][0] == len(jobs), what="all published")
+
+
+def run_once_each(system: System, jobs: list[uuid.UUID]) -> None:
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'succeeded' AND id = ANY(%s)",
+                                 jobs)[0][0] == len(jobs), timeout=60, what="all succeeded")
+    runs = dict(system.q("SELECT job_id, count(*) FROM public.test_runs WHERE job_id = ANY(%s) GROUP BY job_id", jobs))
+    assert runs == dict.fromkeys(jobs, 1)
+
+
+async def test_purged_with_no_worker_then_every_job_runs_once(
+        system_quick: System, amqp: aio_pika.abc.AbstractConnection) -> None:
+    system = system_quick
+    relay = system.relay()
+    jobs = [system.enqueue("sample.critical_effect", f"purged {i}") for i in range(20)]
+    wait_published(system, jobs)
+    queue = system.settings.queue_name("critical")
+    assert await purge(amqp, queue) == 20
+    purged_at = time.monotonic()
+    system.wait(lambda: len(republished(system.settings)) == 20, timeout=30, what="20 republished")
+    recovered_s = time.monotonic() - purged_at
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.pending")[0][0] == 0, what="published again")
+    assert sorted(republished(system.settings)) == sorted(jobs)
+    system.worker("--pool", "urgent")
+    run_once_each(system, jobs)
+    assert "relay.republished" in relay.output()
+    print(f"recovery after purge: {recovered_s:.1f} s (grace 1 s, interval 1 s)")
+
+
+async def test_purge_while_consuming_republishes_only_the_lost(
+        system_quick: System, amqp: aio_pika.abc.AbstractConnection) -> None:
+    """A worker runs 8 and buffers 1 (urgent pool, HIGH tier); the rest are purged from the queue."""
+    system = system_quick
+    system.relay()
+    jobs = [system.enqueue("sample.sleep", 1.5, f"slow {i}") for i in range(30)]
+    wait_published(system, jobs)
+    system.worker("--pool", "urgent")
+    queue = system.settings.queue_name("high")
+    system.wait(lambda: system.q("SELECT count(*) FROM public.test_runs")[0][0] >= 8, what="slots busy")
+    purged = await purge(amqp, queue)
+    started = {r[0] for r in system.q("SELECT job_id FROM public.test_runs")}
+    assert 0 < purged <= 30 - 8
+    run_once_each(system, jobs)
+    again = republished(system.settings)
+    assert len(again) == purged and len(set(again)) == purged
+    assert not set(again) & started
+
+
+async def test_a_deleted_queue_is_declared_again_and_its_jobs_run_once(
+        system_quick: System, amqp: aio_pika.abc.AbstractConnection) -> None:
+    system = system_quick
+    system.relay()
+    jobs = [system.enqueue("sample.critical_effect", f"deleted {i}") for i in range(10)]
+    wait_published(system, jobs)
+    queue = system.settings.queue_name("critical")
+    channel = await amqp.channel()
+    await channel.queue_delete(queue)
+    await channel.close()
+    system.wait(lambda: len(republished(system.settings)) == 10, timeout=30, what="10 republished")
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.pending")[0][0] == 0, what="published again")
+    assert await ready(amqp, queue) == 10  # declared again (bound: the relay's publishes were routed)
+    system.worker("--pool", "urgent")
+    run_once_each(system, jobs)
