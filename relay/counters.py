@@ -15,6 +15,8 @@ REPUBLISHED = Counter("tierbox_relay_republished_total", "Published jobs whose m
 RECONCILE_SKIPPED = Counter("tierbox_relay_reconcile_skipped_total", "Reconciliation rounds skipped (Redis "
                             "unreachable, or a round failed)")
 RECONNECTS = Counter("tierbox_relay_reconnects_total", "Times the relay lost a connection and reconnected")
+BLOCKED = Gauge("tierbox_relay_blocked", "Relay connections the broker blocks right now (connection.blocked: "
+                "a memory or disk alarm); their lane claims nothing until unblocked")
 BATCH = Histogram("tierbox_relay_batch_seconds", "Claim, publish, confirm and commit of one batch",
                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 LAG = Gauge("tierbox_relay_observed_lag_seconds", "Age of the oldest due, unpublished row, as this relay saw it "

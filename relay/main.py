@@ -161,6 +161,9 @@ async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, 
         while not stop.is_set():
             if not relay.healthy:
                 raise ConnectionError("a connection closed")
+            if relay.blocked:  # a broker alarm: claiming would only time out and retry
+                await relay.hold_while_blocked(stop)
+                continue
             wakeup.clear()
             handled = await relay.run_once()
             if log_lag and time.monotonic() >= next_lag_log:

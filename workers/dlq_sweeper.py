@@ -10,6 +10,7 @@ dead letter is committed (or the ledger shows the job finished elsewhere).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -21,6 +22,7 @@ from outbox import _encoding as encoding
 from outbox._failure import ErrorInfo
 from outbox._logs import event
 from outbox.config import Settings
+from tierbox.workers.consumers import watch_cancel
 from tierbox.workers.ledger import Ledger
 
 log = logging.getLogger("tierbox.worker")
@@ -55,12 +57,15 @@ class DlqSweeper:
         self.tiers = tiers
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
 
-    async def start(self) -> None:
-        """Start consuming every dlq of the pool's tiers."""
+    async def start(self, lost: asyncio.Event | None = None) -> None:
+        """Start consuming every dlq of the pool's tiers; ``lost`` is set if the broker cancels one of
+        these consumers (the dlq was deleted: the pool then declares it again and re-subscribes)."""
         channel = await self.connection.channel()
         await channel.set_qos(prefetch_count=SWEEP_PREFETCH)
         for tier in self.tiers:
             queue = await channel.get_queue(self.settings.dlq_name(tier), ensure=False)
+            if lost is not None:
+                await watch_cancel(channel, queue.name, lost)
             tag = await queue.consume(self._receiver(tier))
             self._consumers.append((queue, tag))
 

@@ -35,6 +35,7 @@ from outbox.registry import Registry
 from outbox.tiers import PoolSpec
 from tierbox.flow.admission import PAUSE_REFRESH_S, Admission
 from tierbox.workers.buffer import PriorityBuffer
+from tierbox.workers.consumers import watch_cancel
 from tierbox.workers.dlq_sweeper import DlqSweeper
 from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
 from tierbox.workers.execute import Executor
@@ -100,7 +101,9 @@ class Pool:
         self._stopping = False
 
     async def start(self) -> asyncio.Event:
-        """Connect, declare the pool's queues and start consuming; the event is set if the connection drops."""
+        """Connect, declare the pool's queues and start consuming; the event is set if the connection drops
+        or the broker cancels one of the pool's consumers (its queue was deleted, or a reset wiped it):
+        :meth:`_connected` then starts over, which declares the queues again and re-subscribes."""
         from outbox._amqp import declare_topology
         from outbox._maintenance import check_schema_async
 
@@ -117,10 +120,11 @@ class Pool:
             channel.close_callbacks.add(lambda *_: lost.set())
             await channel.set_qos(prefetch_count=self._qos(tier))
             queue = await channel.get_queue(self.settings.queue_name(tier), ensure=False)
+            await watch_cancel(channel, queue.name, lost)
             tag = await queue.consume(self._receiver(tier))
             self._consumers.append((queue, tag))
         self.sweeper = DlqSweeper(self.settings, self.connection, self.ledger, list(self.spec.tiers))
-        await self.sweeper.start()
+        await self.sweeper.start(lost)
         event(log, "worker.started", pool=self.name, worker_id=self.worker_id, tiers=",".join(self.spec.tiers),
               concurrency=self.spec.concurrency, reserved=_spelled(self.spec.reserved),
               qos=",".join(f"{t}:{self._qos(t)}" for t in self.spec.tiers))
