@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_and_exit_2(db_url: str) -> None:
 
 def test_tiers_table_and_json(db_url: str) -> None:
     dead(db_url)
-    rows = as_json(tierbox(db_url, "tiers", "--json"))
+    rows = as_json(tierbox(db_url, "tiers", "--json"))["tiers"]
     assert [r["tier"] for r in rows][:2] == ["critical", "calls"]
     assert next(r for r in rows if r["tier"] == "normal")["dead_5m"] == 1
     table = tierbox(db_url, "tiers")
