@@ -23,6 +23,7 @@ from tierbox.api.config import ApiConfig
 from tierbox.api.routes_control import ROUTES as CONTROL_ROUTES
 from tierbox.api.routes_dlq import DeadLetterController
 from tierbox.api.routes_jobs import JobController
+from tierbox.api.routes_reconcile import reconcile
 from tierbox.api.routes_tiers import TierController, healthz, readyz, scrape
 from tierbox.ops import db, queries
 from tierbox.ops.broker import BrokerProbe
@@ -52,7 +53,8 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         await engine.dispose()
 
     return Litestar(
-        route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, scrape, healthz, readyz],
+        route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, reconcile, scrape,
+                        healthz, readyz],
         dependencies={"db": Provide(provide_db)},
         exception_handlers=errors.HANDLERS,
         before_request=params.screen,  # hostile input stops here, before parsing or Postgres

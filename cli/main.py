@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from tierbox.cli import control, dlq, processes, schedules, tiers, tokens
+from tierbox.cli import control, dlq, processes, reconcile, schedules, tiers, tokens
 from tierbox.cli.args import ENV_HELP
 
 
@@ -28,7 +28,7 @@ def _with_env_help(command: click.Command) -> None:
 
 
 for _command in (*processes.COMMANDS, dlq.dlq, tiers.tiers, *control.COMMANDS, schedules.schedules,
-                 tokens.api_token):
+                 tokens.api_token, reconcile.reconcile):
     _with_env_help(_command)
     cli.add_command(_command)
 

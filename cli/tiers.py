@@ -14,8 +14,9 @@ from tierbox.cli import args, render
 from tierbox.cli.errors import one_line_errors
 from tierbox.ops.models import TierHealth
 
-TIER_COLUMNS = ("tier", "pending", "oldest_due_age_s", "published", "running", "stuck", "succeeded_5m",
-                "failed_5m", "dead_5m", "wait_p95_s", "slo_breached", "queue_depth", "queue_consumers", "dlq_depth")
+TIER_COLUMNS = ("tier", "pending", "oldest_due_age_s", "published", "published_oldest_age_s", "republished_1h",
+                "running", "stuck", "succeeded_5m", "failed_5m", "dead_5m", "wait_p95_s", "slo_breached",
+                "queue_depth", "queue_consumers", "dlq_depth")
 
 
 class Breakers(msgspec.Struct, frozen=True, kw_only=True):

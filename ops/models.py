@@ -227,6 +227,10 @@ class TierHealth(msgspec.Struct, kw_only=True):
     wait_p50_s: float | None
     wait_p95_s: float | None
     slo_breached: bool
+    #: Age of the oldest job published and not started (revision 0007); None when there is none.
+    published_oldest_age_s: float | None = None
+    #: Jobs republished by reconciliation in the last hour (revision 0007).
+    republished_1h: int = 0
     queue: str = ""
     queue_depth: int | None = None
     queue_consumers: int | None = None

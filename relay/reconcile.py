@@ -56,6 +56,8 @@ INFLIGHT_SETTLE_S = inflight.PUBLISH_INTERVAL_S + 0.5
 CANDIDATES_TTL_INTERVALS = 2.0
 #: Interval assumed for the candidates' lifetime when automatic rounds are disabled (manual rounds).
 MANUAL_INTERVAL_S = 10.0
+#: ``Round.skipped`` when another relay's (or operator's) round holds the lock.
+SKIPPED_LOCKED = "another relay's round holds the lock"
 
 
 class TierRound(msgspec.Struct, kw_only=True):
@@ -140,7 +142,7 @@ class Reconciler:
         """One round on ``conn``, in the caller's transaction (it holds the lock until it ends)."""
         key = f"tierbox.reconcile {self.settings.queue_prefix}"
         if not (await run_async(conn, queries.RECONCILE_LOCK, {"key": key}))[0].taken:
-            return Round(skipped="another relay's round holds the lock")
+            return Round(skipped=SKIPPED_LOCKED)
         names = list(tiers or self.settings.topology.tiers)
         cut = (await run_async(conn, queries.DB_NOW))[0].now
         ready = {tier: await self._ready(tier) for tier in names}

@@ -6,6 +6,7 @@ real relay and worker processes and purge or delete the test's own queues under 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -295,3 +296,30 @@ async def test_a_deleted_queue_is_declared_again_and_its_jobs_run_once(
     assert await ready(amqp, queue) == 10  # declared again (bound: the relay's publishes were routed)
     system.worker("--pool", "urgent")
     run_once_each(system, jobs)
+
+
+#: Jobs of the healthy-backlog test; docs/reliability.md quotes a run with 20,000.
+BACKLOG = int(os.environ.get("TIERBOX_TEST_RECONCILE_BACKLOG", "3000"))
+
+
+@pytest.mark.timeout(600)
+def test_a_healthy_bulk_backlog_draining_republishes_nothing(system_quick: System) -> None:
+    """Thousands of BULK jobs drain through a two-slot pool while the relay reconciles every second with a 1 s
+    grace: the messages move from the queue into the pool's buffer and start, and none is taken for lost."""
+    system = system_quick
+    relay = system.relay()
+    with psycopg.connect(system.settings.database_url) as conn:
+        for start in range(0, BACKLOG, 5000):
+            outbox.enqueue_many(conn, [outbox.job("sample.export", args=[i])
+                                       for i in range(start, min(start + 5000, BACKLOG))])
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.pending")[0][0] == 0, timeout=120,
+                what="backlog published")
+    began = time.monotonic()
+    system.worker("--pool", "deferred", "--concurrency", "2")
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'succeeded'")[0][0] == BACKLOG,
+                timeout=540, what="backlog drained")
+    drained_s = time.monotonic() - began
+    rounds = relay.output().count("relay.reconcile_shortfall")
+    assert republished(system.settings) == []
+    assert system.q("SELECT count(*) FROM outbox.attempts")[0][0] == BACKLOG
+    print(f"{BACKLOG} BULK jobs drained in {drained_s:.1f} s; rounds with a shortfall: {rounds}; republished: 0")
