@@ -6,6 +6,7 @@ real relay and worker processes and purge or delete the test's own queues under 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -323,3 +324,40 @@ def test_a_healthy_bulk_backlog_draining_republishes_nothing(system_quick: Syste
     assert republished(system.settings) == []
     assert system.q("SELECT count(*) FROM outbox.attempts")[0][0] == BACKLOG
     print(f"{BACKLOG} BULK jobs drained in {drained_s:.1f} s; rounds with a shortfall: {rounds}; republished: 0")
+
+
+# --- By hand: tierbox reconcile -------------------------------------------------------------------
+
+
+async def test_cli_dry_run_says_what_it_would_republish_and_changes_nothing(
+        quick: Settings, amqp: aio_pika.abc.AbstractConnection) -> None:
+    from click.testing import CliRunner
+
+    from tests.helpers import settings_env
+    from tierbox.cli.main import cli
+
+    jobs = enqueue(quick, "sample.critical_effect", 2)
+    await publish_all(quick)
+    await purge(amqp, quick.queue_name("critical"))
+    env = settings_env(quick)
+
+    def run(*args: str) -> str:  # in a thread: the command runs its own event loop
+        result = CliRunner().invoke(cli, ["reconcile", *args], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    # No previous round saw them missing: the two-round rule holds them back.
+    plain = await asyncio.to_thread(run, "--tier", "critical", "--dry-run")
+    assert "would republish 0 job(s)" in plain and "SHORTFALL" in plain
+    forced = await asyncio.to_thread(run, "--tier", "critical", "--dry-run", "--force")
+    assert {f"would republish critical {j}" for j in jobs} <= set(forced.splitlines())
+    assert "would republish 2 job(s)" in forced
+    assert republished(quick) == [] and q(quick, "SELECT count(*) FROM outbox.pending") == [(0,)]
+    audit = q(quick, "SELECT action, actor_kind, result, job_ids, detail->>'dry_run' FROM outbox.admin_audit ORDER BY id")
+    assert audit == [("reconcile", "os_user", "ok", [], "true")] * 2
+    done = await asyncio.to_thread(run, "--tier", "critical", "--force", "--reason", "queue purged by hand")
+    assert "republished 2 job(s)" in done
+    assert sorted(republished(quick)) == sorted(jobs)
+    assert q(quick, "SELECT DISTINCT reason FROM outbox.republished") == [("manual",)]
+    last = q(quick, "SELECT job_ids, detail->>'reason' FROM outbox.admin_audit ORDER BY id DESC LIMIT 1")[0]
+    assert sorted(last[0]) == sorted(jobs) and last[1] == "queue purged by hand"
