@@ -20,6 +20,10 @@ def test_worker_redeclares_and_resubscribes_when_the_broker_cancels_its_consumer
     system.wait(lambda: queue_stats(system.settings.amqp_url, queue) == (0, 1), timeout=20,
                 what="queue re-declared and consumed again")
     assert "worker.consumer_cancelled" in worker.output()
+    dlq = system.settings.dlq_name("high")  # the dead-letter sweeper's consumer: the same
+    delete_queue(system.settings.amqp_url, dlq)
+    system.wait(lambda: queue_stats(system.settings.amqp_url, dlq) == (0, 1), timeout=20,
+                what="dlq re-declared and swept again")
     system.relay()
     assert_each_ran_once(system, enqueue_effects(system, 5, "after"))
     assert worker.alive()
