@@ -300,7 +300,7 @@ async def test_a_deleted_queue_is_declared_again_and_its_jobs_run_once(
 
 
 #: Jobs of the healthy-backlog test; docs/reliability.md quotes a run with 20,000.
-BACKLOG = int(os.environ.get("TIERBOX_TEST_RECONCILE_BACKLOG", "3000"))
+BACKLOG = int(os.environ.get("RECONCILE_TEST_BACKLOG", "3000"))
 
 
 @pytest.mark.timeout(600)
