@@ -187,6 +187,7 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
     from outbox.errors import SchemaOutdatedError
     from outbox.registry import Registry
     from outbox.tiers import PoolSpec
+    from outbox._maintenance import REQUIRED_REVISION
     from tierbox.relay import Relay
     from tierbox.workers.pool import Pool
 
@@ -197,7 +198,8 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
         with pytest.raises(SchemaOutdatedError, match=r"no outbox schema .* run `tierbox migrate` first"):
             await Relay.connect(settings)
         migrations.upgrade(empty_db_url, "0005")
-        with pytest.raises(SchemaOutdatedError, match="at revision 0005, this Tierbox needs 0006: run `tierbox migrate`"):
+        needs = f"at revision 0005, this Tierbox needs {REQUIRED_REVISION}: run `tierbox migrate`"  # head (a test above)
+        with pytest.raises(SchemaOutdatedError, match=needs):
             await Relay.connect(settings)
         with pytest.raises(SchemaOutdatedError, match="at revision 0005"):
             await pool.start()
