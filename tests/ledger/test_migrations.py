@@ -183,11 +183,11 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
         empty_db_url: str, service_urls: dict[str, str]) -> None:
     """Rolled out before `tierbox migrate`: a relay or worker says what to run (and its connect loop
     retries, so it starts once the schema is migrated) instead of failing every start."""
+    from outbox._maintenance import REQUIRED_REVISION
     from outbox.config import Settings
     from outbox.errors import SchemaOutdatedError
     from outbox.registry import Registry
     from outbox.tiers import PoolSpec
-    from outbox._maintenance import REQUIRED_REVISION
     from tierbox.relay import Relay
     from tierbox.workers.pool import Pool
 
