@@ -8,12 +8,21 @@ them with the ledger and the dead letters. Re-run a failure with the seed it pri
 Fault kinds: SIGKILL a relay, SIGKILL a worker pool (mid-handler: some jobs sleep 200 ms), SIGTERM a
 pool, close every broker connection of this run from the broker side, terminate every Postgres
 backend of the run's database, publish garbage straight into tier queues, cap a queue's length with
-a policy (publishes nacked: the relay must keep rows pending). Broker and Postgres restarts are in the
-long profile only (``CHAOS_RESTARTS=1``), since they disturb anything else on the machine.
+a policy (publishes nacked: the relay must keep rows pending), purge a tier queue holding published
+jobs, delete a tier queue its pool consumes (both only on the run's own queue prefix: reconciliation
+must republish what the broker lost). Broker restarts and resets and Postgres restarts are in the long
+profile only (``--restarts``): the broker faults then hit a RabbitMQ node the run starts for itself
+(``tests/chaos/node.py``; a reset is followed by recreating the run's vhost and user, as an operator
+would), never the shared one; ``restart_postgres`` restarts the shared Postgres (``--exclude`` it).
+
+The run's processes reconcile every second with a 2 s grace (the defaults, 10 s and at least 30 s,
+would make a purged job wait longer than the short profile lasts).
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
 import os
 import random
@@ -30,12 +39,18 @@ import psycopg
 
 from outbox.config import Settings
 from tests.chaos import tasks
+from tests.chaos.node import BrokerNode
 from tests.helpers import ROOT, Proc, settings_env, wait_until
 
 POOLS = ("urgent", "normal", "deferred", "calls")
 BASE_FAULTS = ("sigkill_relay", "sigkill_worker", "sigterm_pool", "close_connections", "pg_terminate",
-               "garbage", "queue_limit")
-RESTART_FAULTS = ("restart_rabbitmq", "restart_postgres")
+               "garbage", "queue_limit", "purge_queue", "delete_queue")
+RESTART_FAULTS = ("restart_rabbitmq", "reset_broker", "restart_postgres")
+#: Faults after which the broker no longer holds some published jobs' messages (reconciliation's work).
+#: Their recovery is measured until *every* tier they touched has served again (the others: any).
+BROKER_LOSS_FAULTS = ("purge_queue", "delete_queue", "reset_broker")
+#: How long a broker-loss fault first waits for garbage messages still queued to be dead-lettered.
+GARBAGE_SETTLE_S = 10.0
 APP = "tests.chaos.tasks"
 
 
@@ -49,8 +64,16 @@ class Report:
     effects: int = 0
     raw_executions: int = 0
     dead_letters: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     garbage_published: int = 0
     garbage_dead_lettered: int = 0
+    #: Garbage messages still queued when a broker-loss fault struck (it may have wiped them).
+    garbage_exposed: int = 0
+    #: Ready messages the broker reported gone with ``purge_queue`` / ``delete_queue``.
+    purged_messages: int = 0
+    deleted_messages: int = 0
+    #: Rows of ``outbox.republished`` (jobs reconciliation published again).
+    republished: int = 0
     duplicates_absorbed: int = 0
     lost: list[str] = field(default_factory=list)
     double_effects: list[str] = field(default_factory=list)
@@ -65,14 +88,19 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        garbage_ok = (self.garbage_published - self.garbage_exposed <= self.garbage_dead_lettered
+                      <= self.garbage_published)
         return not (self.lost or self.double_effects or self.rolled_back_ran or self.stranded
-                    or self.garbage_dead_lettered != self.garbage_published or self.unclean_exits)
+                    or not garbage_ok or self.unclean_exits)
 
     def table(self) -> str:
         rows = [("seed", self.seed), ("jobs committed", self.committed), ("jobs rolled back", self.rolled_back),
                 ("effects (exactly-once)", self.effects), ("raw executions", self.raw_executions),
-                ("dead letters", self.dead_letters),
+                ("dead letters", f"{self.dead_letters} " + json.dumps(self.dead_letter_reasons, sort_keys=True)),
                 ("garbage published / dead-lettered", f"{self.garbage_published} / {self.garbage_dead_lettered}"),
+                ("garbage exposed to a broker-loss fault", self.garbage_exposed),
+                ("messages purged / deleted with a queue", f"{self.purged_messages} / {self.deleted_messages}"),
+                ("jobs republished by reconciliation", self.republished),
                 ("duplicate deliveries absorbed", self.duplicates_absorbed),
                 ("lost (must be 0)", len(self.lost)), ("double effects (must be 0)", len(self.double_effects)),
                 ("rolled-back jobs that ran (must be 0)", len(self.rolled_back_ran)),
@@ -96,8 +124,12 @@ class ChaosRun:
     def __init__(self, settings: Settings, workdir: Path, seed: int, jobs: int, producers: int = 2,
                  relays: int = 2, fault_gap_s: tuple[float, float] = (1.0, 3.0), restarts: bool = False,
                  produce_s: float = 45.0, timeout_s: float = 150.0, faults: bool = True,
-                 bulk_backlog: int = 0) -> None:
-        self.settings = msgspec.structs.replace(settings, app=APP)
+                 bulk_backlog: int = 0, node: BrokerNode | None = None, exclude: tuple[str, ...] = (),
+                 reconcile_interval_s: float = 1.0, reconcile_grace_s: float = 2.0) -> None:
+        self.node = node
+        self.settings = msgspec.structs.replace(
+            settings, app=APP, reconcile_interval_s=reconcile_interval_s, reconcile_grace_s=reconcile_grace_s,
+            **({"amqp_url": node.url} if node else {}))
         self.workdir = workdir
         self.seed = seed
         self.rng = random.Random(seed)
@@ -105,7 +137,13 @@ class ChaosRun:
         self.n_producers = producers
         self.n_relays = relays
         self.fault_gap_s = fault_gap_s
-        self.kinds = BASE_FAULTS + (RESTART_FAULTS if restarts else ())
+        unknown = set(exclude) - set(BASE_FAULTS + RESTART_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
+        self.kinds = tuple(k for k in BASE_FAULTS + (RESTART_FAULTS if restarts else ()) if k not in exclude)
+        if "reset_broker" in self.kinds and node is None:
+            raise ValueError("reset_broker runs only against a RabbitMQ node of the run's own (node=...), "
+                             "never the shared one")
         self.timeout_s = timeout_s
         self.produce_s = produce_s
         self.faults_on = faults
@@ -115,6 +153,9 @@ class ChaosRun:
         self.producers: list[subprocess.Popen[bytes]] = []
         self.report = Report(seed=seed)
         self._fault_times: list[tuple[str, float, tuple[str, ...]]] = []
+        self._garbage_by_tier: dict[str, int] = {}
+        #: A fault that prepares first (picks a queue, lets garbage settle) sets the moment it strikes.
+        self._fault_at: float | None = None
         self._affected: tuple[str, ...] = ()
         self._n = 0
         self._stopped_logs: list[str] = []
@@ -193,9 +234,10 @@ class ChaosRun:
         """Inject one fault; recovery is later measured on the tiers it affected."""
         self.report.faults[kind] = self.report.faults.get(kind, 0) + 1
         self._affected = tuple(self.settings.topology.tiers)
+        self._fault_at = None
         at = time.time()
         getattr(self, f"_fault_{kind}")()
-        self._fault_times.append((kind, at, self._affected))
+        self._fault_times.append((kind, self._fault_at or at, self._affected))
 
     def _note_rss(self, proc: Proc) -> None:
         """Peak resident memory of a process about to be stopped (VmHWM), kept per process kind."""
@@ -243,12 +285,19 @@ class ChaosRun:
         self._start_pool(pool)
 
     def _fault_close_connections(self) -> None:
-        out = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "--formatter", "json"],
-                             capture_output=True, text=True, timeout=60).stdout
+        out = self._rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json").stdout
         for conn in json.loads(out or "[]"):
             if self.settings.queue_prefix in json.dumps(conn):
-                subprocess.run(["rabbitmqctl", "close_connection", conn["pid"], "chaos"], capture_output=True,
-                               timeout=60)
+                self._rabbitmqctl("close_connection", conn["pid"], "chaos")
+
+    def _rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``rabbitmqctl ARGS`` against the run's broker: its own node if it has one, else the shared one
+        (only for faults confined to the run's connections, queues and policy)."""
+        cmd = [str(ROOT / "scripts" / "rabbitmq-node"), "ctl", self.node.name] if self.node else ["rabbitmqctl"]
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+
+    def _vhost(self) -> list[str]:
+        return ["-p", self.node.vhost] if self.node else []
 
     def _fault_pg_terminate(self) -> None:
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
@@ -256,8 +305,6 @@ class ChaosRun:
                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
     def _fault_garbage(self) -> None:
-        import asyncio
-
         import aio_pika
 
         tier = self.rng.choice(list(self.settings.topology.tiers))
@@ -275,6 +322,7 @@ class ChaosRun:
             return True
         if asyncio.run(publish()):
             self.report.garbage_published += 1
+            self._garbage_by_tier[tier] = self._garbage_by_tier.get(tier, 0) + 1
 
     def _policy_name(self) -> str:
         return f"chaos-{self.settings.queue_prefix.strip('.')}"
@@ -288,9 +336,8 @@ class ChaosRun:
         self._clear_queue_limit()
 
     def _set_limit(self, length: int) -> None:
-        subprocess.run(["rabbitmqctl", "set_policy", "--apply-to", "queues", self._policy_name(), self._limit_pattern,
-                        json.dumps({"max-length": length, "overflow": "reject-publish"})],
-                       capture_output=True, timeout=60)
+        self._rabbitmqctl("set_policy", *self._vhost(), "--apply-to", "queues", self._policy_name(),
+                          self._limit_pattern, json.dumps({"max-length": length, "overflow": "reject-publish"}))
 
     def _clear_queue_limit(self) -> None:
         # RabbitMQ 3.10 leaves a quorum queue rejecting publishes if the policy is simply cleared while it
@@ -298,11 +345,98 @@ class ChaosRun:
         if getattr(self, "_limit_pattern", None):
             self._set_limit(1_000_000_000)
             time.sleep(0.5)
-        subprocess.run(["rabbitmqctl", "clear_policy", self._policy_name()], capture_output=True, timeout=60)
+        self._rabbitmqctl("clear_policy", *self._vhost(), self._policy_name())
 
     def _fault_restart_rabbitmq(self) -> None:
+        if self.node:  # the run's own node
+            self.node.restart_app()
+            return
         subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, timeout=120)
         subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120)
+
+    # -- broker-loss faults: the broker forgets messages of jobs Postgres says are published -----------
+
+    def _amqp(self, work: Any) -> Any:
+        """Run ``await work(connection)`` on a fresh connection to the run's broker."""
+        import aio_pika
+
+        async def go() -> Any:
+            conn = await aio_pika.connect(self.settings.amqp_url,
+                                          client_properties={"connection_name": f"{self.settings.queue_prefix} chaos"})
+            async with conn:
+                return await work(conn)
+        return asyncio.run(go())
+
+    def _ready(self) -> dict[str, int]:
+        """Ready messages per tier queue (a queue missing right now counts 0)."""
+        async def count(conn: Any) -> dict[str, int]:
+            out = {}
+            for tier in self.settings.topology.tiers:
+                ch = await conn.channel()  # a failed passive declare closes its channel: one each
+                try:
+                    q = await ch.declare_queue(self.settings.queue_name(tier), passive=True)
+                    out[tier] = int(q.declaration_result.message_count or 0)
+                except Exception:  # noqa: BLE001 - missing right now (deleted, not yet declared again)
+                    out[tier] = 0
+            return out
+        result: dict[str, int] = self._amqp(count)
+        return result
+
+    def _loss_target(self) -> str:
+        """A tier queue holding published jobs (seeded choice among those with ready messages)."""
+        ready = self._ready()
+        holding = sorted(t for t, n in ready.items() if n > 0)
+        return self.rng.choice(holding or sorted(ready))
+
+    def _settle_garbage(self) -> None:
+        """Garbage still queued when the broker loses messages may be lost with them (it is no job: the
+        outbox cannot bring it back). Give the pools a moment to dead-letter it; what is still queued
+        after that is counted as exposed, and the checker allows that many missing dead letters."""
+        def queued() -> int:
+            with psycopg.connect(self.settings.database_url) as conn:
+                row = conn.execute("SELECT count(*) FROM outbox.dead_letters WHERE reason = 'undecodable'").fetchone()
+            return self.report.garbage_published - self.report.garbage_exposed - (int(row[0]) if row else 0)
+        end = time.monotonic() + GARBAGE_SETTLE_S
+        while (n := queued()) > 0 and time.monotonic() < end:
+            time.sleep(0.2)
+        self.report.garbage_exposed += max(n, 0)
+
+    def _fault_purge_queue(self) -> None:
+        self._settle_garbage()
+        tier = self._loss_target()
+        self._affected = (tier,)
+
+        async def purge(conn: Any) -> int:
+            q = await (await conn.channel()).declare_queue(self.settings.queue_name(tier), passive=True)
+            self._fault_at = time.time()
+            ok = await q.purge()
+            return int(ok.message_count or 0)
+        try:
+            self.report.purged_messages += self._amqp(purge)
+        except Exception:  # noqa: BLE001 - the queue was just gone (a delete_queue before): nothing to purge
+            pass
+
+    def _fault_delete_queue(self) -> None:
+        self._settle_garbage()
+        tier = self._loss_target()
+        self._affected = (tier,)
+
+        async def delete(conn: Any) -> int:
+            q = await (await conn.channel()).declare_queue(self.settings.queue_name(tier), passive=True)
+            self._fault_at = time.time()
+            ok = await q.delete(if_unused=False, if_empty=False)  # consumed or not, empty or not
+            return int(ok.message_count or 0)
+        try:
+            self.report.deleted_messages += self._amqp(delete)
+        except Exception:  # noqa: BLE001 - the queue was just gone (a delete_queue before): nothing to delete
+            pass
+
+    def _fault_reset_broker(self) -> None:
+        if self.node is None:  # refused in __init__ too: never the shared node
+            raise AssertionError("reset_broker needs the run's own RabbitMQ node")
+        self._settle_garbage()
+        self._fault_at = time.time()
+        self.node.reset()  # stop_app, reset, start_app, then the run's vhost and user again
 
     def _fault_restart_postgres(self) -> None:
         version = sorted(os.listdir("/etc/postgresql"))[-1]
@@ -371,6 +505,8 @@ class ChaosRun:
             r.effects = q("SELECT count(*) FROM public.chaos_effects")[0][0]
             r.raw_executions = q("SELECT count(*) FROM public.chaos_runs")[0][0]
             r.dead_letters = q("SELECT count(*) FROM outbox.dead_letters WHERE job_id IS NOT NULL")[0][0]
+            r.dead_letter_reasons = {str(reason): int(n) for reason, n in q(
+                "SELECT reason, count(*) FROM outbox.dead_letters WHERE job_id IS NOT NULL GROUP BY reason")}
             r.garbage_dead_lettered = q("SELECT count(*) FROM outbox.dead_letters WHERE reason = 'undecodable'")[0][0]
             r.lost = [str(x[0]) for x in q("""
                 SELECT o.job_id FROM public.chaos_orders o
@@ -391,14 +527,24 @@ class ChaosRun:
                 JOIN outbox.attempts a ON a.job_id = j.id AND a.attempt = 1
                 GROUP BY j.tier"""):
                 r.wait_p99_s[tier] = float(p99)
-            effects = [(x[0].timestamp(), x[1]) for x in q("""
+            r.republished = q("SELECT count(*) FROM outbox.republished")[0][0]
+            effects: dict[str, list[float]] = {}
+            for at_, tier in q("""
                 SELECT e.at, o.tier FROM public.chaos_effects e JOIN public.chaos_orders o USING (job_id)
-                ORDER BY e.at""")]
+                ORDER BY e.at"""):
+                effects.setdefault(tier, []).append(at_.timestamp())
         r.duplicates_absorbed = sum(_skipped(log) for log in self._stopped_logs)
         for kind, at, tiers in self._fault_times:
-            # Recovery: from the fault until the next effect of a job in a tier the fault touched.
-            after = next((t for t, tier in effects if t > at and tier in tiers), None)
-            if after is not None:
+            # Recovery: from the fault until the next effect of a job in a tier the fault touched (any
+            # such tier; for the broker-loss kinds, every such tier that served again).
+            nexts = []
+            for tier in tiers:
+                times = effects.get(tier, [])
+                i = bisect.bisect_right(times, at)
+                if i < len(times):
+                    nexts.append(times[i])
+            if nexts:
+                after = max(nexts) if kind in BROKER_LOSS_FAULTS else min(nexts)
                 r.recovery_s.setdefault(kind, []).append(after - at)
 
 

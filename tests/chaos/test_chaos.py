@@ -24,7 +24,7 @@ def test_chaos_short_profile_loses_nothing(settings: Settings, tmp_path: Path) -
                       produce_s=45, timeout_s=120).run()
     print(report.table())
     assert set(report.faults) >= {"sigkill_relay", "sigkill_worker", "sigterm_pool", "close_connections",
-                                  "pg_terminate", "garbage", "queue_limit"}
+                                  "pg_terminate", "garbage", "queue_limit", "purge_queue", "delete_queue"}
     assert report.committed > 0 and report.rolled_back > 0
     assert report.ok, report.table() + f"\nlost={report.lost[:5]} double={report.double_effects[:5]} " \
                                        f"stranded={report.stranded[:5]} unclean={report.unclean_exits}"
