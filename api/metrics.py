@@ -113,6 +113,10 @@ class _SnapshotCollector(Collector):
         rows = self.snap.tiers
         yield _gauge("tierbox_broker_up", "1 when RabbitMQ answered this scrape.", [],
                      [([], 0.0 if any(t.broker_error for t in rows) else 1.0)])
+        # Unlabelled: tier_health gives every tier the same value (a block is per connection).
+        yield _gauge("tierbox_publishing_blocked", "1 while RabbitMQ blocks some relay's publishing connection "
+                     "(a memory or disk alarm): its rows stay pending until the alarm clears.", [],
+                     [([], 1.0 if any(t.publishing_blocked for t in rows) else 0.0)])
         yield _gauge("tierbox_queue_messages", "Messages ready in the tier's queue (main) and dead-letter queue.",
                      ["tier", "queue"], (s for t in rows for s in (([t.tier, "main"], t.queue_depth),
                                                                     ([t.tier, "dlq"], t.dlq_depth))))

@@ -18,6 +18,10 @@ TIER_COLUMNS = ("tier", "pending", "oldest_due_age_s", "published", "published_o
                 "running", "stuck", "succeeded_5m", "failed_5m", "dead_5m", "wait_p95_s", "slo_breached",
                 "queue_depth", "queue_consumers", "dlq_depth")
 
+#: Printed under the table while tier_health's ``publishing_blocked`` is true.
+PUBLISHING_BLOCKED_LINE = ("publishing blocked: RabbitMQ blocks a relay (memory or disk alarm); "
+                           "jobs stay pending until the alarm clears")
+
 
 class Breakers(msgspec.Struct, frozen=True, kw_only=True):
     """The breaker states from Redis, or why they could not be read (``states`` is then null, not ``{}``)."""
@@ -48,6 +52,8 @@ def tiers(database_url: str | None, amqp_url: str | None, as_json: bool) -> None
         click.echo(render.as_json(report))
         return
     click.echo(render.table(rows, TIER_COLUMNS))
+    if any(t.publishing_blocked for t in rows):  # one line, not a column: every tier has the same value
+        click.echo(PUBLISHING_BLOCKED_LINE)
     errors = {t.broker_error for t in rows if t.broker_error}
     if errors:
         click.echo(f"RabbitMQ: {errors.pop()}", err=True)

@@ -231,6 +231,9 @@ class TierHealth(msgspec.Struct, kw_only=True):
     published_oldest_age_s: float | None = None
     #: Jobs republished by reconciliation in the last hour (revision 0007).
     republished_1h: int = 0
+    #: Some relay is blocked by the broker now (a memory or disk alarm; revision 0008). The same for
+    #: every tier: a block is per connection, and every relay lane publishes to every tier it claims.
+    publishing_blocked: bool = False
     queue: str = ""
     queue_depth: int | None = None
     queue_consumers: int | None = None

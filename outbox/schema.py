@@ -330,3 +330,18 @@ republished = Table(
     Index("ix_republished_job_id", "job_id"),
     comment="One row per job republished because RabbitMQ no longer held its message (reconciliation).",
 )
+
+
+# --- Relay blocks (revision 0008) --------------------------------------------------------------------
+
+relay_blocks = Table(
+    "relay_blocks",
+    metadata,
+    Column("relay_id", Text, primary_key=True),
+    Column("lane", Text, primary_key=True),
+    Column("since", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    # Refreshed while the block lasts: a row its relay stopped refreshing (killed while blocked) goes stale.
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    comment="One row per relay lane the broker blocks now (connection.blocked: a memory or disk alarm); "
+            "stale after 30 s without a refresh.",
+)

@@ -94,3 +94,19 @@ WHERE j.tier = CAST(:tier AS text) AND j.finished_at IS NULL AND j.status = 'pub
 ORDER BY j.published_at, j.id
 LIMIT :limit
 """, row=CandidateRow)
+
+
+# --- Broker blocks (outbox.relay_blocks): what tier_health's publishing_blocked reads -----------------
+
+# A lane the broker blocks says so, and refreshes seen_at while the block lasts: a row no one refreshes
+# (its relay was killed while blocked) stops counting after 30 s. ``since`` keeps the block's start.
+BLOCK_SEEN = Statement("relay.block_seen", """
+INSERT INTO outbox.relay_blocks (relay_id, lane, since, seen_at)
+VALUES (CAST(:relay_id AS text), CAST(:lane AS text), now(), now())
+ON CONFLICT (relay_id, lane) DO UPDATE SET seen_at = now()
+""")
+
+# The block is over (unblocked, connection lost, or the relay stops).
+BLOCK_CLEARED = Statement("relay.block_cleared", """
+DELETE FROM outbox.relay_blocks WHERE relay_id = CAST(:relay_id AS text) AND lane = CAST(:lane AS text)
+""")

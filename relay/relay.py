@@ -37,6 +37,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from outbox import _transitions as transitions
 from outbox._logs import clip, event
 from outbox._rows import ClaimedRow
 from outbox._runtime import wait_any
-from outbox._sql import run_async
+from outbox._sql import Statement, run_async
 from outbox.config import Settings
 from tierbox.relay import counters as metrics
 from tierbox.relay import queries
@@ -241,10 +242,27 @@ class Relay:
         began = time.monotonic()
         try:
             while not (stop.is_set() or unblocked.is_set()) and self.healthy:
+                # Each round refreshes the lane's row of outbox.relay_blocks (what tier_health and the
+                # admin API's /metrics read): a row not refreshed for 30 s (this relay died) stops counting.
+                await self._note_block(queries.BLOCK_SEEN, lane)
                 await wait_any(stop, unblocked, timeout_s=BLOCKED_CHECK_S)
         finally:
             metrics.BLOCKED.dec()
+            await self._note_block(queries.BLOCK_CLEARED, lane)
         event(log, "relay.unblocked", lane=lane, blocked_s=round(time.monotonic() - began, 3))
+
+    async def _note_block(self, statement: Statement[tuple[Any, ...]], lane: str) -> None:
+        """Run ``statement`` (:data:`~tierbox.relay.queries.BLOCK_SEEN` or ``BLOCK_CLEARED``) for this lane in
+        a transaction of its own. A Postgres error is logged, not raised: the hold matters more than its
+        report, and a row left behind goes stale by itself."""
+        if self.db.closed or self.db.broken:  # the lane reconnects after the hold; nothing to tell it here
+            return
+        try:
+            async with self.db.transaction():
+                await run_async(self.db, statement, {"relay_id": relay_id(), "lane": lane})
+        except psycopg.Error as exc:
+            event(log, "relay.block_record_failed", logging.WARNING, lane=lane, statement=statement.name,
+                  error=clip(f"{type(exc).__name__}: {exc}", 200))
 
     async def _publish_one(self, row: ClaimedRow) -> Any:
         body, properties = build_publish(row.job_id, row.task, row.tier, row.priority, row.payload, row.headers,
@@ -286,6 +304,11 @@ class Relay:
         async with self.db.transaction():
             rows = await run_async(self.db, queries.LAG)
         return {r.tier: LagRow(r.tier, int(r.due), float(r.oldest_s)) for r in rows}
+
+
+def relay_id() -> str:
+    """This relay process in ``outbox.relay_blocks``: ``hostname:pid`` (as the reconciler names its actor)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def build_publish(job_id: uuid.UUID, task: str, tier: str, priority: int, payload: str, headers: str,
