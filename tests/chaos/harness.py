@@ -238,6 +238,9 @@ class ChaosRun:
         at = time.time()
         getattr(self, f"_fault_{kind}")()
         self._fault_times.append((kind, self._fault_at or at, self._affected))
+        with open(self.workdir / "faults.log", "a") as log:  # the sequence, to read beside a finding
+            log.write(f"{self._fault_at or at:.3f} {kind} {','.join(self._affected)} "
+                      f"purged={self.report.purged_messages} deleted={self.report.deleted_messages}\n")
 
     def _note_rss(self, proc: Proc) -> None:
         """Peak resident memory of a process about to be stopped (VmHWM), kept per process kind."""
@@ -285,10 +288,17 @@ class ChaosRun:
         self._start_pool(pool)
 
     def _fault_close_connections(self) -> None:
-        out = self._rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json").stdout
-        for conn in json.loads(out or "[]"):
-            if self.settings.queue_prefix in json.dumps(conn):
-                self._rabbitmqctl("close_connection", conn["pid"], "chaos")
+        if self.node:  # every connection on the run's own node is the run's: one call
+            self._rabbitmqctl("close_all_connections", "chaos")
+            return
+        # The table formatter prints pids as close_connection parses them (<node.N.N.N>); the JSON
+        # formatter's "#PID<N.N.N>" is refused ({:invalid_pid_syntax, ...}): until 2026-12-01 this fault
+        # listed with --formatter json and so closed nothing.
+        out = self._rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties").stdout
+        for line in out.splitlines():
+            pid, _, props = line.partition("\t")
+            if pid.startswith("<") and self.settings.queue_prefix in props:
+                self._rabbitmqctl("close_connection", pid, "chaos")
 
     def _rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``rabbitmqctl ARGS`` against the run's broker: its own node if it has one, else the shared one
