@@ -289,6 +289,7 @@ class ChaosRun:
 
     def _fault_close_connections(self) -> None:
         if self.node:  # every connection on the run's own node is the run's: one call
+            self._fault_at = time.time()
             self._rabbitmqctl("close_all_connections", "chaos")
             return
         # The table formatter prints pids as close_connection parses them (<node.N.N.N>); the JSON
@@ -298,6 +299,7 @@ class ChaosRun:
         for line in out.splitlines():
             pid, _, props = line.partition("\t")
             if pid.startswith("<") and self.settings.queue_prefix in props:
+                self._fault_at = self._fault_at or time.time()  # listing takes seconds: count from the first close
                 self._rabbitmqctl("close_connection", pid, "chaos")
 
     def _rabbitmqctl(self, *args: str) -> subprocess.CompletedProcess[str]:
