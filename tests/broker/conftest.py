@@ -7,11 +7,6 @@ own name, ports, config and data; the session starts one, and stops it (deleting
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
-import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +15,7 @@ import msgspec
 import pytest
 
 from outbox.config import Settings
-from tests.helpers import ROOT
-
-SCRIPT = ROOT / "scripts" / "rabbitmq-node"
-#: The script puts the node's Erlang distribution port this far above its AMQP port.
-DIST_PORT_OFFSET = 20000
+from tests import rabbit_node
 
 
 @dataclass(frozen=True)
@@ -41,8 +32,7 @@ class PrivateBroker:
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl ARGS`` against this node (never the shared one); returns its output."""
-        done = subprocess.run([str(SCRIPT), "ctl", self.name, *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = rabbit_node.ctl(self.name, *args, timeout=timeout)
         assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
@@ -61,37 +51,19 @@ class PrivateBroker:
         self.ctl("start_app")
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ports() -> int:
-    """An AMQP port whose distribution port (port + 20000) is free too."""
-    for _ in range(100):
-        port = random.randint(20000, 40000)
-        if _free(port) and _free(port + DIST_PORT_OFFSET):
-            return port
-    raise AssertionError("no free port pair for a private RabbitMQ node")
-
 
 @pytest.fixture(scope="session")
 def private_broker() -> Iterator[PrivateBroker]:
     """A RabbitMQ node started for this session (about 5 s), stopped and deleted afterwards."""
-    if not shutil.which("rabbitmq-server") or os.geteuid() != 0:
-        pytest.skip("a private RabbitMQ node needs the installed rabbitmq-server and root (scripts/rabbitmq-node)")
-    broker = PrivateBroker(f"tbxtest{uuid.uuid4().hex[:8]}", _ports())
-    started = subprocess.run([str(SCRIPT), "start", broker.name, str(broker.port)], capture_output=True,
-                             text=True, timeout=120, check=False)
+    why = rabbit_node.unavailable()
+    if why:
+        pytest.skip(f"no private RabbitMQ node: {why}")
+    broker = PrivateBroker(f"tbxtest{uuid.uuid4().hex[:8]}", rabbit_node.free_port_pair())
     try:
-        assert started.returncode == 0, f"private RabbitMQ node: {started.stdout}{started.stderr}"
+        rabbit_node.start(broker.name, broker.port)
         yield broker
     finally:
-        subprocess.run([str(SCRIPT), "stop", broker.name], capture_output=True, timeout=120, check=False)
+        rabbit_node.stop(broker.name)
 
 
 @pytest.fixture

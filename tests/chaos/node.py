@@ -9,19 +9,10 @@ user of its own on it, so a reset has something for the harness to recreate, as 
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
-import socket
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from tests.helpers import ROOT
-
-SCRIPT = ROOT / "scripts" / "rabbitmq-node"
-#: The script puts the node's Erlang distribution port this far above its AMQP port.
-DIST_PORT_OFFSET = 20000
+from tests import rabbit_node
 
 
 @dataclass
@@ -42,11 +33,7 @@ class BrokerNode:
     @staticmethod
     def available() -> str | None:
         """None when a private node can be started here, else why not."""
-        if not shutil.which("rabbitmq-server"):
-            return "rabbitmq-server is not installed"
-        if os.geteuid() != 0:
-            return "scripts/rabbitmq-node needs root (it runs the node as the rabbitmq user)"
-        return None
+        return rabbit_node.unavailable()
 
     def start(self) -> None:
         """Start the node and create the run's vhost and user."""
@@ -54,21 +41,17 @@ class BrokerNode:
         if why:
             raise RuntimeError(f"no private RabbitMQ node: {why}")
         if not self.port:
-            self.port = _ports()
-        done = subprocess.run([str(SCRIPT), "start", self.name, str(self.port)], capture_output=True, text=True,
-                              timeout=180, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"private RabbitMQ node {self.name}: {done.stdout}{done.stderr}")
+            self.port = rabbit_node.free_port_pair()
+        rabbit_node.start(self.name, self.port)
         self.add_vhost_and_user()
 
     def stop(self) -> None:
         """Stop the node and delete its data."""
-        subprocess.run([str(SCRIPT), "stop", self.name], capture_output=True, timeout=180, check=False)
+        rabbit_node.stop(self.name)
 
     def ctl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         """``rabbitmqctl ARGS`` against this node (never the shared one); returns its output."""
-        done = subprocess.run([str(SCRIPT), "ctl", self.name, *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = rabbit_node.ctl(self.name, *args, timeout=timeout)
         if check and done.returncode != 0:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} on {self.name}: {done.stdout}{done.stderr}")
         return done.stdout
@@ -91,21 +74,3 @@ class BrokerNode:
         self.ctl("reset")
         self.ctl("start_app")
         self.add_vhost_and_user()
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ports() -> int:
-    """An AMQP port whose distribution port (port + 20000) is free too."""
-    for _ in range(100):
-        port = random.randint(20000, 40000)
-        if _free(port) and _free(port + DIST_PORT_OFFSET):
-            return port
-    raise RuntimeError("no free port pair for a private RabbitMQ node")
