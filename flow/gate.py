@@ -53,11 +53,10 @@ logged at most once per :data:`WARN_INTERVAL_S` per gate.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -67,13 +66,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from outbox._sql import run_async
 from outbox.config import Settings
 from outbox.errors import FlowStateUnavailableError
 from outbox.flow import DEFAULT_BREAKER_POLICY, BreakerPolicy, RateLimit, parse_rate
 from outbox.registry import Task
 from tierbox.flow import scripts as gate_scripts
-from tierbox.flow.queries import INSERT_BREAKER_EVENT
+from tierbox.flow.breakers import BreakerEvent, EventSink, engine_sink, state_view, text, transitions
 
 log = logging.getLogger("tierbox.worker")
 
@@ -116,43 +114,12 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     token: Hold | None = None
 
 
-class BreakerEvent(msgspec.Struct, frozen=True):
-    """One breaker transition, as recorded in ``outbox.breaker_events``."""
-
-    breaker: str
-    from_state: str
-    to_state: str
-    at: dt.datetime
-    failures: int
-    detail: str
-
-
-EventSink = Callable[[BreakerEvent], Awaitable[None]]
-
-_DETAILS = {
-    ("closed", "open"): "failure threshold reached",
-    ("open", "half_open"): "open period over",
-    ("half_open", "closed"): "probe succeeded",
-    ("half_open", "open"): "probe failed",
-}
-
-
 def connect(settings: Settings) -> aioredis.Redis:
     """A Redis client for the gate: short timeouts and no retries, so a dead Redis costs ~0.5 s."""
     return aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
         retry=Retry(NoBackoff(), 0),
     )
-
-
-def engine_sink(engine: AsyncEngine) -> EventSink:
-    """An event sink inserting each transition in its own short transaction."""
-
-    async def insert(event: BreakerEvent) -> None:
-        async with engine.begin() as conn:
-            await run_async(conn, INSERT_BREAKER_EVENT, msgspec.structs.asdict(event))
-
-    return insert
 
 
 class Gate:
@@ -209,7 +176,7 @@ class Gate:
         except _REDIS_DOWN as exc:
             self._redis_down("record", exc)
             return
-        await self._publish(_transitions(name, reply[0], reply[1:]))
+        await self._publish(transitions(name, reply[0], reply[1:]))
 
     async def release(self, token: Hold | None) -> None:
         """Give back the slots of a finished (or deferred) job; safe to call twice."""
@@ -293,7 +260,7 @@ class Gate:
         reply = await self._breaker_admit(keys=keys[:2], args=[
             hold.member, _us(self.lease_s), policy.probes, _us(policy.probe_retry_s)])
         code, delay_us, now_us = int(reply[0]), int(reply[1]), reply[2]
-        events.extend(_transitions(name, now_us, reply[3:]))
+        events.extend(transitions(name, now_us, reply[3:]))
         if code == 0:
             return Decision(run=False, delay_s=delay_us / _US, reason="breaker_open"), hold
         if code == 2:  # a half-open probe: its slot is released with the job's other slots
@@ -328,7 +295,7 @@ class Gate:
         return [base, f"{base}:probes", f"{base}:failures", f"{self.prefix}:breakers"]
 
     async def _breaker_states(self) -> dict[str, dict[str, Any]]:
-        names = sorted(_text(n) for n in await self.redis.smembers(f"{self.prefix}:breakers"))
+        names = sorted(text(n) for n in await self.redis.smembers(f"{self.prefix}:breakers"))
         seconds, micros = await self.redis.time()
         now_us = seconds * _US + micros
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -344,7 +311,7 @@ class Gate:
             for name, window_us in zip(names, windows_us, strict=True):
                 pipe.zcount(self._breaker_keys(name)[2], now_us - window_us, "+inf")
             failures = await pipe.execute()
-        return {name: _state_view(states[i], failures[i], now_us, windows_us[i], thresholds[i])
+        return {name: state_view(states[i], failures[i], now_us, windows_us[i], thresholds[i])
                 for i, name in enumerate(names)}
 
     async def _publish(self, events: list[BreakerEvent]) -> None:
@@ -381,28 +348,3 @@ def _gcra_args(buckets: list[tuple[str, RateLimit]]) -> list[int]:
         interval = _us(rate.interval_s)
         args += [interval, min(interval // 2, _us(RATE_TOLERANCE_S))]
     return args
-
-
-def _transitions(name: str, now_us: Any, flat: list[Any]) -> list[BreakerEvent]:
-    """Decode the scripts' ``from, to, failures, ...`` triples into events."""
-    at = dt.datetime.fromtimestamp(int(now_us) / _US, dt.UTC)
-    out = []
-    for i in range(0, len(flat), 3):
-        src, dst = _text(flat[i]), _text(flat[i + 1])
-        out.append(BreakerEvent(name, src, dst, at, int(flat[i + 2]), _DETAILS.get((src, dst), "")))
-    return out
-
-
-def _state_view(fields: dict[bytes, bytes], failures: int, now_us: int, window_us: int,
-                threshold: int) -> dict[str, Any]:
-    state = _text(fields.get(b"state", b"closed"))
-    until_us = int(fields.get(b"until", b"0"))
-    if state == "open" and now_us >= until_us:
-        state = "half_open"
-    reopens = (until_us - now_us) / _US if state == "open" else 0.0
-    return {"state": state, "failures": int(failures), "threshold": threshold, "window_s": window_us / _US,
-            "half_opens_in_s": reopens}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
