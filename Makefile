@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PACKAGES := outbox tierbox api cli flow migrations ops relay scheduler workers
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: help demo test lint typecheck docs check bench chaos clean
+.PHONY: help demo test lint typecheck docs bench chaos clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
