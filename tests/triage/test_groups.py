@@ -3,6 +3,8 @@ RETRY and DEAD statements) and triaged by ``tierbox.ops.triage`` on real Postgre
 
 from __future__ import annotations
 
+import importlib
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +15,12 @@ import pytest
 import outbox
 import outbox.testing
 from outbox import Tier
+from outbox import _transitions as transitions
+from outbox._failure import ErrorInfo
 from outbox.registry import Registry
 from tierbox.ops import triage
+
+REAP_MIGRATION = importlib.import_module("tierbox.migrations.versions.0009_failure_groups")
 
 MAX_RETRIES = 2
 
@@ -211,3 +217,29 @@ def test_sample_job_ids_are_bounded_and_unique(conn: psycopg.Connection[Any]) ->
     assert len(one.group.sample_job_ids) == 10 and len(set(one.group.sample_job_ids)) == 10
     assert one.group.sample_job_ids[0] == jobs[-1]  # newest first
     assert one.group.failed_attempts == 12 * (MAX_RETRIES + 1)
+
+
+def test_the_reaper_files_crashes_into_a_group(conn: psycopg.Connection[Any]) -> None:
+    jobs = [outbox.enqueue(conn, find_order, args=[n], max_retries=n) for n in (0, 1)]
+    for job in jobs:
+        [(decision, *_)] = conn.execute(transitions.START_ATTEMPT.pg, {
+            "job_id": job, "worker_id": "w", "lease_s": 30.0, "acked_early": False, "token": None}).fetchall()
+        assert decision == "run"
+    conn.execute("UPDATE outbox.leases SET expires_at = now() - interval '1 second' WHERE job_id = ANY(%s)", (jobs,))
+    assert sorted(conn.execute(transitions.REAP.pg, {"limit": 10}).fetchall()) == sorted(
+        [(jobs[0], "dead"), (jobs[1], "retry")])
+    [one] = by_task(conn, "tests.triage.find_order")
+    g = one.group
+    assert g.fingerprint == REAP_MIGRATION.WORKER_LOST_FINGERPRINT and g.error_type == "WorkerLost"
+    assert g.failed_attempts == 2 and g.dead_letters == 1 and g.open_dead_letters == 1
+    assert g.outcomes == ["crashed"] and g.reasons == ["crashed"] and set(g.sample_job_ids) == set(jobs)
+    assert one.verdict.cause == "crashed"
+    assert conn.execute("SELECT fingerprint FROM outbox.dead_letters WHERE job_id = %s", (jobs[0],)).fetchone() == (
+        g.fingerprint,)
+
+
+def test_the_reapers_fingerprint_is_pythons() -> None:
+    # The reaper (SQL) hard-codes the fingerprint of its one message; Python must compute the same.
+    message = re.search(r"msg text := '([^']+)'", REAP_MIGRATION.reap_0009())
+    assert message is not None
+    assert ErrorInfo("WorkerLost", message.group(1)).params()["fingerprint"] == REAP_MIGRATION.WORKER_LOST_FINGERPRINT
