@@ -243,3 +243,14 @@ def test_the_reapers_fingerprint_is_pythons() -> None:
     message = re.search(r"msg text := '([^']+)'", REAP_MIGRATION.reap_0009())
     assert message is not None
     assert ErrorInfo("WorkerLost", message.group(1)).params()["fingerprint"] == REAP_MIGRATION.WORKER_LOST_FINGERPRINT
+
+
+async def test_groups_async_reads_the_same_groups(db_url: str) -> None:
+    with psycopg.connect(db_url) as conn:
+        fail(conn, charge, 1)
+        conn.commit()
+        sync = triage.groups(conn)
+    async with await psycopg.AsyncConnection.connect(db_url) as aconn:
+        got = await triage.groups_async(aconn)
+    assert [g.group.fingerprint for g in got] == [g.group.fingerprint for g in sync] and len(got) == 1
+    assert got[0].verdict == sync[0].verdict and got[0].verdict.cause == "provider outage"
