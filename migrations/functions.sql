@@ -89,8 +89,9 @@ END $$;
 -- Recover jobs whose lease expired (their worker died or lost Postgres): the attempt is recorded
 -- as crashed and the job is due again at once, or dead-lettered (reason crashed) when its attempts
 -- are spent. Safe to run in every worker at once (SKIP LOCKED); the worker's reaper calls it.
--- Created by 0001; last changed by 0005 (skips rows a relay or a finishing worker holds, upserts
--- pending, takes leases in job id order).
+-- Created by 0001; changed by 0005 (skips rows a relay or a finishing worker holds, upserts
+-- pending, takes leases in job id order); last changed by 0009 (records the crash's fingerprint and
+-- upserts its failure group, as RETRY and DEAD do).
 CREATE OR REPLACE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
 RETURNS TABLE (job_id uuid, decision text)
 LANGUAGE plpgsql AS $$
@@ -100,6 +101,8 @@ DECLARE
     j outbox.jobs%ROWTYPE;
     w smallint;
     msg text := 'lease expired: the worker died or lost its database connection';
+    fp text := '2ef6b41f05b6a6fc';  -- ErrorInfo('WorkerLost', msg)'s fingerprint
+    n integer;
 BEGIN
     FOR l IN
         SELECT * FROM (
@@ -120,16 +123,63 @@ BEGIN
         CONTINUE WHEN NOT FOUND;
         DELETE FROM outbox.leases le WHERE le.job_id = l.job_id;
         UPDATE outbox.attempts a
-           SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg
+           SET finished_at = now(), outcome = 'crashed', error_type = 'WorkerLost', error_message = msg,
+               fingerprint = fp
          WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN  -- one crashed attempt for its failure group
+            INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, tasks, tiers,
+                                                     outcomes, reasons, failed_attempts, dead_letters, first_seen,
+                                                     last_seen, sample_job_ids)
+            VALUES (fp, 'WorkerLost', msg, msg, ARRAY[j.task], ARRAY[j.tier], ARRAY['crashed'], '{}'::text[], 1,
+                    0, now(), now(), ARRAY[j.id])
+            ON CONFLICT (fingerprint) DO UPDATE SET
+                failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
+                dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
+                last_seen = EXCLUDED.last_seen,
+                sample_message = EXCLUDED.sample_message,
+                tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
+                tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
+                outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
+                                ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
+                reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
+                               ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
+                sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
+                                      ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
+                status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
+                regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END;
+        END IF;
         CONTINUE WHEN NOT (j.attempts = l.attempt AND j.status = 'running');
         IF j.attempts >= j.max_retries + 1 THEN
             UPDATE outbox.jobs SET status = 'dead', finished_at = now(), last_error = msg WHERE id = j.id;
             INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
-                                             error_message, attempts, enqueued_at, redrive_count)
+                                             error_message, attempts, enqueued_at, redrive_count, fingerprint)
             VALUES (j.id, j.task, j.tier, j.priority, j.payload, j.headers, 'crashed', 'WorkerLost', msg,
-                    j.attempts, j.enqueued_at, j.redrive_count)
+                    j.attempts, j.enqueued_at, j.redrive_count, fp)
             ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n > 0 THEN  -- one dead letter for its failure group
+                INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, tasks, tiers,
+                                                         outcomes, reasons, failed_attempts, dead_letters, first_seen,
+                                                         last_seen, sample_job_ids)
+                VALUES (fp, 'WorkerLost', msg, msg, ARRAY[j.task], ARRAY[j.tier], '{}'::text[], ARRAY['crashed'], 0,
+                        1, now(), now(), ARRAY[j.id])
+                ON CONFLICT (fingerprint) DO UPDATE SET
+                    failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
+                    dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
+                    last_seen = EXCLUDED.last_seen,
+                    sample_message = EXCLUDED.sample_message,
+                    tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
+                    tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
+                    outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
+                                    ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
+                    reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
+                                   ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
+                    sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
+                                          ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
+                    status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
+                    regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END;
+            END IF;
             job_id := j.id; decision := 'dead';
         ELSE
             SELECT t.weight INTO w FROM outbox.tiers t WHERE t.name = j.tier;

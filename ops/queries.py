@@ -295,3 +295,61 @@ OVERRIDES = Statement("ops.overrides", """
 SELECT task, tier, expires_at, created_at, created_by, reason FROM outbox.tier_overrides
 WHERE expires_at > now() ORDER BY task
 """, row=OverrideRow)
+
+
+class FailureGroupRow(NamedTuple):
+    """``FAILURE_GROUPS``: one failure group with the evidence its triage rules read (docs/triage.md)."""
+
+    fingerprint: str
+    error_type: str
+    message: str
+    sample_message: str | None
+    frames: list[str]
+    tasks: list[str]
+    tiers: list[str]
+    outcomes: list[str]
+    reasons: list[str]
+    failed_attempts: int
+    dead_letters: int
+    open_dead_letters: int
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    sample_job_ids: list[Any]
+    status: str
+    resolved_at: dt.datetime | None
+    regressed_at: dt.datetime | None
+    jobs_retried: int
+    jobs_same_every_attempt: int
+    breaker_opens: int
+
+
+# Failure groups, most recently seen first, with the evidence the triage rules read:
+# open_dead_letters (counted now: redrive and discard change it; ix_dead_letters_open_fingerprint),
+# of the sample jobs those that failed more than once (jobs_retried) and those whose every failed
+# attempt carries this fingerprint (jobs_same_every_attempt: "the same job fails the same way"),
+# and the breakers that opened while the group was failing (outbox.breaker_events).
+FAILURE_GROUPS = Statement("ops.failure_groups", """
+SELECT g.fingerprint, g.error_type, g.message, g.sample_message, g.frames, g.tasks, g.tiers, g.outcomes, g.reasons,
+       g.failed_attempts, g.dead_letters,
+       (SELECT count(*) FROM outbox.dead_letters d
+        WHERE d.fingerprint = g.fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL),
+       g.first_seen, g.last_seen, g.sample_job_ids, g.status, g.resolved_at, g.regressed_at,
+       COALESCE(s.retried, 0), COALESCE(s.same_way, 0),
+       (SELECT count(*) FROM outbox.breaker_events b
+        WHERE b.to_state = 'open' AND b.at BETWEEN g.first_seen - interval '1 minute' AND g.last_seen)
+FROM outbox.failure_groups g
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE failed >= 2) AS retried,
+           count(*) FILTER (WHERE failed >= 2 AND same = failed) AS same_way
+    FROM (
+        SELECT a.job_id, count(*) FILTER (WHERE a.outcome <> 'succeeded') AS failed,
+               count(*) FILTER (WHERE a.fingerprint = g.fingerprint) AS same
+        FROM outbox.attempts a WHERE a.job_id = ANY(g.sample_job_ids) GROUP BY a.job_id
+    ) AS per_job
+) AS s ON true
+WHERE (CAST(:status AS text) IS NULL OR g.status = CAST(:status AS text))
+  AND (CAST(:task AS text) IS NULL OR CAST(:task AS text) = ANY(g.tasks))
+  AND (CAST(:fingerprint AS text) IS NULL OR g.fingerprint = CAST(:fingerprint AS text))
+ORDER BY g.last_seen DESC, g.fingerprint
+LIMIT CAST(:limit AS integer)
+""", row=FailureGroupRow)

@@ -219,11 +219,47 @@ j AS (
 SELECT id, attempts FROM j
 """, row=Succeeded)
 
+
+# The failure group of a failure (issue #14, docs/triage.md), kept up to date in the statement that
+# records the failure: one upsert of one small row, keyed by the fingerprint. ``{src}`` is a CTE of
+# the failed job(s) with columns id, task, tier; ``{attempts}``/``{dead}`` what the failure counts.
+# A resolved group that fails again is reopened and stamped ``regressed_at``; an ignored one stays
+# ignored (its counts still move). The arrays are bounded: 10 sample jobs (newest first, each once),
+# 20 tasks, tiers, outcomes and reasons.
+def _group_upsert(src: str, attempts: str, dead: str, outcome: str, reason: str) -> str:
+    return f"""
+g AS (
+    INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, frames, tasks, tiers,
+                                             outcomes, reasons, failed_attempts, dead_letters, first_seen, last_seen,
+                                             sample_job_ids)
+    SELECT CAST(:fingerprint AS text), CAST(:error_type AS text), CAST(:normalized AS text),
+           CAST(:error_message AS text), CAST(:frames AS text[]), array_remove(ARRAY[{src}.task], NULL),
+           ARRAY[{src}.tier], array_remove(ARRAY[{outcome}], NULL), array_remove(ARRAY[{reason}], NULL),
+           {attempts}, {dead}, clock_timestamp(), clock_timestamp(), array_remove(ARRAY[{src}.id], NULL)
+    FROM {src}
+    WHERE CAST(:fingerprint AS text) IS NOT NULL
+    ON CONFLICT (fingerprint) DO UPDATE SET
+        failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
+        dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
+        last_seen = EXCLUDED.last_seen,
+        sample_message = EXCLUDED.sample_message,
+        tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
+        tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
+        outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
+                        ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
+        reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
+                       ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
+        sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
+                              ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
+        status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
+        regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END
+)"""
+
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
 # The job's pending row may still exist: start_attempt does not wait for the relay that published
 # the attempt's message, so that relay may hold the row (and delete it when its batch commits).
 # Lock it first, in the relay's order (pending, then jobs), waiting out that batch; then upsert.
-RETRY = Statement("ledger.retry", """
+RETRY = Statement("ledger.retry", f"""
 WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
 locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
 j AS (
@@ -232,15 +268,15 @@ j AS (
         last_error = :error_message
     WHERE id = :job_id AND attempts = :attempt AND status = 'running'
       AND (SELECT count(*) FROM locked) >= 0  -- evaluated before the job row is locked
-    RETURNING id, tier, priority, available_at
+    RETURNING id, task, tier, priority, available_at
 ), a AS (
     UPDATE outbox.attempts
     SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
-        error_message = :error_message, traceback = :traceback
+        error_message = :error_message, traceback = :traceback, fingerprint = CAST(:fingerprint AS text)
     WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
 ), l AS (
     DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
-), p AS (
+), {_group_upsert("j", "1", "0", "CAST(:outcome AS text)", "NULL::text")}, p AS (
     INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
     SELECT j.id, j.tier, COALESCE(t.weight, 5), j.priority, j.available_at
     FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
@@ -250,7 +286,7 @@ SELECT count(*) FROM j
 """, row=Changed)
 
 # Final failure: mark dead and copy everything a redrive needs into dead_letters.
-DEAD = Statement("ledger.dead", """
+DEAD = Statement("ledger.dead", f"""
 WITH ts AS MATERIALIZED (SELECT clock_timestamp() AS at),  -- one instant for every row of the transition
 j AS (
     UPDATE outbox.jobs SET status = 'dead', finished_at = (SELECT at FROM ts), last_error = :error_message
@@ -259,18 +295,19 @@ j AS (
 ), a AS (
     UPDATE outbox.attempts
     SET finished_at = (SELECT at FROM ts), outcome = :outcome, error_type = :error_type,
-        error_message = :error_message, traceback = :traceback
+        error_message = :error_message, traceback = :traceback, fingerprint = CAST(:fingerprint AS text)
     WHERE job_id = :job_id AND attempt = :attempt AND EXISTS (SELECT 1 FROM j)
 ), l AS (
     DELETE FROM outbox.leases WHERE job_id = :job_id AND EXISTS (SELECT 1 FROM j)
 ), d AS (
     INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
-                                     error_message, traceback, attempts, enqueued_at, redrive_count, failed_at)
+                                     error_message, traceback, attempts, enqueued_at, redrive_count, failed_at,
+                                     fingerprint)
     SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message, :traceback,
-           attempts, enqueued_at, redrive_count, finished_at
+           attempts, enqueued_at, redrive_count, finished_at, CAST(:fingerprint AS text)
     FROM j
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
-)
+), {_group_upsert("j", "1", "1", "CAST(:outcome AS text)", "CAST(:reason AS text)")}
 SELECT count(*) FROM j
 """, row=Changed)
 
@@ -375,7 +412,7 @@ RETURNING job_id
 
 # A job that will not run (unknown task, broker dead-lettered it): dead unless already finished or running.
 # Locks the pending row first, in the relay's lock order (pending, then jobs), as DEFER and RETRY do.
-DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", """
+DEAD_WITHOUT_ATTEMPT = Statement("worker.dead_without_attempt", f"""
 WITH locked AS MATERIALIZED (SELECT job_id FROM outbox.pending WHERE job_id = :job_id FOR UPDATE),
 j AS (
     UPDATE outbox.jobs SET status = 'dead', finished_at = clock_timestamp(), last_error = :error_message
@@ -386,22 +423,27 @@ j AS (
     DELETE FROM outbox.pending WHERE job_id IN (SELECT id FROM j)
 ), d AS (
     INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, reason, error_type,
-                                     error_message, attempts, enqueued_at, redrive_count)
+                                     error_message, attempts, enqueued_at, redrive_count, fingerprint)
     SELECT id, task, tier, priority, payload, headers, :reason, :error_type, :error_message,
-           attempts, enqueued_at, redrive_count
+           attempts, enqueued_at, redrive_count, CAST(:fingerprint AS text)
     FROM j
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
-)
+), {_group_upsert("j", "0", "1", "NULL::text", "CAST(:reason AS text)")}
 SELECT count(*) FROM j
 """, row=Changed)
 
 # A message that names no job we hold (garbage, foreign, or pruned): keep its raw body.
-DEAD_MESSAGE = Statement("worker.dead_message", """
-INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, raw_body, reason, error_type,
-                                 error_message)
-VALUES (CAST(:job_id AS uuid), :task, :tier, :priority, CAST(:payload AS jsonb), CAST(:headers AS jsonb),
-        :raw_body, :reason, :error_type, :error_message)
-ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+DEAD_MESSAGE = Statement("worker.dead_message", f"""
+WITH m AS (
+    INSERT INTO outbox.dead_letters (job_id, task, tier, priority, payload, headers, raw_body, reason, error_type,
+                                     error_message, fingerprint)
+    VALUES (CAST(:job_id AS uuid), CAST(:task AS text), CAST(:tier AS text), CAST(:priority AS smallint),
+            CAST(:payload AS jsonb), CAST(:headers AS jsonb), CAST(:raw_body AS bytea), CAST(:reason AS text),
+            CAST(:error_type AS text), CAST(:error_message AS text), CAST(:fingerprint AS text))
+    ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
+    RETURNING job_id AS id, task, tier
+), {_group_upsert("m", "0", "1", "NULL::text", "CAST(:reason AS text)")}
+SELECT count(*) FROM m
 """)
 
 # Keep alive the leases of the jobs this worker is running right now. Only those: a lease whose

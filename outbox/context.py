@@ -29,6 +29,17 @@ class TaskContext(msgspec.Struct, kw_only=True):
     enqueued_at: dt.datetime | None
     headers: dict[str, Any]
     session: Any = None
+    #: The failure group this attempt's failure is filed under, if the handler names one
+    #: (:meth:`set_fingerprint`); None: computed from the exception (docs/triage.md).
+    fingerprint: str | None = None
+
+    def set_fingerprint(self, value: str) -> None:
+        """File a failure of this attempt under ``value`` instead of the computed fingerprint.
+
+        Set it before raising (``ctx.fingerprint = ...`` does the same); a ``Reject`` raised with
+        its own ``fingerprint=`` keeps that one.
+        """
+        self.fingerprint = value
 
     @property
     def is_last_attempt(self) -> bool:

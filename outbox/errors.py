@@ -104,7 +104,18 @@ class FlowStateUnavailableError(TierboxError):
 
 
 class Reject(Exception):  # noqa: N818 - the name is the verb handlers raise
-    """Raise from a handler to fail the job now, with no retry: it is dead-lettered."""
+    """Raise from a handler to fail the job now, with no retry: it is dead-lettered.
+
+    ``fingerprint``: the failure group to file it under (docs/triage.md), instead of the one
+    computed from its type, message and stack; e.g. ``Reject("bad VAT id", fingerprint="vat-invalid")``.
+    """
+
+    def __init__(self, *args: object, fingerprint: str | None = None) -> None:
+        super().__init__(*args)
+        self.fingerprint = fingerprint
+        if fingerprint:
+            # Read by outbox._fingerprint (the attribute every explicit fingerprint travels on).
+            self.__tierbox_fingerprint__ = fingerprint
 
 
 NonRetryable = Reject

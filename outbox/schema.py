@@ -158,6 +158,8 @@ attempts = Table(
     Column("error_type", Text, nullable=True),
     Column("error_message", Text, nullable=True),
     Column("traceback", Text, nullable=True),
+    # Revision 0009: the failure group (outbox.failure_groups) of a failed attempt.
+    Column("fingerprint", Text, nullable=True),
     CheckConstraint(f"outcome IS NULL OR {_in('outcome', ATTEMPT_OUTCOMES)}", name="outcome"),
     CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished"),
     comment="One row per execution attempt, written before the handler starts.",
@@ -207,6 +209,8 @@ dead_letters = Table(
     Column("discarded_at", DateTime(timezone=True), nullable=True),
     Column("discarded_by", Text, nullable=True),
     Column("discard_reason", Text, nullable=True),
+    # Revision 0009: the failure group (outbox.failure_groups) of the failure that dead-lettered it.
+    Column("fingerprint", Text, nullable=True),
     CheckConstraint(_in("reason", DEAD_LETTER_REASONS), name="reason"),
     CheckConstraint("redriven_at IS NULL OR discarded_at IS NULL", name="redriven_or_discarded"),
     CheckConstraint("(redriven_at IS NULL) = (new_job_id IS NULL)", name="redrive_lineage"),
@@ -345,3 +349,39 @@ relay_blocks = Table(
     comment="One row per relay lane the broker blocks now (connection.blocked: a memory or disk alarm); "
             "stale after 30 s without a refresh.",
 )
+
+
+# --- Failure groups (revision 0009, docs/triage.md) --------------------------------------------------
+
+#: A failure group's triage status: ``open`` until an operator resolves or ignores it; a failure
+#: after its resolution reopens it (``regressed_at``).
+FAILURE_GROUP_STATUSES = ("open", "resolved", "ignored")
+
+failure_groups = Table(
+    "failure_groups",
+    metadata,
+    Column("fingerprint", Text, primary_key=True),
+    Column("error_type", Text, nullable=False),
+    Column("message", Text, nullable=False, comment="The normalised message (ids, numbers, ... as placeholders)."),
+    Column("sample_message", Text, nullable=True, comment="The latest failure's message as raised."),
+    Column("frames", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("tasks", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("tiers", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("outcomes", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("reasons", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("failed_attempts", BigInteger, nullable=False, server_default=text("0")),
+    Column("dead_letters", BigInteger, nullable=False, server_default=text("0")),
+    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Column("sample_job_ids", ARRAY(UUID(as_uuid=True)), nullable=False, server_default=text("'{}'::uuid[]")),
+    Column("status", Text, nullable=False, server_default=text("'open'")),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("regressed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(_in("status", FAILURE_GROUP_STATUSES), name="status"),
+    Index("ix_failure_groups_last_seen", "last_seen"),
+    comment="One row per failure fingerprint, upserted by the statement that records each failure.",
+)
+
+# The open dead letters of a group, counted when groups are read (redrive and discard change them).
+Index("ix_dead_letters_open_fingerprint", dead_letters.c.fingerprint,
+      postgresql_where=text("redriven_at IS NULL AND discarded_at IS NULL"))

@@ -39,6 +39,7 @@ from outbox import _transitions as transitions
 from outbox._attempts import attempts_left
 from outbox._encoding import decode_payload
 from outbox._failure import ErrorInfo
+from outbox._fingerprint import attach
 from outbox._sql import run, savepoint
 from outbox.context import TaskContext
 from outbox.registry import Registry, Task, registry
@@ -129,6 +130,7 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
             run(session, transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger like a worker would
+        attach(exc, ctx.fingerprint)  # the handler's ctx.set_fingerprint(), as the worker does
         return _fail(session, task, job_id, task_name, attempt, max_retries, exc)
 
 

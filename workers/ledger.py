@@ -115,8 +115,7 @@ class Ledger:
     async def dead_without_attempt(self, job_id: uuid.UUID, reason: str, error: ErrorInfo) -> bool:
         """Dead-letter a job that will not run (e.g. the broker dead-lettered it)."""
         rows = await self._one(transitions.DEAD_WITHOUT_ATTEMPT, {"job_id": job_id, "reason": reason,
-                                                              "error_type": error.type,
-                                                              "error_message": error.message})
+                                                              **error.params()})
         return bool(rows[0].jobs)
 
     async def dead_message(self, *, tier: str, reason: str, error: ErrorInfo, raw_body: bytes | None,
@@ -129,7 +128,7 @@ class Ledger:
         await self._one(transitions.DEAD_MESSAGE, {
             "job_id": job_id, "task": task, "tier": tier, "priority": priority,
             "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),
-            "raw_body": raw_body, "reason": reason, "error_type": error.type, "error_message": error.message,
+            "raw_body": raw_body, "reason": reason, **error.params(),
         })
 
     async def defer(self, job_id: uuid.UUID, delay_s: float, conn: AsyncConnection | None = None) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from aio_pika.abc import AbstractIncomingMessage
 
 from outbox._failure import ErrorInfo
+from outbox._fingerprint import attach
 from outbox._logs import event
 from outbox.context import TaskContext
 from outbox.registry import Registry
@@ -159,6 +160,7 @@ class Processor:
         try:
             return Ran(await self.executor.run(d.handler, d.payload, ctx, d.conn))
         except AttemptTimeout as exc:
+            attach(exc, ctx.fingerprint)
             return Failed(exc, "timeout")
         except OutcomeNotRecorded as exc:
             # Not the handler's failure: leave the job to its lease (no heartbeat once it leaves
@@ -167,6 +169,7 @@ class Processor:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger
+            attach(exc, ctx.fingerprint)  # the handler's ctx.set_fingerprint(), for ErrorInfo.of
             return Failed(exc, "failed")
 
     async def release(self, unfinished: list[Delivery], orphans: list[tuple[uuid.UUID, StartResult]]) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import outbox
 from outbox import _transitions as transitions
+from outbox._failure import ErrorInfo
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 from tests.helpers import wait_until
 
@@ -65,8 +66,8 @@ def _retry_in_thread(db_url: str, job: uuid.UUID, out: dict[str, Any]) -> thread
         try:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 out["rows"] = conn.execute(transitions.RETRY.pg, {
-                    "job_id": job, "attempt": 1, "delay_s": 60.0, "outcome": "failed", "error_type": "E",
-                    "error_message": "boom", "traceback": None}).fetchall()
+                    "job_id": job, "attempt": 1, "delay_s": 60.0, "outcome": "failed",
+                    **ErrorInfo("E", "boom").params()}).fetchall()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test
             out["error"] = exc
     thread = threading.Thread(target=run)
