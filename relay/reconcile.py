@@ -43,6 +43,7 @@ from outbox import _transitions as transitions
 from outbox._logs import event
 from outbox._sql import run_async
 from outbox.config import Settings
+from tierbox.flow.gate import connect
 from tierbox.relay import counters as metrics
 from tierbox.relay import queries
 from tierbox.workers import inflight
@@ -107,7 +108,7 @@ class Reconciler:
         """A reconciler whose rounds run on the caller's Postgres connection (:meth:`round`)."""
         name = f"tierbox-reconcile {settings.queue_prefix}".strip()
         connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
-        return cls(settings, connection, inflight.connect(settings), actor, reason)
+        return cls(settings, connection, connect(settings), actor, reason)
 
     @classmethod
     async def connect(cls, settings: Settings, actor: str | None = None) -> Reconciler:

@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from outbox._logs import event
 from outbox.config import Settings
+
+# The flow gate's client: short timeouts, no retries, so a dead Redis costs ~0.5 s a publish.
+from tierbox.flow.gate import connect
 
 log = logging.getLogger("tierbox.worker")
 
@@ -32,8 +33,6 @@ log = logging.getLogger("tierbox.worker")
 PUBLISH_INTERVAL_S = 1.0
 #: Lifetime of a published set: a few intervals, so a dead pool's set disappears soon.
 TTL_S = 5
-#: Socket timeout of the Redis client, seconds (a dead Redis costs this much per publish).
-REDIS_TIMEOUT_S = 0.5
 #: Job ids in one key's value are joined with this.
 SEPARATOR = ","
 
@@ -50,12 +49,6 @@ def pattern(prefix: str, tier: str) -> str:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
-
-
-def connect(settings: Settings) -> aioredis.Redis:
-    """A Redis client with short timeouts and no retries."""
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                   socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
 
 
 class InflightReporter:
