@@ -47,6 +47,10 @@ log = logging.getLogger("tierbox.worker")
 
 #: Broker reconnect back-off: first wait and cap, seconds.
 RECONNECT_FIRST_S = 0.5
+#: Longest wait for one closing step of a stop (a consumer cancel, a client close), seconds: a peer
+#: that never answers must not keep the process alive. Nothing is lost by giving up: the broker
+#: requeues whatever the dropped connection had unacked, and leases cover started jobs.
+CLOSE_TIMEOUT_S = 10.0
 RECONNECT_MAX_S = 30.0
 
 
@@ -249,10 +253,9 @@ class Pool:
         """Stop consuming, let in-flight jobs finish within the grace period, release the rest."""
         self._stopping = self.processor.stopping = True
         for queue, tag in self._consumers:
-            with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+            await _bounded(queue.cancel(tag), "consumer_cancel")
         if self.sweeper is not None:
-            await self.sweeper.stop()
+            await _bounded(self.sweeper.stop(), "dlq_sweeper")
         idle = [s for s in slots if not s.done()]
         if self._busy:
             with contextlib.suppress(TimeoutError):
@@ -269,10 +272,10 @@ class Pool:
             c.cancel()
         await asyncio.gather(*chores, return_exceptions=True)
         self.executor.shutdown()
-        await self.admission.close()
-        await self.inflight.close()
-        await self._close_connection()  # unacked (buffered, unstarted) messages go back to their queues
-        await self.async_engine.dispose()
+        await _bounded(self.admission.close(), "admission")
+        await _bounded(self.inflight.close(), "inflight")
+        await _bounded(self._close_connection(), "amqp")  # unacked (buffered, unstarted) messages go back
+        await _bounded(self.async_engine.dispose(), "postgres")
         self.sync_engine.dispose()
         event(log, "worker.stopped", pool=self.name, released=len(unfinished) + len(orphans), **self.counts,
               starts=self.starts.group.recorded, start_statements=self.starts.group.flushes,
@@ -305,3 +308,13 @@ class Pool:
 
 def _spelled(counts: dict[str, int]) -> str:
     return ",".join(f"{k}:{v}" for k, v in counts.items()) or "-"
+
+
+async def _bounded(step: Any, what: str) -> None:
+    """Await one closing step for at most CLOSE_TIMEOUT_S; a failure or a timeout is logged, not raised."""
+    try:
+        await asyncio.wait_for(step, CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        event(log, "worker.close_timeout", logging.WARNING, step=what, timeout_s=CLOSE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - a stop goes on whatever one peer says
+        event(log, "worker.close_failed", logging.WARNING, step=what, error=f"{type(exc).__name__}: {exc}")
