@@ -3,14 +3,18 @@
 :func:`serve_until_signalled` runs the process's coroutine with SIGTERM/SIGINT
 wired to a stop event, after :func:`freeze_startup_heap`; :func:`wait_any`
 is the "sleep, but wake on stop or on this other event" both use between
-reconnects.
+reconnects. SIGUSR1 makes any of them write every asyncio task's and thread's stack to stderr
+(:func:`dump_stacks`): what to look at when a process does not stop or does not progress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
+import io
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 
@@ -35,6 +39,7 @@ def serve_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_stacks)
         freeze_startup_heap()
         await serve(stop)
 
@@ -49,3 +54,22 @@ async def wait_any(*events: asyncio.Event, timeout_s: float | None = None) -> No
     finally:
         for w in waiters:
             w.cancel()
+
+
+def dump_stacks() -> None:
+    """Write the stack of every asyncio task of the running loop, then of every thread, to stderr.
+
+    Bound to SIGUSR1 in every long-running process: a process that hangs (a stop that does not
+    finish, a loop stuck on one await) shows where, without a debugger. The event loop must be
+    running for the task part; the thread part comes from :mod:`faulthandler` and always works.
+    """
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    out.write(f"--- {len(tasks)} asyncio task(s)\n")
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        task.print_stack(file=out)
+    sys.stderr.write(out.getvalue())
+    sys.stderr.write("--- threads\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(all_threads=True)
+    sys.stderr.flush()

@@ -79,7 +79,19 @@ class Proc:
             os.kill(self.popen.pid, sig)
 
     def wait(self, timeout: float = 30.0) -> int:
-        return self.popen.wait(timeout)
+        """The exit code; a process still running after ``timeout`` fails the test with its stacks and log.
+
+        On a timeout the process gets SIGUSR1 first (``outbox._runtime.dump_stacks``), so the
+        failure report shows where it hung, not only that it did.
+        """
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if self.alive():
+                os.kill(self.popen.pid, signal.SIGUSR1)
+                time.sleep(2)
+            tail = "\n".join(self.output().splitlines()[-200:])
+            raise AssertionError(f"{' '.join(self.args)} still running after {timeout}s; its log ends:\n{tail}") from None
 
     def stop(self) -> None:
         if self.alive():

@@ -214,7 +214,7 @@ class ChaosRun:
         for proc in [*self.relays, *self.pools.values()]:
             try:
                 code = proc.wait(40)
-            except subprocess.TimeoutExpired:
+            except AssertionError:  # still running: Proc.wait has had it dump its stacks into its log
                 code = -9
             self._stopped_logs.append(proc.output())
             if code != 0:
