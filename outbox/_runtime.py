@@ -43,7 +43,37 @@ def serve_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> 
         freeze_startup_heap()
         await serve(stop)
 
-    asyncio.run(runner())
+    # Not asyncio.run(): on the way out it cancels what is left and waits for it without a limit,
+    # so one task stuck in a library's cleanup would keep a stopped process alive forever.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(runner())
+    finally:
+        try:
+            loop.run_until_complete(_cancel_leftovers(LEFTOVER_TIMEOUT_S))
+        finally:
+            loop.close()
+
+
+#: Seconds a stopped process waits for the tasks it cancels on the way out (then exits anyway).
+LEFTOVER_TIMEOUT_S = 5.0
+
+
+async def _cancel_leftovers(timeout_s: float) -> None:
+    """Cancel the tasks still alive after the process's coroutine returned; wait for them at most ``timeout_s``."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+        if stuck:
+            sys.stderr.write(f"--- {len(stuck)} task(s) did not finish within {timeout_s}s of their cancellation;"
+                             " exiting without them\n")
+            dump_stacks()
+    loop = asyncio.get_running_loop()
+    await asyncio.wait([asyncio.ensure_future(loop.shutdown_asyncgens()),
+                        asyncio.ensure_future(loop.shutdown_default_executor())], timeout=timeout_s)
 
 
 async def wait_any(*events: asyncio.Event, timeout_s: float | None = None) -> None:
@@ -67,9 +97,28 @@ def dump_stacks() -> None:
     tasks = asyncio.all_tasks()
     out.write(f"--- {len(tasks)} asyncio task(s)\n")
     for task in sorted(tasks, key=lambda t: t.get_name()):
-        task.print_stack(file=out)
+        out.write(f"{task!r}\n")
+        for line in _awaiting(task.get_coro()):
+            out.write(f"    {line}\n")
     sys.stderr.write(out.getvalue())
     sys.stderr.write("--- threads\n")
     sys.stderr.flush()
     faulthandler.dump_traceback(all_threads=True)
     sys.stderr.flush()
+
+
+def _awaiting(awaitable: object) -> list[str]:
+    """The chain of awaits below a task's coroutine, outermost first, as ``file:line in function``.
+
+    ``Task.print_stack`` shows one frame for a suspended coroutine; a hang is usually several
+    awaits deeper (in a library), so walk ``cr_await`` down to the future it waits on.
+    """
+    lines: list[str] = []
+    while awaitable is not None and len(lines) < 100:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:
+            lines.append(f"waiting on {awaitable!r}"[:300])
+            break
+        lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return lines

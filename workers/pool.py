@@ -103,6 +103,7 @@ class Pool:
         self._busy = 0
         self._idle = asyncio.Event()
         self._stopping = False
+        self._chores_stop = asyncio.Event()
 
     async def start(self) -> asyncio.Event:
         """Connect, declare the pool's queues and start consuming; the event is set if the connection drops
@@ -183,10 +184,10 @@ class Pool:
         slots = [asyncio.create_task(self._slot(), name=f"slot-{i}") for i in range(self.spec.concurrency)]
         slots += [asyncio.create_task(self._slot(only=tier), name=f"slot-{tier}-{i}")
                   for tier, count in self.spec.reserved.items() for i in range(count)]
-        chores = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._heartbeat, "heartbeat")),
-                  asyncio.create_task(self._every(self.settings.reaper_interval_s, self._reap, "reap")),
-                  asyncio.create_task(self._every(PAUSE_REFRESH_S, self._refresh_pauses, "pauses")),
-                  asyncio.create_task(self._every(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight"))]
+        chores = [self._chore(self.settings.lease_s / 3, self._heartbeat, "heartbeat"),
+                  self._chore(self.settings.reaper_interval_s, self._reap, "reap"),
+                  self._chore(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"),
+                  self._chore(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight")]
         try:
             await self._connected(stop)
         finally:
@@ -268,9 +269,10 @@ class Pool:
         # the lease of a job nobody will run. Wait for it, and hand such jobs back like the rest.
         orphans = await self.starts.orphans()
         await self.processor.release(unfinished, orphans)
+        self._chores_stop.set()
+        await _bounded(asyncio.wait(chores), "chores")  # each finishes the run it is in, if any
         for c in chores:
-            c.cancel()
-        await asyncio.gather(*chores, return_exceptions=True)
+            c.cancel()  # only one that overran the bound is still running
         self.executor.shutdown()
         await _bounded(self.admission.close(), "admission")
         await _bounded(self.inflight.close(), "inflight")
@@ -297,9 +299,19 @@ class Pool:
             self.recorder.count(f"reaped_{decision}")
             event(log, "worker.reaped", logging.WARNING, job_id=job_id, decision=decision)
 
+    def _chore(self, interval_s: float, fn: Any, name: str) -> asyncio.Task[None]:
+        # Named, so a stack dump (SIGUSR1) says which chore an await belongs to.
+        return asyncio.create_task(self._every(interval_s, fn, name), name=f"chore-{name}")
+
     async def _every(self, interval_s: float, fn: Any, name: str) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+        # Stops between two runs (shutdown sets _chores_stop), not by cancellation in the middle of
+        # one: a statement or a Redis call cancelled halfway runs its library's cleanup, and one such
+        # cleanup once kept a stopping pool waiting forever.
+        while not self._chores_stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._chores_stop.wait(), interval_s)
+            if self._chores_stop.is_set():
+                return
             try:
                 await fn()
             except Exception as exc:  # noqa: BLE001 - a chore failing must not kill the pool
