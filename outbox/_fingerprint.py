@@ -50,8 +50,9 @@ MAX_CHAIN = 10
 
 # A number as messages print it: 1,234.50 and 1234.50 and 42 (thousands separators would otherwise
 # split a group between amounts under and over 1,000).
-_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
+_NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _CURRENCIES = "EUR|USD|GBP|CHF|JPY|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|BRL|MXN|ZAR"
+_CURRENCY_HINT = re.compile(rf"[$€£¥]|{_CURRENCIES}")
 _STATUS_PHRASES = (
     "Client Error|Server Error|Bad Request|Unauthorized|Payment Required|Forbidden|Not Found|Method Not Allowed|"
     "Not Acceptable|Request Timeout|Conflict|Gone|Payload Too Large|Unprocessable (?:Entity|Content)|"
@@ -64,6 +65,8 @@ _KEEP = re.compile(
     rf"|\b[1-5]\d\d(?=[\s:-]+(?-i:{_STATUS_PHRASES})\b)"  # the reason phrase as servers spell it
     r"|\[Errno -?\d+\]|\berrno[ =]-?\d+",
     re.IGNORECASE)
+# Cheap tests first: most messages hold no 3-digit number standing alone and no errno.
+_KEEP_HINT = re.compile(r"[1-5](?<!\d[1-5])\d\d(?!\d)")
 _KEPT = re.compile("\x00([a-j]+)\x00")
 
 
@@ -98,34 +101,49 @@ def _prefixed_id(match: re.Match[str]) -> str:
 
 # Placeholders, applied in this order: an earlier pattern's match is never seen by a later one
 # (a UUID is not read as hex and numbers, a timestamp not as numbers, an e-mail not as a quoted word).
-_RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+# Each rule runs only when the message holds one of its hint's substrings (None: always; _DIGITS:
+# any digit): most rules cannot match most messages, and skipping them keeps the failure path cheap.
+_DIGITS = re.compile(r"\d")
+
+
+def _any(*texts: str) -> re.Pattern[str]:
+    """A hint: any of ``texts`` (one compiled search, cheaper than a Python loop of ``in`` tests)."""
+    return re.compile("|".join(re.escape(t) for t in texts))
+
+
+_RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], re.Pattern[str] | None], ...] = (
     # URLs' query strings: the path names the endpoint, the query carries the ids. Also a bare path's
     # query (urllib3 prints "url: /v1/charges?id=...").
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE), r"\1?<query>"),
-    (re.compile(r"((?<![\w/])/[\w.~%/-]*)\?[^\s#'\"]*"), r"\1?<query>"),
-    (re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "<email>"),
-    (re.compile(r"\b[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b", re.IGNORECASE), "<uuid>"),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE), r"\1?<query>", _any("?")),
+    (re.compile(r"((?<![\w/])/[\w.~%/-]*)\?[^\s#'\"]*"), r"\1?<query>", _any("?")),
+    (re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "<email>", _any("@")),
+    (re.compile(r"\b[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b", re.IGNORECASE), "<uuid>",
+     _DIGITS),
     # HTTP dates (Retry-After, Date): "Tue, 01 Dec 2026 17:00:00 GMT".
     (re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-                r"\d{4} \d{2}:\d{2}:\d{2}(?: (?:GMT|UTC|[+-]\d{4}))?"), "<ts>"),
-    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<ts>"),
-    (re.compile(r"\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<ts>"),
+                r"\d{4} \d{2}:\d{2}:\d{2}(?: (?:GMT|UTC|[+-]\d{4}))?"), "<ts>", _any(", ")),
+    (re.compile(r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"), "<ts>",
+     _any("-")),
+    (re.compile(r"\b\d{2}:\d{2}:\d{2}(?:[.,]\d+)?\b"), "<ts>", _any(":")),
     # Quotes that open and close outside a word: the apostrophe of "can't" or "customer's" opens nothing.
-    (re.compile(r"(?<!\w)'[^'\n]*'(?!\w)|(?<!\w)\"[^\"\n]*\"(?!\w)"), _quoted),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>"),
-    (re.compile(r"\b0x[0-9a-f]+\b", re.IGNORECASE), "<hex>"),
+    (re.compile(r"(?=['\"])(?<!\w)(?:'[^'\n]*'|\"[^\"\n]*\")(?!\w)"), _quoted, _any("'", '"')),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>", _any(".")),
+    (re.compile(r"\b0x[0-9a-f]+\b", re.IGNORECASE), "<hex>", _any("0x", "0X")),
     # A long hex run with at least one digit and one letter (a digest, an object id), not a word.
-    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.IGNORECASE), "<hex>"),
-    (re.compile(r"(?<![A-Za-z0-9])((?:[a-z]{2,12}[_-]){1,2})([A-Za-z0-9]{8,})(?![A-Za-z0-9])"), _prefixed_id),
-    (re.compile(r"(?<![A-Za-z0-9])[A-Za-z0-9]{10,}(?![A-Za-z0-9])"), _random_id),
+    (re.compile(r"\b(?=[0-9a-f]{8})(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{8,}\b", re.IGNORECASE), "<hex>",
+     _DIGITS),
+    (re.compile(r"(?<![A-Za-z0-9])((?:[a-z]{2,12}[_-]){1,2})([A-Za-z0-9]{8,})(?![A-Za-z0-9])"), _prefixed_id,
+     _any("_", "-")),
+    # (Leftmost and greedy, a match is always a whole run: no lookarounds needed.)
+    (re.compile(r"[A-Za-z0-9]{10,}"), _random_id, None),
     # Money: a number with a currency code or sign on either side (the currency varies with the job).
-    (re.compile(rf"(?:[$€£¥]|\b(?:{_CURRENCIES})\s?)-?(?:{_NUM})\b|(?<![\w.])-?(?:{_NUM})\s?(?:{_CURRENCIES})\b"),
-     "<amount>"),
+    (re.compile(rf"(?:[$€£¥]|\b(?:{_CURRENCIES})\s?)-?(?:{_NUM})\b|(?=[-\d])(?<![\w.])-?(?:{_NUM})\s?(?:{_CURRENCIES})\b"),
+     "<amount>", _CURRENCY_HINT),
     # Durations: 250ms and 1.5s and 30 seconds are one placeholder (the unit varies with the value).
-    (re.compile(rf"(?<![\w.])(?:{_NUM})\s?(?:ms|us|µs|ns|s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\b"),
-     "<duration>"),
+    (re.compile(rf"(?=\d)(?<![\w.])(?:{_NUM})\s?(?:ms|us|µs|ns|s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\b"),
+     "<duration>", _DIGITS),
     # Numbers, also glued to letters ("id42", "#42"): the kind of id that varies per job.
-    (re.compile(_NUM), "<n>"),
+    (re.compile(_NUM), "<n>", _DIGITS),
 )
 
 
@@ -146,10 +164,14 @@ def normalize(message: str) -> str:
         # The index spelled in letters a-j: no placeholder rule reads it as a number or an id.
         return "\x00" + "".join(chr(ord("a") + int(d)) for d in str(len(kept) - 1)) + "\x00"
 
-    message = _KEEP.sub(keep, message.replace("\x00", ""))
-    for pattern, placeholder in _RULES:
-        message = pattern.sub(placeholder, message)
-    message = _KEPT.sub(lambda m: kept[int("".join(str(ord(c) - ord("a")) for c in m.group(1)))], message)
+    message = message.replace("\x00", "")
+    if "rrno" in message or _KEEP_HINT.search(message):
+        message = _KEEP.sub(keep, message)
+    for pattern, placeholder, hint in _RULES:
+        if hint is None or hint.search(message):
+            message = pattern.sub(placeholder, message)
+    if kept:
+        message = _KEPT.sub(lambda m: kept[int("".join(str(ord(c) - ord("a")) for c in m.group(1)))], message)
     return " ".join(message.split())
 
 
