@@ -52,7 +52,6 @@ MAX_CHAIN = 10
 # split a group between amounts under and over 1,000).
 _NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _CURRENCIES = "EUR|USD|GBP|CHF|JPY|CAD|AUD|NZD|SEK|NOK|DKK|PLN|CZK|HUF|INR|CNY|BRL|MXN|ZAR"
-_CURRENCY_HINT = re.compile(rf"[$€£¥]|{_CURRENCIES}")
 _STATUS_PHRASES = (
     "Client Error|Server Error|Bad Request|Unauthorized|Payment Required|Forbidden|Not Found|Method Not Allowed|"
     "Not Acceptable|Request Timeout|Conflict|Gone|Payload Too Large|Unprocessable (?:Entity|Content)|"
@@ -60,13 +59,25 @@ _STATUS_PHRASES = (
 
 # Kept as they are: an HTTP status code or an errno names the problem (429 and 503 from one code path
 # are two causes), it does not vary per job. They are set aside before the placeholders and put back.
-_KEEP = re.compile(
-    r"\b(?:HTTP(?:/\d(?:\.\d)?)?|status(?:[ _]?code)?|error[ _]?code|response[ _]?code|returned)[\s:=#]*[1-5]\d\d\b"
-    rf"|\b[1-5]\d\d(?=[\s:-]+(?-i:{_STATUS_PHRASES})\b)"  # the reason phrase as servers spell it
-    r"|\[Errno -?\d+\]|\berrno[ =]-?\d+",
+# A status code is a 3-digit number after "HTTP", "status", "error code", ... or before a reason
+# phrase as servers spell it; only the 3-digit numbers of a message are looked at (cheaper than one
+# pattern tried at every position).
+_STATUS_CANDIDATE = re.compile(r"[1-5](?<!\d[1-5])\d\d(?!\d)")
+_STATUS_BEFORE = re.compile(
+    r"\b(?:HTTP(?:/\d(?:\.\d)?)?|status(?:[ _]?code)?|error[ _]?code|response[ _]?code|returned)[\s:=#]*$",
     re.IGNORECASE)
-# Cheap tests first: most messages hold no 3-digit number standing alone and no errno.
-_KEEP_HINT = re.compile(r"[1-5](?<!\d[1-5])\d\d(?!\d)")
+_STATUS_AFTER = re.compile(rf"[\s:-]+(?:{_STATUS_PHRASES})\b")
+_ERRNO = re.compile(r"\[Errno -?\d+\]|\berrno[ =]-?\d+", re.IGNORECASE)
+
+
+def _status_code(message: str, start: int, end: int) -> bool:
+    """Whether the 3-digit number at ``message[start:end]`` is an HTTP status code by its context."""
+    if _STATUS_BEFORE.search(message, max(0, start - 30), start):
+        return True
+    glued = start > 0 and (message[start - 1].isalnum() or message[start - 1] == "_")
+    return not glued and _STATUS_AFTER.match(message, end) is not None
+
+
 _KEPT = re.compile("\x00([a-j]+)\x00")
 
 
@@ -103,15 +114,24 @@ def _prefixed_id(match: re.Match[str]) -> str:
 # (a UUID is not read as hex and numbers, a timestamp not as numbers, an e-mail not as a quoted word).
 # Each rule runs only when the message holds one of its hint's substrings (None: always; _DIGITS:
 # any digit): most rules cannot match most messages, and skipping them keeps the failure path cheap.
-_DIGITS = re.compile(r"\d")
+_DIGITS = re.compile(r"\d").search
 
 
-def _any(*texts: str) -> re.Pattern[str]:
+def _any(*texts: str) -> Callable[[str], object]:
     """A hint: any of ``texts`` (one compiled search, cheaper than a Python loop of ``in`` tests)."""
-    return re.compile("|".join(re.escape(t) for t in texts))
+    return re.compile("|".join(re.escape(t) for t in texts)).search
 
 
-_RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], re.Pattern[str] | None], ...] = (
+_CURRENCY_SET = frozenset(_CURRENCIES.split("|"))
+_UPPER3 = re.compile(r"[A-Z]{3}")
+
+
+def _has_currency(message: str) -> bool:
+    """The amount rule's hint: a currency sign, or a currency code among the message's capital triples."""
+    return any(sign in message for sign in "$€£¥") or not _CURRENCY_SET.isdisjoint(_UPPER3.findall(message))
+
+
+_RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], Callable[[str], object] | None], ...] = (
     # URLs' query strings: the path names the endpoint, the query carries the ids. Also a bare path's
     # query (urllib3 prints "url: /v1/charges?id=...").
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]*)\?[^\s#'\"]*", re.IGNORECASE), r"\1?<query>", _any("?")),
@@ -138,7 +158,7 @@ _RULES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str], re.Pa
     (re.compile(r"[A-Za-z0-9]{10,}"), _random_id, None),
     # Money: a number with a currency code or sign on either side (the currency varies with the job).
     (re.compile(rf"(?:[$€£¥]|\b(?:{_CURRENCIES})\s?)-?(?:{_NUM})\b|(?=[-\d])(?<![\w.])-?(?:{_NUM})\s?(?:{_CURRENCIES})\b"),
-     "<amount>", _CURRENCY_HINT),
+     "<amount>", _has_currency),
     # Durations: 250ms and 1.5s and 30 seconds are one placeholder (the unit varies with the value).
     (re.compile(rf"(?=\d)(?<![\w.])(?:{_NUM})\s?(?:ms|us|µs|ns|s|secs?|seconds?|min|mins|minutes?|h|hrs?|hours?)\b"),
      "<duration>", _DIGITS),
@@ -159,16 +179,19 @@ def normalize(message: str) -> str:
     """``message`` with its varying parts (ids, numbers, UUIDs, ...) replaced by placeholders."""
     kept: list[str] = []
 
-    def keep(match: re.Match[str]) -> str:
-        kept.append(match.group(0))
+    def keep(text: str) -> str:
+        kept.append(text)
         # The index spelled in letters a-j: no placeholder rule reads it as a number or an id.
         return "\x00" + "".join(chr(ord("a") + int(d)) for d in str(len(kept) - 1)) + "\x00"
 
     message = message.replace("\x00", "")
-    if "rrno" in message or _KEEP_HINT.search(message):
-        message = _KEEP.sub(keep, message)
+    if "rrno" in message:
+        message = _ERRNO.sub(lambda m: keep(m.group(0)), message)
+    codes = [m.span() for m in _STATUS_CANDIDATE.finditer(message) if _status_code(message, *m.span())]
+    for start, end in reversed(codes):
+        message = message[:start] + keep(message[start:end]) + message[end:]
     for pattern, placeholder, hint in _RULES:
-        if hint is None or hint.search(message):
+        if hint is None or hint(message):
             message = pattern.sub(placeholder, message)
     if kept:
         message = _KEPT.sub(lambda m: kept[int("".join(str(ord(c) - ord("a")) for c in m.group(1)))], message)
