@@ -182,3 +182,19 @@ def test_a_chain_is_bounded_and_cycles_end() -> None:
         outer.__cause__ = deep
         deep = outer
     assert len(chain(deep)) == MAX_CHAIN
+
+
+def test_the_rules_hints_skip_only_rules_that_cannot_match() -> None:
+    # Messages of every shape above, real exceptions' included: with and without the hints, one result.
+    raising: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (over_limit, ("1,234.50", "USD")), (over_limit, ("€12", "")), (connect, ("10.0.3.17:443", "250ms")),
+        (quota, ("sk-proj-AbCdEfGhIjKlMnOpQrStUvWx", "Tue, 01 Dec 2026 17:00:00 GMT")), (partner, (429, 7)),
+        (refused, (111, "'db-1'")), (sync_account, ("reset", 5)), (sync_account, ("429", 5)),
+    ]
+    corpus = [str(caught(fn, *args)) for fn, args in raising] + [
+        "job 3f2a0c1e-9b7d-4c55-8e21-0a1b2c3d4e5f at 2026-12-01 10:00:00 by ann@example.com",
+        "GET https://x.example/a?b=1 and /v1/c?d=2 at 0x7f3a2b1c, digest 9f86d081884c7d65",
+        "can't find \"ACME 1\" for cus_HapqCjWzsOeNx (req WuILiInxUgyk3) in 12:30:01",
+    ]
+    for message in corpus:
+        assert normalize(message) == normalize(message, hints=False), message
