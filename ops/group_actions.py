@@ -14,7 +14,9 @@ letter once (a redriven dead letter is no longer open, and concurrent batches sk
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, get_args
 
@@ -114,19 +116,19 @@ class GroupStatusResult(msgspec.Struct, kw_only=True):
     fingerprint: str
     previous: str
     status: str
-    status_at: Any
+    status_at: dt.datetime
 
 
 class SampleJob(msgspec.Struct, kw_only=True):
     """One of a group's sample jobs as the ledger holds it now."""
 
-    job_id: Any
+    job_id: uuid.UUID
     task: str
     tier: str
     status: str
     attempts: int
     last_error: str | None
-    finished_at: Any
+    finished_at: dt.datetime | None
 
 
 class GroupDetail(msgspec.Struct, kw_only=True):
