@@ -227,7 +227,8 @@ async def redrive_group(engine: AsyncEngine, actor: Actor, fingerprint: str, *, 
         async with engine.connect() as conn:
             plan = await dry_run(conn, fingerprint, tier=tier)
     except UnknownGroupError as exc:
-        await _refused(engine, actor, "redrive_group", fingerprint, exc)
+        if not dry_run_only:  # a dry run changes nothing, so it records nothing either
+            await _refused(engine, actor, "redrive_group", fingerprint, exc)
         raise
     fp = plan.fingerprint
     total = plan.redrivable if limit is None else min(limit, plan.redrivable)

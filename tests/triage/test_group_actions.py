@@ -181,6 +181,9 @@ async def test_an_ignored_group_stays_ignored(db_url: str, engine: AsyncEngine) 
 
 async def test_typed_errors(db_url: str, engine: AsyncEngine) -> None:
     fp, _ = failed(db_url, find_order, 1)
+    with pytest.raises(actions.UnknownGroupError):
+        await actions.redrive_group(engine, ALICE, "no-such-group", dry_run_only=True)
+    assert audit(db_url) == []  # a dry run records nothing, not even a refusal
     with pytest.raises(actions.UnknownGroupError) as unknown:
         await actions.redrive_group(engine, ALICE, "no-such-group")
     assert unknown.value.status == 404 and unknown.value.field == "fingerprint"
