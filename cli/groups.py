@@ -131,7 +131,9 @@ def groups_redrive(fp: str, dry_run: bool, rate: float | None, batch: int, limit
                 engine, actor, planned.fingerprint, tier=to_tier, reason=reason, batch=batch, rate=rate,
                 limit=limit, progress=progress))
         except KeyboardInterrupt:
-            raise click.ClickException(f"interrupted after {done[0]} redriven (whole batches only); run the same "
+            from outbox.errors import TierboxError
+
+            raise TierboxError(f"interrupted after {done[0]} redriven (whole batches only); run the same "
                                        "command again to redrive the rest") from None
     if as_json:
         click.echo(render.as_json(result))

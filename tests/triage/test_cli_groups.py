@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import getpass
 import json
+import signal
+import subprocess
+import sys
 from typing import Any
 
 from click.testing import CliRunner, Result
 
 from tests.api.test_api import q
+from tests.helpers import ROOT, wait_until
 from tests.triage.test_group_actions import failed
 from tests.triage.test_groups import charge, find_order
 from tierbox.cli.main import cli
@@ -85,3 +89,25 @@ def test_bad_input_is_one_line(db_url: str) -> None:
     assert bad_tier.exit_code == 2 and "unknown tier" in bad_tier.output
     bad_rate = tierbox(db_url, "dlq", "groups", "redrive", "nope", "--rate", "0")
     assert bad_rate.exit_code == 2 and "--rate" in bad_rate.output
+
+
+def test_ctrl_c_stops_a_paced_redrive_cleanly_and_running_it_again_redrives_the_rest_once(db_url: str) -> None:
+    fp, jobs = failed(db_url, find_order, *range(8))
+    command = [sys.executable, "-m", "tierbox.cli", "dlq", "groups", "redrive", fp, "--yes", "--batch", "1",
+               "--rate", "2", "--database-url", db_url]
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: q(db_url, "SELECT count(*) FROM outbox.jobs WHERE redrive_of IS NOT NULL")[0][0] >= 2,
+               timeout=30, what="two batches redriven")
+    first.send_signal(signal.SIGINT)  # the operator presses Ctrl-C
+    out, _ = first.communicate(timeout=30)
+    assert first.returncode == 1 and "tierbox: interrupted after" in out and "run the same command again" in out, out
+    done = q(db_url, "SELECT count(*) FROM outbox.jobs WHERE redrive_of IS NOT NULL")[0][0]
+    assert 2 <= done < 8
+    # Whole batches only: every redriven dead letter has its new job and its audit row.
+    assert q(db_url, "SELECT count(*) FROM outbox.dead_letters WHERE redriven_at IS NOT NULL") == [(done,)]
+    assert q(db_url, "SELECT sum(cardinality(job_ids)) FROM outbox.admin_audit WHERE action = 'redrive_group'") == [
+        (done,)]
+    again = tierbox(db_url, "dlq", "groups", "redrive", fp, "--yes", "--batch", "3")
+    assert again.exit_code == 0 and f"redriven {8 - done} dead letter(s)" in again.output, again.output
+    rows = q(db_url, "SELECT redrive_of, count(*) FROM outbox.jobs WHERE redrive_of IS NOT NULL GROUP BY 1")
+    assert sorted(r[0] for r in rows) == sorted(jobs) and {r[1] for r in rows} == {1}
