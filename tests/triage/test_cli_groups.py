@@ -94,7 +94,7 @@ def test_bad_input_is_one_line(db_url: str) -> None:
 def test_ctrl_c_stops_a_paced_redrive_cleanly_and_running_it_again_redrives_the_rest_once(db_url: str) -> None:
     fp, jobs = failed(db_url, find_order, *range(8))
     command = [sys.executable, "-m", "tierbox.cli", "dlq", "groups", "redrive", fp, "--yes", "--batch", "1",
-               "--rate", "2", "--database-url", db_url]
+               "--rate", "1", "--database-url", db_url]  # 8 jobs take 7 s: Ctrl-C lands mid-way
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_until(lambda: q(db_url, "SELECT count(*) FROM outbox.jobs WHERE redrive_of IS NOT NULL")[0][0] >= 2,
                timeout=30, what="two batches redriven")
