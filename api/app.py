@@ -25,6 +25,7 @@ from tierbox.api.routes_dlq import DeadLetterController
 from tierbox.api.routes_jobs import JobController
 from tierbox.api.routes_reconcile import reconcile
 from tierbox.api.routes_tiers import TierController, healthz, readyz, scrape
+from tierbox.api.routes_triage import FailureGroupController
 from tierbox.ops import db, queries
 from tierbox.ops.broker import BrokerProbe
 
@@ -54,7 +55,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
 
     return Litestar(
         route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, reconcile, scrape,
-                        healthz, readyz],
+                        healthz, readyz, FailureGroupController],
         dependencies={"db": Provide(provide_db)},
         exception_handlers=errors.HANDLERS,
         before_request=params.screen,  # hostile input stops here, before parsing or Postgres

@@ -180,3 +180,9 @@ def dlq_discard(job_id: str, reason: str | None, database_url: str | None, as_js
         args.settings(database_url=database_url),
         lambda engine: ops.discard(engine, Actor.os_user(), parsed, reason=reason))
     click.echo(render.as_json(Discarded(job_id=parsed)) if as_json else f"discarded {parsed}")
+
+
+# `tierbox dlq groups ...`: the dead letters by failure group (cli/groups.py).
+from tierbox.cli.groups import groups as _groups  # noqa: E402 - registered after the dlq group exists
+
+dlq.add_command(_groups)

@@ -86,12 +86,56 @@ BEGIN
     RETURN QUERY SELECT 'run'::text, j.attempts + 1, j.max_retries, j.enqueued_at, j.headers;
 END $$;
 
+-- The failure group of one failure (docs/triage.md), upserted: counts of failed attempts and dead
+-- letters, first and last seen, the tasks, tiers, outcomes and reasons seen (20 each at most), up to
+-- 10 sample jobs (newest first, each once). A resolved group that fails again is reopened and stamped
+-- regressed_at; an ignored one stays ignored. The failure statements (RETRY, DEAD,
+-- DEAD_WITHOUT_ATTEMPT, DEAD_MESSAGE in outbox/_transitions.py) and outbox.reap call it, in the
+-- transaction that records the failure. Returns 1, or 0 for a failure without a fingerprint.
+-- Created by 0010 (0009 wrote the same upsert inline, twice); unchanged since.
+
+CREATE OR REPLACE FUNCTION outbox.record_failure_group(p_fingerprint text, p_error_type text, p_message text,
+                                                       p_sample_message text, p_frames text[], p_task text,
+                                                       p_tier text, p_outcome text, p_reason text,
+                                                       p_attempts integer, p_dead integer, p_job_id uuid,
+                                                       p_at timestamp with time zone)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_fingerprint IS NULL THEN  -- a failure recorded by a caller that computes none
+        RETURN 0;
+    END IF;
+    INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, frames, tasks, tiers,
+                                             outcomes, reasons, failed_attempts, dead_letters, first_seen, last_seen,
+                                             sample_job_ids)
+    VALUES (p_fingerprint, p_error_type, p_message, p_sample_message, COALESCE(p_frames, '{}'::text[]),
+            array_remove(ARRAY[p_task], NULL), ARRAY[p_tier], array_remove(ARRAY[p_outcome], NULL),
+            array_remove(ARRAY[p_reason], NULL), p_attempts, p_dead, p_at, p_at, array_remove(ARRAY[p_job_id], NULL))
+    ON CONFLICT (fingerprint) DO UPDATE SET
+        failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
+        dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
+        last_seen = EXCLUDED.last_seen,
+        sample_message = EXCLUDED.sample_message,
+        tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
+        tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
+        outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
+                        ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
+        reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
+                       ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
+        sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
+                              ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
+        status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
+        regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END;
+    RETURN 1;
+END $$;
+
 -- Recover jobs whose lease expired (their worker died or lost Postgres): the attempt is recorded
 -- as crashed and the job is due again at once, or dead-lettered (reason crashed) when its attempts
 -- are spent. Safe to run in every worker at once (SKIP LOCKED); the worker's reaper calls it.
 -- Created by 0001; changed by 0005 (skips rows a relay or a finishing worker holds, upserts
--- pending, takes leases in job id order); last changed by 0009 (records the crash's fingerprint and
--- upserts its failure group, as RETRY and DEAD do).
+-- pending, takes leases in job id order); changed by 0009 (records the crash's fingerprint and
+-- upserts its failure group, as RETRY and DEAD do); last changed by 0010 (the upsert is
+-- outbox.record_failure_group's, no longer a copy of its own).
 CREATE OR REPLACE FUNCTION outbox.reap(p_limit integer DEFAULT 100)
 RETURNS TABLE (job_id uuid, decision text)
 LANGUAGE plpgsql AS $$
@@ -128,26 +172,8 @@ BEGIN
          WHERE a.job_id = l.job_id AND a.attempt = l.attempt AND a.outcome IS NULL;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN  -- one crashed attempt for its failure group
-            INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, tasks, tiers,
-                                                     outcomes, reasons, failed_attempts, dead_letters, first_seen,
-                                                     last_seen, sample_job_ids)
-            VALUES (fp, 'WorkerLost', msg, msg, ARRAY[j.task], ARRAY[j.tier], ARRAY['crashed'], '{}'::text[], 1,
-                    0, now(), now(), ARRAY[j.id])
-            ON CONFLICT (fingerprint) DO UPDATE SET
-                failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
-                dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
-                last_seen = EXCLUDED.last_seen,
-                sample_message = EXCLUDED.sample_message,
-                tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
-                tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
-                outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
-                                ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
-                reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
-                               ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
-                sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
-                                      ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
-                status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
-                regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END;
+            PERFORM outbox.record_failure_group(fp, 'WorkerLost', msg, msg, '{}'::text[], j.task, j.tier,
+                                                'crashed', NULL, 1, 0, j.id, now());
         END IF;
         CONTINUE WHEN NOT (j.attempts = l.attempt AND j.status = 'running');
         IF j.attempts >= j.max_retries + 1 THEN
@@ -159,26 +185,8 @@ BEGIN
             ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING;
             GET DIAGNOSTICS n = ROW_COUNT;
             IF n > 0 THEN  -- one dead letter for its failure group
-                INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, tasks, tiers,
-                                                         outcomes, reasons, failed_attempts, dead_letters, first_seen,
-                                                         last_seen, sample_job_ids)
-                VALUES (fp, 'WorkerLost', msg, msg, ARRAY[j.task], ARRAY[j.tier], '{}'::text[], ARRAY['crashed'], 0,
-                        1, now(), now(), ARRAY[j.id])
-                ON CONFLICT (fingerprint) DO UPDATE SET
-                    failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
-                    dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
-                    last_seen = EXCLUDED.last_seen,
-                    sample_message = EXCLUDED.sample_message,
-                    tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
-                    tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
-                    outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
-                                    ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
-                    reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
-                                   ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
-                    sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
-                                          ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
-                    status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
-                    regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END;
+                PERFORM outbox.record_failure_group(fp, 'WorkerLost', msg, msg, '{}'::text[], j.task,
+                                                    j.tier, NULL, 'crashed', 0, 1, j.id, now());
             END IF;
             job_id := j.id; decision := 'dead';
         ELSE
@@ -295,4 +303,151 @@ BEGIN
             CASE WHEN dl.discarded_at IS NOT NULL THEN 'discarded' ELSE 'redriven' END USING ERRCODE = 'TB001';
     END IF;
     UPDATE outbox.jobs SET status = 'discarded' WHERE id = p_job_id AND status = 'dead';
+END $$;
+
+-- A failure group's open dead letters counted by task, tier and whether outbox.redrive can run them
+-- (a raw broker message holds no job: it can only be discarded). The dry run of a group redrive.
+-- Created by 0010; unchanged since.
+
+CREATE OR REPLACE FUNCTION outbox.failure_group_open(p_fingerprint text)
+RETURNS TABLE (task text, tier text, redrivable boolean, open_count bigint)
+LANGUAGE sql STABLE AS $$
+SELECT d.task, d.tier, (d.job_id IS NOT NULL AND d.task IS NOT NULL AND d.payload IS NOT NULL), count(*)
+FROM outbox.dead_letters d
+WHERE d.fingerprint = p_fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+$$;
+
+-- Redrive up to p_limit open dead letters of a failure group (oldest first, SKIP LOCKED) through
+-- outbox.redrive; returns how many were redriven and how many redrivable ones remain, and writes one
+-- admin_audit row (redrive_group) naming the operator and the fingerprint. The caller paces by calling
+-- it again, each call its own transaction. Raises TB404 (no such group) or TB001 (bad limit, or a
+-- refusal of outbox.redrive, which undoes the batch).
+-- Created by 0010; unchanged since.
+
+CREATE OR REPLACE FUNCTION outbox.redrive_group(p_fingerprint text, p_limit integer DEFAULT 100,
+                                                p_tier text DEFAULT NULL, p_by text DEFAULT current_user,
+                                                p_note text DEFAULT NULL, p_actor_kind text DEFAULT 'os_user',
+                                                p_client_addr text DEFAULT NULL)
+RETURNS TABLE (redriven integer, remaining bigint, job_ids uuid[], new_job_ids uuid[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_candidate uuid;
+    v_done uuid[] := '{}'::uuid[];
+    v_made uuid[] := '{}'::uuid[];
+    v_left bigint;
+BEGIN
+    PERFORM 1 FROM outbox.failure_groups g WHERE g.fingerprint = p_fingerprint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no failure group %', p_fingerprint USING ERRCODE = 'TB404';
+    END IF;
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'limit must be at least 1, not %', p_limit USING ERRCODE = 'TB001';
+    END IF;
+    -- Oldest first; rows another group redrive holds are skipped, never redriven twice.
+    FOR v_candidate IN
+        SELECT d.job_id FROM outbox.dead_letters d
+        WHERE d.fingerprint = p_fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+          AND d.job_id IS NOT NULL AND d.task IS NOT NULL AND d.payload IS NOT NULL
+        ORDER BY d.failed_at, d.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    LOOP
+        v_done := v_done || v_candidate;
+        v_made := v_made || outbox.redrive(v_candidate, p_tier, p_by, p_note);
+    END LOOP;
+    SELECT count(*) INTO v_left FROM outbox.dead_letters d
+    WHERE d.fingerprint = p_fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+      AND d.job_id IS NOT NULL AND d.task IS NOT NULL AND d.payload IS NOT NULL;
+    IF cardinality(v_done) > 0 THEN
+        INSERT INTO outbox.admin_audit (actor, actor_kind, action, job_ids, client_addr, result, detail)
+        VALUES (p_by, p_actor_kind, 'redrive_group', v_done, p_client_addr, 'ok',
+                jsonb_build_object('fingerprint', p_fingerprint, 'target_tier', p_tier, 'reason', p_note,
+                                   'new_job_ids', to_jsonb(v_made), 'remaining', v_left));
+    END IF;
+    RETURN QUERY SELECT cardinality(v_done), v_left, v_done, v_made;
+END $$;
+
+-- Discard up to p_limit open dead letters of a failure group (raw messages too): kept for audit,
+-- never redriven; their dead jobs become discarded, as outbox.discard leaves them. Audited
+-- (discard_group). Raises TB404 (no such group) or TB001 (bad limit).
+-- Created by 0010; unchanged since.
+
+CREATE OR REPLACE FUNCTION outbox.discard_group(p_fingerprint text, p_limit integer DEFAULT 1000,
+                                                p_by text DEFAULT current_user, p_reason text DEFAULT NULL,
+                                                p_actor_kind text DEFAULT 'os_user', p_client_addr text DEFAULT NULL)
+RETURNS TABLE (discarded integer, remaining bigint, job_ids uuid[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+    v_ids uuid[];
+    v_left bigint;
+BEGIN
+    PERFORM 1 FROM outbox.failure_groups g WHERE g.fingerprint = p_fingerprint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no failure group %', p_fingerprint USING ERRCODE = 'TB404';
+    END IF;
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'limit must be at least 1, not %', p_limit USING ERRCODE = 'TB001';
+    END IF;
+    WITH picked AS (
+        SELECT d.id FROM outbox.dead_letters d
+        WHERE d.fingerprint = p_fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL
+        ORDER BY d.failed_at, d.id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), marked AS (
+        UPDATE outbox.dead_letters d SET discarded_at = now(), discarded_by = p_by, discard_reason = p_reason
+        FROM picked WHERE d.id = picked.id
+        RETURNING d.job_id
+    )
+    SELECT count(*), COALESCE(array_agg(m.job_id ORDER BY m.job_id) FILTER (WHERE m.job_id IS NOT NULL),
+                              '{}'::uuid[])
+    INTO v_count, v_ids FROM marked m;
+    -- The dead jobs become discarded, as outbox.discard leaves them; their rows locked in id order first,
+    -- as every multi-row statement locks jobs.
+    PERFORM 1 FROM outbox.jobs j WHERE j.id = ANY(v_ids) ORDER BY j.id FOR NO KEY UPDATE;
+    UPDATE outbox.jobs j SET status = 'discarded' WHERE j.id = ANY(v_ids) AND j.status = 'dead';
+    SELECT count(*) INTO v_left FROM outbox.dead_letters d
+    WHERE d.fingerprint = p_fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL;
+    IF v_count > 0 THEN
+        INSERT INTO outbox.admin_audit (actor, actor_kind, action, job_ids, client_addr, result, detail)
+        VALUES (p_by, p_actor_kind, 'discard_group', v_ids, p_client_addr, 'ok',
+                jsonb_build_object('fingerprint', p_fingerprint, 'reason', p_reason, 'discarded', v_count,
+                                   'remaining', v_left));
+    END IF;
+    RETURN QUERY SELECT v_count, v_left, v_ids;
+END $$;
+
+-- Set a failure group's status (open, resolved, ignored) with who, when and why; resolved also
+-- stamps resolved_at (a later failure reopens the group and stamps regressed_at). Audited
+-- (group_status). Raises TB404 (no such group) or TB001 (bad status).
+-- Created by 0010; unchanged since.
+
+CREATE OR REPLACE FUNCTION outbox.set_failure_group_status(p_fingerprint text, p_status text,
+                                                           p_by text DEFAULT current_user, p_note text DEFAULT NULL,
+                                                           p_actor_kind text DEFAULT 'os_user',
+                                                           p_client_addr text DEFAULT NULL)
+RETURNS TABLE (previous text, status text, status_at timestamp with time zone)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_old text;
+    v_at timestamptz := clock_timestamp();
+BEGIN
+    IF p_status IS NULL OR p_status NOT IN ('open', 'resolved', 'ignored') THEN
+        RAISE EXCEPTION 'status must be open, resolved or ignored, not %', p_status USING ERRCODE = 'TB001';
+    END IF;
+    SELECT g.status INTO v_old FROM outbox.failure_groups g WHERE g.fingerprint = p_fingerprint FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no failure group %', p_fingerprint USING ERRCODE = 'TB404';
+    END IF;
+    UPDATE outbox.failure_groups g
+       SET status = p_status, status_by = p_by, status_at = v_at, status_note = p_note,
+           resolved_at = CASE WHEN p_status = 'resolved' THEN v_at ELSE g.resolved_at END
+     WHERE g.fingerprint = p_fingerprint;
+    INSERT INTO outbox.admin_audit (actor, actor_kind, action, job_ids, client_addr, result, detail)
+    VALUES (p_by, p_actor_kind, 'group_status', '{}'::uuid[], p_client_addr, 'ok',
+            jsonb_build_object('fingerprint', p_fingerprint, 'status', p_status, 'previous', v_old, 'note', p_note));
+    RETURN QUERY SELECT v_old, p_status, v_at;
 END $$;

@@ -318,6 +318,9 @@ class FailureGroupRow(NamedTuple):
     status: str
     resolved_at: dt.datetime | None
     regressed_at: dt.datetime | None
+    status_by: str | None
+    status_at: dt.datetime | None
+    status_note: str | None
     jobs_retried: int
     jobs_same_every_attempt: int
     breaker_opens: int
@@ -334,7 +337,7 @@ SELECT g.fingerprint, g.error_type, g.message, g.sample_message, g.frames, g.tas
        (SELECT count(*) FROM outbox.dead_letters d
         WHERE d.fingerprint = g.fingerprint AND d.redriven_at IS NULL AND d.discarded_at IS NULL),
        g.first_seen, g.last_seen, g.sample_job_ids, g.status, g.resolved_at, g.regressed_at,
-       COALESCE(s.retried, 0), COALESCE(s.same_way, 0),
+       g.status_by, g.status_at, g.status_note, COALESCE(s.retried, 0), COALESCE(s.same_way, 0),
        (SELECT count(*) FROM outbox.breaker_events b
         WHERE b.to_state = 'open' AND b.at BETWEEN g.first_seen - interval '1 minute' AND g.last_seen)
 FROM outbox.failure_groups g
@@ -353,3 +356,76 @@ WHERE (CAST(:status AS text) IS NULL OR g.status = CAST(:status AS text))
 ORDER BY g.last_seen DESC, g.fingerprint
 LIMIT CAST(:limit AS integer)
 """, row=FailureGroupRow)
+
+
+# --- Failure-group actions (revision 0010; the statements that change jobs are in outbox/_transitions.py) ---
+
+class FingerprintRow(NamedTuple):
+    """``FINGERPRINTS_BY_PREFIX``: one fingerprint."""
+
+    fingerprint: str
+
+
+# The group a fingerprint or a prefix of one names: the exact one first, then (at most two) that start with it,
+# so the caller can tell "unique", "ambiguous" and "none". left() = the prefix, with no LIKE wildcards to escape.
+FINGERPRINTS_BY_PREFIX = Statement("ops.fingerprints_by_prefix", """
+(SELECT fingerprint FROM outbox.failure_groups WHERE fingerprint = CAST(:prefix AS text))
+UNION ALL
+(SELECT fingerprint FROM outbox.failure_groups
+ WHERE left(fingerprint, length(CAST(:prefix AS text))) = CAST(:prefix AS text)
+   AND fingerprint <> CAST(:prefix AS text)
+ ORDER BY fingerprint LIMIT 2)
+""", row=FingerprintRow)
+
+
+class GroupOpenRow(NamedTuple):
+    """``GROUP_OPEN``: open dead letters of a group with one task, tier and redrivability."""
+
+    task: str | None
+    tier: str | None
+    redrivable: bool
+    open_count: int
+
+
+# The dry run of a group redrive: its open dead letters by task, tier and whether they can be redriven.
+GROUP_OPEN = Statement("ops.group_open", """
+SELECT task, tier, redrivable, open_count FROM outbox.failure_group_open(CAST(:fingerprint AS text))
+""", row=GroupOpenRow)
+
+
+class GroupStatusRow(NamedTuple):
+    """``SET_GROUP_STATUS``: the status before and after, and when it was set."""
+
+    previous: str
+    status: str
+    status_at: dt.datetime
+
+
+# Resolve, ignore or reopen a group, recording who and when; the function writes the audit row.
+SET_GROUP_STATUS = Statement("ops.set_group_status", """
+SELECT previous, status, status_at FROM outbox.set_failure_group_status(
+    p_fingerprint => CAST(:fingerprint AS text), p_status => CAST(:status AS text), p_by => CAST(:by AS text),
+    p_note => CAST(:note AS text), p_actor_kind => CAST(:actor_kind AS text),
+    p_client_addr => CAST(:client_addr AS text))
+""", row=GroupStatusRow)
+
+
+class SampleJobRow(NamedTuple):
+    """``SAMPLE_JOBS``: one of a group's sample jobs as the ledger holds it now."""
+
+    job_id: Any
+    task: str
+    tier: str
+    status: str
+    attempts: int
+    last_error: str | None
+    finished_at: dt.datetime | None
+
+
+# A group's sample jobs (newest failure first), with their state now.
+SAMPLE_JOBS = Statement("ops.sample_jobs", """
+SELECT j.id, j.task, j.tier, j.status, j.attempts, j.last_error, j.finished_at
+FROM unnest(CAST(:ids AS uuid[])) WITH ORDINALITY AS s(id, ord)
+JOIN outbox.jobs AS j ON j.id = s.id
+ORDER BY s.ord
+""", row=SampleJobRow)

@@ -46,6 +46,10 @@ class Group(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     resolved_at: dt.datetime | None
     regressed_at: dt.datetime | None
+    #: Who set the status by hand last, when, and why (None: never set by hand).
+    status_by: str | None = None
+    status_at: dt.datetime | None = None
+    status_note: str | None = None
 
     @property
     def regressed(self) -> bool:
@@ -138,6 +142,31 @@ def poison_message(group: Group, evidence: Evidence) -> Verdict | None:
                    f"dead-letter reason {', '.join(reasons) or group.error_type}; {_seen(group)}")
 
 
+#: What RabbitMQ's dead-lettering means (workers/dlq_sweeper.py records its x-death reason as the dead
+#: letter's reason, error type ``BrokerDeadLettered``), most telling first.
+_BROKER_ACTIONS = {
+    "delivery_limit": "it was delivered again and again without an ack (a consumer crashed or hung on it): "
+                      "inspect a sample first; discard it if it is poison, else redrive",
+    "maxlen": "the queue hit its length limit (x-max-length) while workers were behind: add workers or raise "
+              "the limit, then redrive paced",
+    "expired": "its TTL ran out in the queue before a worker took it (workers behind or stopped): clear the "
+               "backlog, then redrive",
+    "rejected": "a consumer other than Tierbox's workers rejected it: find that consumer (x-first-death-queue), "
+                "then redrive",
+}
+
+
+def broker_dead_letter(group: Group, evidence: Evidence) -> Verdict | None:
+    """RabbitMQ itself dead-lettered the message (length limit, TTL, delivery limit, a foreign rejection)."""
+    reasons = [r for r in _BROKER_ACTIONS if r in group.reasons]
+    if group.error_type != "BrokerDeadLettered" and not set(reasons) - {"rejected"}:
+        return None  # "rejected" alone is the broker's only when the sweeper says so (the error type)
+    reason = reasons[0] if reasons else "rejected"
+    return Verdict("broker dead letter", _BROKER_ACTIONS[reason],
+                   f"x-death reason {', '.join(reasons) or reason}; dead-lettered by RabbitMQ, not by a handler; "
+                   f"{_seen(group)}")
+
+
 def timeout_or_crash(group: Group, evidence: Evidence) -> Verdict | None:
     """The attempt ran out of time, or its worker died under it."""
     if "timeout" in group.outcomes or "timeout" in group.reasons:
@@ -206,8 +235,8 @@ def unclassified(group: Group, evidence: Evidence) -> Verdict:
 
 
 #: The built-in rules, tried in this order after the application's own.
-BUILTIN_RULES: tuple[Rule, ...] = (poison_message, timeout_or_crash, code_defect, rate_limited, provider_outage,
-                                   data_error)
+BUILTIN_RULES: tuple[Rule, ...] = (poison_message, broker_dead_letter, timeout_or_crash, code_defect, rate_limited,
+                                   provider_outage, data_error)
 
 _app_rules: list[Rule] = []
 

@@ -36,6 +36,26 @@ class RedrivenRow(NamedTuple):
     new_job_id: uuid.UUID
 
 
+class GroupRedrivenRow(NamedTuple):
+    """One batch of a failure group's redrive (``REDRIVE_GROUP``)."""
+
+    redriven: int
+    #: Open dead letters of the group that a redrive can still run, after this batch.
+    remaining: int
+    job_ids: list[uuid.UUID]
+    new_job_ids: list[uuid.UUID]
+
+
+class GroupDiscardedRow(NamedTuple):
+    """One batch of a failure group's discard (``DISCARD_GROUP``)."""
+
+    discarded: int
+    #: Open dead letters of the group after this batch.
+    remaining: int
+    #: The jobs of the discarded dead letters (raw messages have none).
+    job_ids: list[uuid.UUID]
+
+
 class MovedRow(NamedTuple):
     """A job whose backlog row ``MOVE_BACKLOG`` moved to an override's tier."""
 

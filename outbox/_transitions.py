@@ -12,7 +12,7 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 
 from __future__ import annotations
 
-from outbox._rows import ClaimedRow, MovedRow, RedrivenRow, RepublishedRow
+from outbox._rows import ClaimedRow, GroupDiscardedRow, GroupRedrivenRow, MovedRow, RedrivenRow, RepublishedRow
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
 
@@ -221,38 +221,18 @@ SELECT id, attempts FROM j
 
 
 # The failure group of a failure (issue #14, docs/triage.md), kept up to date in the statement that
-# records the failure: one upsert of one small row, keyed by the fingerprint. ``{src}`` is a CTE of
-# the failed job(s) with columns id, task, tier; ``{attempts}``/``{dead}`` what the failure counts.
-# A resolved group that fails again is reopened and stamped ``regressed_at``; an ignored one stays
-# ignored (its counts still move). The arrays are bounded: 10 sample jobs (newest first, each once),
-# 20 tasks, tiers, outcomes and reasons.
+# records the failure, through the one upsert every failure path shares (the SQL function
+# outbox.record_failure_group, also called by outbox.reap). ``{src}`` is a CTE of the failed job(s)
+# with columns id, task, tier; ``{attempts}``/``{dead}`` what the failure counts. The statement then
+# counts the rows of ``g`` (one per failed job): a SELECT in a CTE runs only if something reads it.
 def _group_upsert(src: str, attempts: str, dead: str, outcome: str, reason: str) -> str:
     return f"""
 g AS (
-    INSERT INTO outbox.failure_groups AS fg (fingerprint, error_type, message, sample_message, frames, tasks, tiers,
-                                             outcomes, reasons, failed_attempts, dead_letters, first_seen, last_seen,
-                                             sample_job_ids)
-    SELECT CAST(:fingerprint AS text), CAST(:error_type AS text), CAST(:normalized AS text),
-           CAST(:error_message AS text), CAST(:frames AS text[]), array_remove(ARRAY[{src}.task], NULL),
-           ARRAY[{src}.tier], array_remove(ARRAY[{outcome}], NULL), array_remove(ARRAY[{reason}], NULL),
-           {attempts}, {dead}, clock_timestamp(), clock_timestamp(), array_remove(ARRAY[{src}.id], NULL)
+    SELECT outbox.record_failure_group(
+        CAST(:fingerprint AS text), CAST(:error_type AS text), CAST(:normalized AS text),
+        CAST(:error_message AS text), CAST(:frames AS text[]), {src}.task, {src}.tier, {outcome}, {reason},
+        {attempts}, {dead}, {src}.id, clock_timestamp()) AS grouped
     FROM {src}
-    WHERE CAST(:fingerprint AS text) IS NOT NULL
-    ON CONFLICT (fingerprint) DO UPDATE SET
-        failed_attempts = fg.failed_attempts + EXCLUDED.failed_attempts,
-        dead_letters = fg.dead_letters + EXCLUDED.dead_letters,
-        last_seen = EXCLUDED.last_seen,
-        sample_message = EXCLUDED.sample_message,
-        tasks = CASE WHEN EXCLUDED.tasks <@ fg.tasks THEN fg.tasks ELSE (fg.tasks || EXCLUDED.tasks)[1:20] END,
-        tiers = CASE WHEN EXCLUDED.tiers <@ fg.tiers THEN fg.tiers ELSE (fg.tiers || EXCLUDED.tiers)[1:20] END,
-        outcomes = CASE WHEN EXCLUDED.outcomes <@ fg.outcomes THEN fg.outcomes
-                        ELSE (fg.outcomes || EXCLUDED.outcomes)[1:20] END,
-        reasons = CASE WHEN EXCLUDED.reasons <@ fg.reasons THEN fg.reasons
-                       ELSE (fg.reasons || EXCLUDED.reasons)[1:20] END,
-        sample_job_ids = CASE WHEN EXCLUDED.sample_job_ids <@ fg.sample_job_ids THEN fg.sample_job_ids
-                              ELSE (EXCLUDED.sample_job_ids || fg.sample_job_ids)[1:10] END,
-        status = CASE WHEN fg.status = 'resolved' THEN 'open' ELSE fg.status END,
-        regressed_at = CASE WHEN fg.status = 'resolved' THEN EXCLUDED.last_seen ELSE fg.regressed_at END
 )"""
 
 # Failure with attempts left: record it, schedule the retry through the outbox (durable back-off).
@@ -282,7 +262,7 @@ j AS (
     FROM j LEFT JOIN outbox.tiers t ON t.name = j.tier
     ON CONFLICT (job_id) DO UPDATE SET available_at = EXCLUDED.available_at
 )
-SELECT count(*) FROM j
+SELECT count(*) FROM g
 """, row=Changed)
 
 # Final failure: mark dead and copy everything a redrive needs into dead_letters.
@@ -308,7 +288,7 @@ j AS (
     FROM j
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 ), {_group_upsert("j", "1", "1", "CAST(:outcome AS text)", "CAST(:reason AS text)")}
-SELECT count(*) FROM j
+SELECT count(*) FROM g
 """, row=Changed)
 
 
@@ -429,7 +409,7 @@ j AS (
     FROM j
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
 ), {_group_upsert("j", "0", "1", "NULL::text", "CAST(:reason AS text)")}
-SELECT count(*) FROM j
+SELECT count(*) FROM g
 """, row=Changed)
 
 # A message that names no job we hold (garbage, foreign, or pruned): keep its raw body.
@@ -443,7 +423,7 @@ WITH m AS (
     ON CONFLICT (job_id) WHERE job_id IS NOT NULL DO NOTHING
     RETURNING job_id AS id, task, tier
 ), {_group_upsert("m", "0", "1", "NULL::text", "CAST(:reason AS text)")}
-SELECT count(*) FROM m
+SELECT count(*) FROM g
 """)
 
 # Keep alive the leases of the jobs this worker is running right now. Only those: a lease whose
@@ -496,6 +476,25 @@ SELECT job_id, new_job_id FROM outbox.redrive_where(
     p_target_tier => CAST(:target_tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
     p_limit => CAST(:limit AS integer))
 """, row=RedrivenRow)
+
+# One batch of a failure group's redrive (docs/triage.md): up to :limit of the group's open dead letters,
+# oldest first, SKIP LOCKED, through outbox.redrive; the function writes the batch's audit row (operator
+# and fingerprint). Returns how many were redriven and how many redrivable ones remain.
+REDRIVE_GROUP = Statement("ops.redrive_group", """
+SELECT redriven, remaining, job_ids, new_job_ids FROM outbox.redrive_group(
+    p_fingerprint => CAST(:fingerprint AS text), p_limit => CAST(:limit AS integer),
+    p_tier => CAST(:tier AS text), p_by => CAST(:by AS text), p_note => CAST(:note AS text),
+    p_actor_kind => CAST(:actor_kind AS text), p_client_addr => CAST(:client_addr AS text))
+""", row=GroupRedrivenRow)
+
+# One batch of a failure group's discard: up to :limit open dead letters (raw messages too); audited by
+# the function. Returns how many were discarded and how many open ones remain.
+DISCARD_GROUP = Statement("ops.discard_group", """
+SELECT discarded, remaining, job_ids FROM outbox.discard_group(
+    p_fingerprint => CAST(:fingerprint AS text), p_limit => CAST(:limit AS integer), p_by => CAST(:by AS text),
+    p_reason => CAST(:reason AS text), p_actor_kind => CAST(:actor_kind AS text),
+    p_client_addr => CAST(:client_addr AS text))
+""", row=GroupDiscardedRow)
 
 # Move the task's backlog still waiting in the outbox onto the override's tier (the relay then
 # publishes it there); jobs already published keep their tier.

@@ -222,7 +222,7 @@ dead_letters = Table(
 
 #: Who may act through the admin API and CLI, what they did, and the outcome (revision 0002).
 ADMIN_ACTIONS = ("redrive", "redrive_bulk", "discard", "pause", "resume", "override_set", "override_clear",
-                 "reconcile")
+                 "reconcile", "redrive_group", "discard_group", "group_status")
 ADMIN_RESULTS = ("ok", "refused", "not_found")
 ADMIN_ACTOR_KINDS = ("token", "os_user", "insecure_dev")
 
@@ -377,6 +377,11 @@ failure_groups = Table(
     Column("status", Text, nullable=False, server_default=text("'open'")),
     Column("resolved_at", DateTime(timezone=True), nullable=True),
     Column("regressed_at", DateTime(timezone=True), nullable=True),
+    # Revision 0010: who set the status by hand last, when and why (outbox.set_failure_group_status).
+    Column("status_by", Text, nullable=True,
+           comment="Who set the status last (an operator; NULL: never set by hand)."),
+    Column("status_at", DateTime(timezone=True), nullable=True),
+    Column("status_note", Text, nullable=True),
     CheckConstraint(_in("status", FAILURE_GROUP_STATUSES), name="status"),
     Index("ix_failure_groups_last_seen", "last_seen"),
     comment="One row per failure fingerprint, upserted by the statement that records each failure.",

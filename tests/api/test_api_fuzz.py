@@ -111,7 +111,7 @@ HOSTILE = {
     "lone low surrogate": "x%ED%BF%BF", "not UTF-8": "%FF%FE", "overlong NUL": "%C0%80",
 }
 #: Valid values for the path parameters an operation needs besides the one under test.
-VALID_PATH = {"job_id": str(uuid.UUID(int=1)), "tier": "high", "task": "t"}
+VALID_PATH = {"job_id": str(uuid.UUID(int=1)), "tier": "high", "task": "t", "fingerprint": "0123abcd"}
 
 
 def _parameters() -> list[tuple[str, str, str, str, str]]:

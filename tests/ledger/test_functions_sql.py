@@ -76,11 +76,17 @@ def test_the_file_defines_every_function_and_trigger_as_migrated(db_url: str, sc
 
 
 def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
-    # Not vacuous: the comparison above sees all six functions and the NOTIFY trigger.
+    # Not vacuous: the comparison above sees all eleven functions and the NOTIFY trigger.
     assert set(_catalog(db_url, _FUNCTIONS)) == {
         "outbox.notify_pending()", "outbox.start_attempt(uuid,text,double precision,boolean,uuid)",
         "outbox.reap(integer)", "outbox.redrive(uuid,text,text,text)", "outbox.discard(uuid,text,text)",
         "outbox.redrive_where(text,text,text,timestamp with time zone,timestamp with time zone,text,text,text,integer)",
+        # revision 0010: the shared failure-group upsert and the group actions
+        "outbox.record_failure_group(text,text,text,text,text[],text,text,text,text,integer,integer,uuid,"
+        "timestamp with time zone)",
+        "outbox.failure_group_open(text)", "outbox.redrive_group(text,integer,text,text,text,text,text)",
+        "outbox.discard_group(text,integer,text,text,text,text)",
+        "outbox.set_failure_group_status(text,text,text,text,text,text)",
     }
     assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending"}
 

@@ -104,7 +104,7 @@ def test_statement_prepares_and_plans(attr: str, stmt: Statement, tx: psycopg.Co
 # A write to a job's state: its ledger tables, or a SQL function that moves it.
 _JOB_STATE_WRITE = re.compile(
     r"\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+outbox\.(jobs|pending|attempts|leases|dead_letters)\b"
-    r"|\boutbox\.(start_attempt|reap|redrive|redrive_where|discard)\s*\(", re.IGNORECASE)
+    r"|\boutbox\.(start_attempt|reap|redrive|redrive_where|discard|redrive_group|discard_group)\s*\(", re.IGNORECASE)
 
 
 def test_every_statement_that_changes_a_job_lives_in_transitions() -> None:
