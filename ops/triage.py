@@ -96,11 +96,15 @@ _CODE_DEFECT_TYPES = frozenset({
     "TypeError", "AttributeError", "NameError", "UnboundLocalError", "ImportError", "ModuleNotFoundError",
     "SyntaxError", "NotImplementedError", "AssertionError", "RecursionError",
 })
-_RATE_LIMIT = re.compile(r"\b429\b|too many requests|rate[ _-]?limit|throttl|quota exceeded", re.IGNORECASE)
+# A bare 429 is not enough: an amount or an id can be 429 (the quality benchmark found one), so the
+# status code must come with words that make it one.
+_RATE_LIMIT = re.compile(r"\b(?:http|status(?: code)?|response|error(?: code)?)[\s:=]*429\b|\b429 too many requests\b|"
+                         r"too many requests|rate[ _-]?limit|throttl|quota exceeded", re.IGNORECASE)
 _OUTAGE_TYPES = re.compile(r"connect|timeout|timedout|unavailable|breaker|circuit|brokenpipe|gaierror|"
                            r"remotedisconnected|protocolerror", re.IGNORECASE)
 _OUTAGE_MESSAGE = re.compile(
-    r"connection (?:refused|reset|aborted|closed)|timed? ?out|temporarily unavailable|name or service not known|"
+    r"connection (?:refused|reset|aborted|closed)|timed? ?out|(?:temporarily|downstream|service) unavailable|"
+    r"name or service not known|"
     r"no route to host|breaker (?:is )?open|circuit (?:is )?open|"
     r"\b(?:http|status(?: code)?|response|error)[\s:=]*5\d\d\b|"
     r"\b5\d\d (?:internal server error|bad gateway|service unavailable|gateway timeout)",
@@ -115,8 +119,20 @@ _DATA_MESSAGE = re.compile(
 
 
 def _text(group: Group) -> str:
-    """The raw message when there is one (status codes survive in it), else the normalised one."""
-    return group.sample_message or group.message
+    """The normalised message, then the latest raw one: the normalised message carries the root cause
+    of a chained exception (`` <- Type: message``) and keeps status codes; the raw one adds what a
+    placeholder replaced."""
+    return "\n".join(t for t in (group.message, group.sample_message) if t)
+
+
+def _types(group: Group) -> str:
+    """The group's exception type and the types of the causes chained into its normalised message."""
+    return " ".join([group.error_type, *re.findall(r" <- ([\w.]+)", group.message)])
+
+
+#: A KeyError or IndexError whose whole message is the key or the index: raised by a subscript in the
+#: code (``order["shipping_address"]``), not by the application describing bad data.
+_SUBSCRIPT_MESSAGE = re.compile(r"<str>|<n>|'[^']*'|-?\d+|(?:list|tuple|string) index out of range")
 
 
 def _seen(group: Group) -> str:
@@ -182,7 +198,9 @@ def timeout_or_crash(group: Group, evidence: Evidence) -> Verdict | None:
 
 def code_defect(group: Group, evidence: Evidence) -> Verdict | None:
     """A programming error: the code, not the data or a downstream, is wrong."""
-    if group.error_type not in _CODE_DEFECT_TYPES:
+    subscript = (group.error_type in ("KeyError", "IndexError") and bool(group.frames)
+                 and _SUBSCRIPT_MESSAGE.fullmatch(group.message.split(" <- ")[0]) is not None)
+    if group.error_type not in _CODE_DEFECT_TYPES and not subscript:
         return None
     where = f" in {group.frames[0]}" if group.frames else ""
     return Verdict("code defect", "fix, deploy, then redrive the group",
@@ -191,7 +209,7 @@ def code_defect(group: Group, evidence: Evidence) -> Verdict | None:
 
 def rate_limited(group: Group, evidence: Evidence) -> Verdict | None:
     """The downstream said "too many requests"."""
-    match = _RATE_LIMIT.search(_text(group)) or _RATE_LIMIT.search(group.error_type)
+    match = _RATE_LIMIT.search(_text(group)) or _RATE_LIMIT.search(_types(group))
     if match is None:
         return None
     return Verdict("rate limited",
@@ -201,11 +219,12 @@ def rate_limited(group: Group, evidence: Evidence) -> Verdict | None:
 
 def provider_outage(group: Group, evidence: Evidence) -> Verdict | None:
     """A downstream is down: connection errors, timeouts, 5xx, or an open breaker."""
-    by_type = _OUTAGE_TYPES.search(group.error_type)
+    by_type = _OUTAGE_TYPES.search(_types(group))
     by_message = _OUTAGE_MESSAGE.search(_text(group))
     if by_type is None and by_message is None and evidence.breaker_opens == 0:
         return None
-    signs = [f"type {group.error_type}" if by_type else "", f"{by_message.group(0)!r}" if by_message else "",
+    signs = [f"type {_types(group).replace(' ', ' <- ')}" if by_type else "",
+             f"{by_message.group(0)!r}" if by_message else "",
              f"{evidence.breaker_opens} breaker opening(s) meanwhile" if evidence.breaker_opens else ""]
     jobs = len(group.sample_job_ids)
     return Verdict("provider outage", "redrive when the breaker is closed (the downstream answers again)",

@@ -70,6 +70,53 @@ def reject_fingerprint(n: int, ctx: outbox.TaskContext) -> None:
     raise outbox.Reject(f"VAT id DE{n} invalid", fingerprint="vat-invalid")
 
 
+@outbox.task(tier=Tier.LOW, name="tests.triage.label", max_retries=MAX_RETRIES)
+def label(n: int) -> None:
+    """A code defect that is a KeyError: a subscript for a key the code should have checked."""
+    order: dict[str, str] = {"id": str(n)}
+    print(order["shipping_address"])
+
+
+class SyncError(Exception):
+    """An application's wrapper exception, raised ``from`` the downstream's error."""
+
+
+def _crm_call(n: int, how: str) -> None:
+    if how == "reset":
+        raise ConnectionResetError(104, f"Connection reset by peer (10.0.0.{n}:443)")
+    raise RuntimeError(f"Client error '429 Too Many Requests' for url 'https://crm.example/c/{n}'")
+
+
+@outbox.task(tier=Tier.NORMAL, name="tests.triage.sync_account_reset", max_retries=MAX_RETRIES)
+def sync_account_reset(n: int) -> None:
+    """A provider outage hidden behind the application's own exception type."""
+    try:
+        _crm_call(n, "reset")
+    except OSError as exc:
+        raise SyncError(f"CRM sync for account {n} failed") from exc
+
+
+@outbox.task(tier=Tier.NORMAL, name="tests.triage.sync_account_throttled", max_retries=MAX_RETRIES)
+def sync_account_throttled(n: int) -> None:
+    """A rate limit hidden behind the application's own exception type."""
+    try:
+        _crm_call(n, "429")
+    except RuntimeError as exc:
+        raise SyncError(f"CRM sync for account {n} failed") from exc
+
+
+@outbox.task(tier=Tier.HIGH, name="tests.triage.over_limit", max_retries=MAX_RETRIES)
+def over_limit(n: int) -> None:
+    """A data error whose amount happens to be 429: not a rate limit."""
+    raise ValueError(f"amount 429 exceeds the limit for order {n}")
+
+
+@outbox.task(tier=Tier.NORMAL, name="tests.triage.reserve_stock", max_retries=MAX_RETRIES)
+def reserve_stock(n: int) -> None:
+    """An outage said in words other than 'temporarily unavailable'."""
+    raise RuntimeError(f"warehouse {n}: downstream unavailable")
+
+
 def fail(conn: psycopg.Connection[Any], task: Any, *args: Any, registry_: Registry | None = None) -> uuid.UUID:
     """Enqueue ``task(*args)`` and drain it until it is dead (every attempt fails through the real path)."""
     job = outbox.enqueue(conn, task, args=list(args))
@@ -127,7 +174,12 @@ def test_a_different_code_path_is_another_group(conn: psycopg.Connection[Any]) -
 
 @pytest.mark.parametrize(("task", "cause", "action", "evidence"), [
     (charge, "provider outage", "redrive when the breaker is closed", "'connection refused'"),
-    (sync_crm, "rate limited", "redrive paced", "'429'"),
+    (sync_crm, "rate limited", "redrive paced", "'HTTP 429'"),
+    (label, "code defect", "fix, deploy, then redrive the group", "KeyError in tests.triage.test_groups:label"),
+    (sync_account_reset, "provider outage", "redrive when the breaker is closed", "type SyncError <- ConnectionResetError"),
+    (sync_account_throttled, "rate limited", "redrive paced", "Too Many Requests"),
+    (over_limit, "data error", "discard the jobs or fix their data", "type ValueError"),
+    (reserve_stock, "provider outage", "redrive when the breaker is closed", "'downstream unavailable'"),
     (render, "code defect", "fix, deploy, then redrive the group", "TypeError in tests.triage.test_groups:render"),
 ])
 def test_each_class_gets_its_cause(conn: psycopg.Connection[Any], task: Any, cause: str, action: str,
