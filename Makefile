@@ -27,8 +27,12 @@ demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample 
 	$(BIN)/tierbox migrate
 	$(BIN)/python -m examples.demo
 
+# Two xdist workers: most tests wait on real processes and services, so two run in about the time of
+# one; tests/conftest.py keeps the tests of each private RabbitMQ node (or cluster) on one worker.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint typecheck docs  ## Lint, type-check, build the docs, then the full test suite against the live services
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the examples
 	$(BIN)/ruff check $(PACKAGES) tests bench examples

@@ -8,7 +8,9 @@ Two kinds of database fixture:
   dropped afterwards (relay and worker tests that use several connections).
 
 RabbitMQ isolation: every test gets a unique queue/exchange prefix, and the
-fixture deletes what it declared. Where a service is unreachable and a Docker
+fixture deletes what it declared. That isolation is what lets ``make test`` run the suite in two
+pytest-xdist workers; tests on RabbitMQ nodes of the session's own (a private node, a cluster) are
+kept on one worker each (:func:`pytest_collection_modifyitems`), so no node is started twice. Where a service is unreachable and a Docker
 engine exists, testcontainers starts it; otherwise the session stops with one
 line saying how to start it.
 """
@@ -211,3 +213,17 @@ def procs(tmp_path: Path) -> Iterator[list[Proc]]:
 def system(settings: Settings, procs: list[Proc], tmp_path: Path) -> Iterator[System]:
     """Relay/worker processes for one test, on its own database and queues."""
     yield System(settings, procs, tmp_path)
+
+
+#: Session fixtures that start RabbitMQ nodes of their own: the tests using one share an xdist group
+#: (``--dist loadgroup``), so one worker starts the node(s) once instead of every worker.
+NODE_FIXTURES = ("private_broker", "rabbit_cluster", "cluster")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put the tests of each node-starting session fixture in one xdist group."""
+    for item in items:
+        for name in NODE_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
