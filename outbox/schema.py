@@ -383,8 +383,12 @@ failure_groups = Table(
     Column("status_at", DateTime(timezone=True), nullable=True),
     Column("status_note", Text, nullable=True),
     CheckConstraint(_in("status", FAILURE_GROUP_STATUSES), name="status"),
-    Index("ix_failure_groups_last_seen", "last_seen"),
+    # Revision 0011: no index on last_seen (it made every upsert a non-HOT update) and room on each
+    # page, so the many updates of few rows stay in place.
     comment="One row per failure fingerprint, upserted by the statement that records each failure.",
+    postgresql_with={"fillfactor": "50", "autovacuum_vacuum_scale_factor": "0.0",
+                     "autovacuum_vacuum_threshold": "1000", "autovacuum_analyze_scale_factor": "0.0",
+                     "autovacuum_analyze_threshold": "1000"},
 )
 
 # The open dead letters of a group, counted when groups are read (redrive and discard change them).
