@@ -293,17 +293,18 @@ def configure_from_env(service_name: str) -> bool:
     Only when asked: one of ``OTEL_TRACES_EXPORTER``, ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (and ``OTEL_SDK_DISABLED`` is not ``true``).
     A provider already set (the process runs under ``opentelemetry-instrument``) is kept. The
-    setup is the one ``opentelemetry-instrument`` runs, the distro's configurator
-    (``opentelemetry-distro``), so every ``OTEL_*`` variable means what the OpenTelemetry docs say;
-    Tierbox only supplies defaults: traces over OTLP/HTTP, no metrics or logs exporter, and
-    ``OTEL_SERVICE_NAME=service_name``. Returns whether spans are recorded.
+    setup is the SDK's own, the configurator ``opentelemetry-instrument`` runs (through
+    opentelemetry-distro, whose configurator is a bare subclass of the SDK's), so every
+    ``OTEL_*`` variable means what the OpenTelemetry docs say; Tierbox only supplies defaults:
+    traces over OTLP/HTTP, no metrics or logs exporter, and ``OTEL_SERVICE_NAME=service_name``.
+    Returns whether spans are recorded.
     """
     env = os.environ  # the SDK reads os.environ itself: defaults go there, for this process only
     if not any(env.get(name) for name in _ASKING_ENV) or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return refresh()
     try:
         from opentelemetry import trace
-        from opentelemetry.distro import OpenTelemetryConfigurator
+        from opentelemetry.sdk._configuration import _OTelSDKConfigurator
     except ImportError as exc:
         from outbox._logs import event
 
@@ -317,7 +318,9 @@ def configure_from_env(service_name: str) -> bool:
     env.setdefault("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     env.setdefault("OTEL_METRICS_EXPORTER", "none")
     env.setdefault("OTEL_LOGS_EXPORTER", "none")
-    OpenTelemetryConfigurator().configure()  # type: ignore[no-untyped-call]
+    # The SDK's configurator is meant to be subclassed by a distro, and this is what
+    # opentelemetry-distro's is (a bare subclass): the same setup without its dependencies.
+    type("TierboxConfigurator", (_OTelSDKConfigurator,), {})().configure()
     return refresh()
 
 
