@@ -42,3 +42,9 @@ def flaky(ctx: outbox.TaskContext) -> None:
     with _span("handler flaky", ctx):
         if ctx.attempt == 1:
             raise RuntimeError("first attempt fails")
+
+
+@outbox.task(tier=Tier.HIGH, name="traced.reject")
+def reject(ctx: outbox.TaskContext) -> None:
+    """Fail with a non-retryable error: the job is dead-lettered at once (then redriven by the test)."""
+    raise outbox.Reject("declined")

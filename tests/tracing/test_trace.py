@@ -212,3 +212,25 @@ def test_without_opentelemetry_installed_everything_works(system: System, receiv
     assert receiver.requests == 0
     for proc in system.procs:
         assert '"action":"tracing.sdk_missing"' in proc.output(), proc.output()[-2000:]
+
+
+def test_a_redriven_job_links_to_the_trace_that_created_the_first(system: System, receiver: Receiver) -> None:
+    import psycopg
+
+    import outbox
+
+    start(system, receiver)
+    out = enqueue(system.settings, [("traced.reject", {})], receiver)
+    job_id, trace_id = out["ids"][0], out["trace_id"]
+    system.wait_status(uuid.UUID(job_id), "dead")
+    with psycopg.connect(system.settings.database_url) as conn:
+        new_id = str(outbox.redrive(conn, job_id, reason="tracing test"))
+        conn.commit()
+    first = one(receiver.wait_for(lambda s: s.name == "process high" and s.attributes["messaging.message.id"] == job_id,
+                                  what="the dead job's process span"), "first process")
+    again = one(receiver.wait_for(lambda s: s.name == "process high" and s.attributes["messaging.message.id"] == new_id,
+                                  what="the redriven job's process span"), "redriven process")
+    create = one(receiver.find(lambda s: s.name == "create high" and s.trace_id == trace_id), "create")
+    assert first.trace_id == trace_id and first.attributes["tierbox.outcome"] == "dead" and first.status_code == 2
+    assert again.trace_id != trace_id and again.links == [(trace_id, create.span_id)]
+    assert again.attributes["tierbox.attempt"] == 1  # a first attempt, but of another job: linked, not a child
