@@ -48,3 +48,9 @@ def flaky(ctx: outbox.TaskContext) -> None:
 def reject(ctx: outbox.TaskContext) -> None:
     """Fail with a non-retryable error: the job is dead-lettered at once (then redriven by the test)."""
     raise outbox.Reject("declined")
+
+
+@outbox.task(tier=Tier.HIGH, name="traced.chain")
+def chain(ctx: outbox.TaskContext) -> None:
+    """Enqueue a follow-up job through the attempt's transaction: its trace goes on through it."""
+    outbox.enqueue(ctx.session, "traced.work")

@@ -234,3 +234,20 @@ def test_a_redriven_job_links_to_the_trace_that_created_the_first(system: System
     assert first.trace_id == trace_id and first.attributes["tierbox.outcome"] == "dead" and first.status_code == 2
     assert again.trace_id != trace_id and again.links == [(trace_id, create.span_id)]
     assert again.attributes["tierbox.attempt"] == 1  # a first attempt, but of another job: linked, not a child
+
+
+def test_a_job_enqueued_by_a_handler_continues_the_trace(system: System, receiver: Receiver) -> None:
+    start(system, receiver)
+    out = enqueue(system.settings, [("traced.chain", {})], receiver)
+    trace_id = out["trace_id"]
+    handler = one(receiver.wait_for(lambda s: s.name == "handler work" and s.trace_id == trace_id,
+                                    what="the follow-up job's handler span"), "handler")
+    spans = {s.span_id: s for s in receiver.find(lambda s: s.trace_id == trace_id)}
+    chain_of = []
+    span = handler
+    while span.parent_span_id in spans:
+        span = spans[span.parent_span_id]
+        chain_of.append((span.name, span.service))
+    assert chain_of == [("process high", "tierbox-worker"), ("create high", "tierbox-worker"),
+                        ("process high", "tierbox-worker"), ("create high", "test-enqueuer"),
+                        ("checkout", "test-enqueuer")]
