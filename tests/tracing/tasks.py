@@ -54,3 +54,8 @@ def reject(ctx: outbox.TaskContext) -> None:
 def chain(ctx: outbox.TaskContext) -> None:
     """Enqueue a follow-up job through the attempt's transaction: its trace goes on through it."""
     outbox.enqueue(ctx.session, "traced.work")
+
+
+@outbox.task(tier=Tier.HIGH, name="traced.rated", rate_limit="1/s")
+def rated(ctx: outbox.TaskContext) -> None:
+    """At most one start a second: a burst is deferred by flow control."""

@@ -251,3 +251,23 @@ def test_a_job_enqueued_by_a_handler_continues_the_trace(system: System, receive
     assert chain_of == [("process high", "tierbox-worker"), ("create high", "tierbox-worker"),
                         ("process high", "tierbox-worker"), ("create high", "test-enqueuer"),
                         ("checkout", "test-enqueuer")]
+
+
+def test_a_deferral_by_flow_control_is_recorded_and_the_job_stays_in_its_trace(system: System,
+                                                                              receiver: Receiver) -> None:
+    start(system, receiver)
+    out = enqueue(system.settings, [("traced.rated", {})] * 3, receiver)
+    for job_id in out["ids"]:
+        system.wait_status(uuid.UUID(job_id), "succeeded")
+    deferred = receiver.wait_for(lambda s: s.name == "process high"
+                                 and str(s.attributes.get("tierbox.outcome", "")).startswith("deferred_"),
+                                 what="a deferred delivery's span")
+    creates = {s.attributes["messaging.message.id"]: s for s in receiver.find(lambda s: s.name == "create high")
+               if s.trace_id == out["trace_id"]}
+    for span in deferred:
+        job_id = span.attributes["messaging.message.id"]
+        # Deferral uses no attempt: the job's next delivery is still its first attempt, still in its trace.
+        assert span.parent_span_id == creates[job_id].span_id and span.status_code != 2
+        ran = receiver.wait_for(lambda s, j=job_id: s.name == "process high" and s.attributes["messaging.message.id"] == j
+                                and s.attributes.get("tierbox.outcome") == "succeeded", what="its run")
+        assert [(s.trace_id, s.parent_span_id) for s in ran] == [(out["trace_id"], creates[job_id].span_id)]
