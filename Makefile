@@ -27,7 +27,10 @@ demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample 
 	$(BIN)/tierbox migrate
 	$(BIN)/python -m examples.demo
 
+# The browser tests need Debian's chromium, the alert-rule tests promtool: installed as root, else one line says what.
 test: $(STAMP) lint typecheck docs  ## Lint, type-check, build the docs, then the full test suite against the live services
+	scripts/ensure-chromium
+	scripts/ensure-promtool
 	$(BIN)/pytest -q
 
 lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the examples
