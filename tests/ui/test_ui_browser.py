@@ -10,6 +10,7 @@ of each screen is saved under ``test-artifacts/ui/``.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,28 @@ def test_read_only_user_cannot_act_and_csrf_is_required(system: System, procs: l
     log_in(page, base, READ_SECRET)
     assert "(read)" in page.inner_text("#who")
     assert page.query_selector_all("button.act") == []
+
+    # The tiers table polls every 2 s while the tab is visible, and not at all while it is hidden.
+    polls: list[float] = []
+    page.on("request", lambda r: polls.append(time.monotonic()) if "/ui/tiers/partial" in r.url else None)
+    page.wait_for_timeout(4500)
+    assert len(polls) >= 2, polls
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'hidden'});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    hidden_from = time.monotonic()
+    page.wait_for_timeout(5000)
+    assert [t for t in polls if t > hidden_from + 0.5] == []
+    page.evaluate("""() => {
+        Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => 'visible'});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }""")
+    shown_at = time.monotonic()
+    page.wait_for_timeout(400)  # well inside the 2 s period: this refresh is the visibilitychange's
+    assert [t for t in polls if t > shown_at], "no refresh as soon as the tab was shown again"
     page.goto(f"{base}/ui/dlq/{rejected}")
     assert page.query_selector("#dl-actions") is None
     page.screenshot(path=str(shots / "read-only-dead-letter.png"), full_page=True)
