@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from litestar.testing import TestClient
 
 from tests.api.test_api import OPERATE_SECRET, READ_SECRET, audit_rows, dead, make_client, q
@@ -170,3 +171,17 @@ def test_insecure_dev_logs_in_without_a_token(db_url: str) -> None:
         r = c.get("/ui/login", follow_redirects=False)
         assert r.status_code == 303 and COOKIE in r.cookies
         assert "insecure-dev" in c.get("/ui/tiers").text
+
+
+def test_control_shows_the_schedulers_leader(db_url: str, service_urls: dict[str, str]) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    key = f"{prefix}tierbox:scheduler:leader"
+    store = redis.Redis.from_url(service_urls["redis"])
+    with make_client(db_url, prefix) as c:
+        login(c, READ_SECRET)
+        assert "none" in c.get("/ui/control").text.split('id="leader"')[1][:400]
+        store.set(key, "host-a:4242:cafe", px=10_000)
+        try:
+            assert "host-a:4242:cafe" in c.get("/ui/control").text
+        finally:
+            store.delete(key)
