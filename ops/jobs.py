@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from outbox._sql import run_async
+from outbox._sql import Statement, run_async
 from tierbox.ops import cursors, queries
 from tierbox.ops.dead_letters import utc
 from tierbox.ops.errors import RequestError, invalid
@@ -28,6 +28,12 @@ class JobFilter(msgspec.Struct, kw_only=True):
     status: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+# One job by its idempotency key (uq_jobs_idempotency_key: at most one row, one index probe).
+JOB_BY_KEY = Statement("ops.job_by_key", f"""
+SELECT {", ".join(queries.JOB_COLUMNS)} FROM outbox.jobs WHERE idempotency_key = :key
+""")
 
 
 def to_job(row: Any) -> Job:
@@ -59,3 +65,9 @@ async def show(conn: Any, job_id: uuid.UUID) -> JobDetail:
     events = await run_async(conn, queries.TIMELINE, {"job_id": str(job_id)})
     timeline = [TimelineEvent(at=e.at, event=e.event, attempt=e.attempt, detail=e.detail) for e in events]
     return JobDetail(job=to_job(rows[0]), timeline=timeline)
+
+
+async def by_idempotency_key(conn: Any, key: str) -> Job | None:
+    """The job enqueued with idempotency key ``key``, or None (a unique index: one probe)."""
+    rows = await run_async(conn, JOB_BY_KEY, {"key": key})
+    return to_job(rows[0]) if rows else None
