@@ -10,19 +10,21 @@ with what happened, or why it was refused, in the query string.
 from __future__ import annotations
 
 import hmac
-from typing import Any
-from urllib.parse import urlencode
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import Parameter
 from litestar.response import Redirect, Template
 
 from outbox.errors import RedriveError
 from tierbox.api import params
 from tierbox.api.auth import INSECURE_DEV, TokenStore
+from tierbox.api.ui.pages import GROUP_ACTION_LIMIT
 from tierbox.api.ui.session import COOKIE, CSRF_FIELD
 from tierbox.api.ui.web import actor_of_form, check_origin, codec, session_cookie, session_of
-from tierbox.ops import control
+from tierbox.ops import control, group_actions
 from tierbox.ops import dead_letters as dlq
 from tierbox.ops.errors import RequestError, from_redrive_error
 from tierbox.ops.models import MAX_TEXT
@@ -109,6 +111,51 @@ async def discard(request: Request[Any, Any, Any], state: State, job_id: params.
     return back(f"/ui/dlq/{parsed}", done="discarded")
 
 
+def _group_path(fingerprint: str) -> str:
+    return f"/ui/dlq/groups/{quote(fingerprint, safe='')}"
+
+
+@post("/dlq/groups/{fingerprint:str}/redrive", include_in_schema=False, status_code=303)
+async def redrive_group(request: Request[Any, Any, Any], state: State,
+                        fingerprint: Annotated[str, Parameter(max_length=128)]) -> Redirect:
+    """Redrive up to GROUP_ACTION_LIMIT open dead letters of a group (the page showed the dry run); audited."""
+    actor, fields = await actor_of_form(request)
+    tier = params.tier(state.settings, _text(fields, "tier"))
+    try:
+        done = await group_actions.redrive_group(state.engine, actor, fingerprint, tier=tier,
+                                                 reason=_text(fields, "reason"), limit=GROUP_ACTION_LIMIT)
+    except RequestError as exc:
+        return back(_group_path(fingerprint), error=exc.message)
+    more = f"; {done.remaining} remain: redrive again to continue" if done.remaining else ""
+    return back(_group_path(fingerprint), done=f"redriven {done.redriven} dead letter(s){more}")
+
+
+@post("/dlq/groups/{fingerprint:str}/discard", include_in_schema=False, status_code=303)
+async def discard_group(request: Request[Any, Any, Any], state: State,
+                        fingerprint: Annotated[str, Parameter(max_length=128)]) -> Redirect:
+    """Discard every open dead letter of a group (kept for audit, never redriven); audited."""
+    actor, fields = await actor_of_form(request)
+    try:
+        done = await group_actions.discard_group(state.engine, actor, fingerprint, reason=_text(fields, "reason"))
+    except RequestError as exc:
+        return back(_group_path(fingerprint), error=exc.message)
+    return back(_group_path(fingerprint), done=f"discarded {done.discarded} dead letter(s)")
+
+
+@post("/dlq/groups/{fingerprint:str}/status", include_in_schema=False, status_code=303)
+async def group_status(request: Request[Any, Any, Any], state: State,
+                       fingerprint: Annotated[str, Parameter(max_length=128)]) -> Redirect:
+    """Resolve, ignore or reopen a group (``status`` field), with an optional note; audited."""
+    actor, fields = await actor_of_form(request)
+    status = _text(fields, "status", required=True) or ""
+    try:
+        done = await group_actions.set_group_status(state.engine, actor, fingerprint, status,
+                                                    note=_text(fields, "note"))
+    except RequestError as exc:
+        return back(_group_path(fingerprint), error=exc.message)
+    return back(_group_path(fingerprint), done=f"{done.previous} -> {done.status}")
+
+
 def _scope(fields: dict[str, str]) -> control.Scope:
     scope = fields.get("scope")
     if scope == "tier":
@@ -172,4 +219,5 @@ async def clear_override(request: Request[Any, Any, Any], state: State) -> Redir
     return back("/ui/control", done=f"override of {task} ended" if changed else f"{task} had no override")
 
 
-ROUTES = [login_form, login, logout, redrive, discard, pause, resume, set_override, clear_override]
+ROUTES = [login_form, login, logout, redrive, discard, redrive_group, discard_group, group_status,
+          pause, resume, set_override, clear_override]

@@ -24,7 +24,7 @@ from tierbox.api import params
 from tierbox.api.ui import queries as ui_queries
 from tierbox.api.ui.session import CSRF_FIELD
 from tierbox.api.ui.web import session_of, viewer
-from tierbox.ops import control, queries, triage
+from tierbox.ops import control, group_actions, queries, triage
 from tierbox.ops import dead_letters as dlq
 from tierbox.ops import jobs as ops_jobs
 from tierbox.ops.errors import RequestError
@@ -34,6 +34,12 @@ from tierbox.scheduler import queries as scheduler_queries
 Text = Annotated[str | None, Parameter(max_length=200)]
 #: How many rows a list screen shows.
 PAGE_ROWS = 50
+
+
+#: Dead letters one click of "Redrive group" takes (in batches of group_actions.DEFAULT_BATCH). A
+#: request must end: a larger group is redriven by clicking again (the page says how many remain),
+#: or paced from the CLI (`tierbox dlq groups redrive --rate`).
+GROUP_ACTION_LIMIT = 1000
 
 
 def _context(request: Request[Any, Any, Any], screen: str, **values: Any) -> dict[str, Any]:
@@ -101,7 +107,11 @@ async def group_page(request: Request[Any, Any, Any], db: params.Db,
     found = await triage.groups_async(db, fingerprint=fingerprint, limit=1)
     if not found:
         raise RequestError(404, f"no failure group {fingerprint[:64]!r}")
-    return Template("group.html", context=_context(request, "dlq", item=found[0]))
+    # The dry run of a group redrive, shown beside the bulk actions before anyone clicks one.
+    plan = await group_actions.dry_run(db, found[0].group.fingerprint)
+    return Template("group.html", context=_context(
+        request, "dlq", item=found[0], plan=plan, batch_limit=GROUP_ACTION_LIMIT,
+        tier_names=list(request.app.state.settings.topology.tiers)))
 
 
 @get("/dlq/{job_id:str}", include_in_schema=False)

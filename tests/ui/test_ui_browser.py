@@ -50,15 +50,19 @@ def test_operator_watches_redrives_pauses_and_resumes(system: System, procs: lis
     # A dead letter appears on the open page, without a reload.
     page.goto(f"{base}/ui/dlq")
     page.evaluate("window.__stillTheSamePage = true")
-    broken = system.enqueue("sample.needs_flag")
+    broken, *more_broken = [system.enqueue("sample.needs_flag") for _ in range(3)]
     page.wait_for_selector(f'tr[data-job="{broken}"]', timeout=SEEN_MS)
     assert page.evaluate("window.__stillTheSamePage") is True
     page.wait_for_selector("#groups", timeout=SEEN_MS)
     page.screenshot(path=str(shots / "dead-letters.png"), full_page=True)
 
+    for job in more_broken:
+        system.wait_status(job, "dead")
     page.click("#groups a")
+    group_url = page.url
     assert "downstream unavailable" in page.inner_text("main")
     assert page.inner_text("#cause") and page.inner_text("#action")
+    assert "would take 3 open dead letter(s)" in page.inner_text("#group-plan")  # the dry run, before acting
     page.screenshot(path=str(shots / "failure-group.png"), full_page=True)
 
     # The operator fixes the cause and redrives; the new job succeeds.
@@ -75,6 +79,22 @@ def test_operator_watches_redrives_pauses_and_resumes(system: System, procs: lis
     assert page.inner_text("#job-status") == "succeeded"
     assert str(broken) in page.inner_text("main")  # lineage: redrive of the dead job
     page.screenshot(path=str(shots / "job.png"), full_page=True)
+
+    # The rest of the group in one action: the dry run now counts 2, both redriven jobs succeed once.
+    page.goto(group_url)
+    assert "would take 2 open dead letter(s)" in page.inner_text("#group-plan")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click('button[data-action="redrive-group"]')
+    page.wait_for_selector(".notice")
+    assert "redriven 2 dead letter(s)" in page.inner_text(".notice")
+    redriven = [r[0] for r in system.q("SELECT id FROM outbox.jobs WHERE redrive_of = ANY(%s)", more_broken)]
+    assert len(redriven) == 2
+    for job in redriven:
+        system.wait_status(job, "succeeded")
+        assert system.outcomes(job) == ["succeeded"]  # one attempt each
+    page.click('button[data-action="resolve-group"]')
+    page.wait_for_selector(".notice")
+    assert "open -> resolved" in page.inner_text(".notice")
 
     # Pause a tier: its backlog holds (shown live), resume: it drains.
     page.goto(f"{base}/ui/tiers")
@@ -97,7 +117,8 @@ def test_operator_watches_redrives_pauses_and_resumes(system: System, procs: lis
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
     page.goto(f"{base}/ui/control")
     audit = page.inner_text("#audit")
-    assert audit.count("alice") >= 3 and "redrive" in audit and "pause" in audit and "resume" in audit
+    assert audit.count("alice") >= 5 and "redrive" in audit and "pause" in audit and "resume" in audit
+    assert "redrive_group" in audit and "group_status" in audit
     page.screenshot(path=str(shots / "control.png"), full_page=True)
     assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
     context.close()
