@@ -3,7 +3,8 @@
 Nothing is counted in this process: every number is read when Prometheus
 scrapes, from the ``outbox.tier_health`` view, the open dead letters,
 ``pg_stat_user_tables``/``pg_stat_activity`` (bloat and what holds vacuum back,
-the classic way a Postgres queue dies) and RabbitMQ passive declares. So any
+the classic way a Postgres queue dies), RabbitMQ passive declares and the flow
+state in Redis (circuit breakers, the scheduler's leader lock). So any
 number of API replicas report the same values, and a restart loses nothing.
 Counters that only a process can know (relay confirms/nacks/returns, worker
 outcomes, the wait histogram as observed) belong to the relay and worker
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
-from tierbox.ops import queries
+from tierbox.ops import control, queries
 from tierbox.ops import tier_health as tiers
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.models import TierHealth
@@ -41,6 +42,11 @@ class Snapshot(msgspec.Struct, kw_only=True):
     tables: list[TableHealthRow]
     oldest_xmin_age: int
     oldest_xact_s: float
+    #: Redis answered: breakers ``{name: state}`` and whether a scheduler holds the leader lock. None
+    #: when Redis did not answer (those gauges are then absent, and ``tierbox_redis_up`` is 0:
+    #: "no breaker open" or "no leader" must never be reported during an outage).
+    breakers: dict[str, str] | None = None
+    scheduler_leader: bool | None = None
 
 
 async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe) -> Snapshot:
@@ -51,8 +57,15 @@ async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe)
         tables = [r._replace(live_tuples=int(r.live_tuples), dead_tuples=int(r.dead_tuples))
                   for r in await run_async(conn, queries.TABLE_HEALTH)]
         xmin = (await run_async(conn, queries.OLDEST_XMIN))[0]
+    breakers: dict[str, str] | None = None
+    leader: bool | None = None
+    try:
+        breakers = {name: str(b["state"]) for name, b in (await control.breakers(settings)).items()}
+        leader = (await control.scheduler_leader(settings))[0] is not None
+    except Exception:  # noqa: BLE001 - Redis down: tierbox_redis_up 0, the flow gauges absent
+        breakers = leader = None
     return Snapshot(tiers=health, dlq_open=dlq, tables=tables, oldest_xmin_age=int(xmin.xmin_age),
-                    oldest_xact_s=float(xmin.xact_s))
+                    oldest_xact_s=float(xmin.xact_s), breakers=breakers, scheduler_leader=leader)
 
 
 def render(snap: Snapshot) -> bytes:
@@ -94,6 +107,19 @@ class _SnapshotCollector(Collector):
         yield from self._tiers()
         yield from self._broker()
         yield from self._postgres()
+        yield from self._flow()
+
+    def _flow(self) -> Iterator[Metric]:
+        snap = self.snap
+        yield _gauge("tierbox_redis_up", "1 when Redis answered this scrape (the breaker and leader gauges "
+                     "are absent otherwise).", [], [([], 0.0 if snap.breakers is None else 1.0)])
+        if snap.breakers is not None:
+            yield _gauge("tierbox_breaker_open", "1 while the circuit breaker is open (0: closed or half-open).",
+                         ["breaker"], (([name], 1.0 if state == "open" else 0.0)
+                                       for name, state in sorted(snap.breakers.items())))
+        if snap.scheduler_leader is not None:
+            yield _gauge("tierbox_scheduler_leader", "1 while a scheduler holds the leader lock in Redis.", [],
+                         [([], 1.0 if snap.scheduler_leader else 0.0)])
 
     def _tiers(self) -> Iterator[Metric]:
         rows = self.snap.tiers

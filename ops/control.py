@@ -113,6 +113,20 @@ async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
         await gate.redis.aclose()
 
 
+async def scheduler_leader(settings: Any) -> tuple[str | None, float]:
+    """Who holds the scheduler's leader lock in Redis (None: nobody) and its seconds left; raises if Redis is down."""
+    from tierbox.flow.gate import connect
+
+    redis = connect(settings)
+    key = f"{settings.queue_prefix}tierbox:scheduler:leader"  # scheduler.Scheduler.lock_key
+    try:
+        holder = await redis.get(key)
+        ttl_ms = await redis.pttl(key)
+    finally:
+        await redis.aclose()
+    return (holder.decode() if isinstance(holder, bytes) else holder), max(int(ttl_ms), 0) / 1000
+
+
 def expiry(until: dt.datetime | None, hours: float | None) -> dt.datetime:
     """When an override ends; 422 unless exactly one of ``until``/``hours`` puts it within 90 days."""
     if (until is None) == (hours is None):

@@ -205,18 +205,11 @@ def _next_run(cron: str, tz: str) -> dt.datetime | None:
 
 async def _leader(state: State) -> dict[str, Any]:
     """Who holds the scheduler's leader lock in Redis and for how much longer."""
-    from tierbox.flow.gate import connect
-
-    redis = connect(state.settings)
-    key = f"{state.settings.queue_prefix}tierbox:scheduler:leader"
     try:
-        holder = await redis.get(key)
-        ttl_ms = await redis.pttl(key)
+        holder, ttl_s = await control.scheduler_leader(state.settings)
     except Exception as exc:  # noqa: BLE001 - shown on the screen, never "no leader" during an outage
         return {"error": f"Redis did not answer: {type(exc).__name__}"}
-    finally:
-        await redis.aclose()
-    return {"holder": holder.decode() if isinstance(holder, bytes) else holder, "ttl_s": max(ttl_ms, 0) / 1000}
+    return {"holder": holder, "ttl_s": ttl_s}
 
 
 @get("/control", include_in_schema=False)

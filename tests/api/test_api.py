@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any, get_args
 
+import msgspec
 import psycopg
 import pytest
 from litestar.testing import TestClient
@@ -427,3 +428,54 @@ def test_injection_strings_and_path_traversal_are_inert(client: TestClient[Any],
     assert_error(client.get("/admin/pauses", headers={"Authorization": "Bearer ' OR 1=1 --"}), 401,
                  "invalid_token")
     assert q(db_url, "SELECT to_regclass('outbox.pauses') IS NOT NULL") == [(True,)]
+
+
+def test_metrics_report_breakers_and_the_scheduler_leader_from_redis(db_url: str,
+                                                                    service_urls: dict[str, str]) -> None:
+    """The flow gauges come from Redis at scrape time: an open breaker reads 1, a held leader lock 1;
+    with Redis down they are absent (never "closed" or "no leader") and tierbox_redis_up is 0."""
+    import asyncio
+
+    import redis as redis_lib
+
+    from tests.flow.test_gate import make_task
+    from tests.helpers import free_port
+    from tierbox.flow.gate import Gate, connect
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = Settings(database_url=db_url, queue_prefix=prefix, redis_url=service_urls["redis"])
+    leader_key = f"{prefix}tierbox:scheduler:leader"
+
+    def scrape(s: Settings) -> str:
+        with TestClient(create_app(s, ApiConfig(tokens=TOKENS))) as c:
+            return c.get("/metrics", headers=READ).text
+
+    text = scrape(settings)
+    assert "tierbox_redis_up 1.0" in text and "tierbox_scheduler_leader 0.0" in text
+    assert "tierbox_breaker_open{" not in text  # no breaker has ever recorded a failure
+
+    async def trip() -> None:
+        client = connect(settings)
+        try:
+            gate = Gate(settings, client, None)
+            for _ in range(5):  # the default policy opens at 5 failures
+                await gate.record(make_task("charge", breaker="stripe"), ok=False)
+            await gate.record(make_task("crm", breaker="crm"), ok=False)
+        finally:
+            await client.aclose()
+
+    asyncio.run(trip())
+    direct = redis_lib.Redis.from_url(service_urls["redis"])
+    try:
+        direct.set(leader_key, "host-a:123", px=30_000)
+        text = scrape(settings)
+        assert 'tierbox_breaker_open{breaker="stripe"} 1.0' in text
+        assert 'tierbox_breaker_open{breaker="crm"} 0.0' in text
+        assert "tierbox_scheduler_leader 1.0" in text
+    finally:
+        direct.delete(leader_key, *direct.keys(f"tierbox:{prefix}*"))
+        direct.close()
+
+    down = scrape(msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert "tierbox_redis_up 0.0" in down
+    assert "tierbox_scheduler_leader " not in down and 'tierbox_breaker_open{' not in down

@@ -86,7 +86,8 @@ def exported() -> set[str]:
                       failed_1h=0, dead_1h=0, wait_p50_s=0.1, wait_p95_s=0.2, slo_breached=False,
                       published_oldest_age_s=1.0, queue_depth=1, queue_consumers=1, dlq_depth=0, dlq_consumers=0)
     snap = metrics.Snapshot(tiers=[tier], dlq_open={"high": 1},
-                            tables=[metrics.TableHealthRow("jobs", 1, 1, 1.0)], oldest_xmin_age=1, oldest_xact_s=1.0)
+                            tables=[metrics.TableHealthRow("jobs", 1, 1, 1.0)], oldest_xmin_age=1, oldest_xact_s=1.0,
+                            breakers={"stripe": "open"}, scheduler_leader=True)
     names = {line.split("{")[0].split(" ")[0] for line in metrics.render(snap).decode().splitlines()
              if line and not line.startswith("#")}
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
