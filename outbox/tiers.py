@@ -65,6 +65,10 @@ class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
     slo_s: float | None
     queue_type: QueueType
     max_priority: int | None = None
+    #: Type of the tier's ``<queue>.dlq``. Classic by default; on a cluster, quorum, or a node that
+    #: dies with the dead-letter queue on it stops every process from declaring the topology
+    #: (docs/cluster.md).
+    dlq_queue_type: QueueType = "classic"
     pool: str
     queue: str | None = None
     #: Cluster-wide start rate for the whole tier, e.g. "200/s" (None: unlimited).

@@ -114,7 +114,8 @@ class Relay:
                     await check_schema_async(db)  # rolled out before `tierbox migrate`: says so, and retries
                     await sync_tiers_async(db, settings.topology)
             name = f"{role} {settings.queue_prefix}".strip()  # the prefix lets tests find their own
-            connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
+            from outbox._brokers import connect as connect_broker  # failover over TIERBOX_AMQP_URL's nodes
+            connection = await connect_broker(settings.amqp_url, client_properties={"connection_name": name})
             if declares:
                 await declare_topology(connection, settings)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
