@@ -145,6 +145,10 @@ def cluster() -> Iterator[Cluster]:
     why = rabbit_node.unavailable()
     if why:
         pytest.skip(f"no private RabbitMQ cluster: {why}")
+    if os.environ.get("TIERBOX_TEST_CLUSTER"):  # PREFIX:BASE_PORT of one already running (left running)
+        prefix, port = os.environ["TIERBOX_TEST_CLUSTER"].split(":")
+        yield Cluster(prefix, int(port))
+        return
     c = Cluster(f"tbc{uuid.uuid4().hex[:6]}", _base_port())
     env = {**os.environ, "TIERBOX_CLUSTER_NAME": c.prefix}
     try:
