@@ -46,7 +46,7 @@ ARGS = {"classic": {"x-queue-type": "classic", "x-max-priority": 10}, "quorum": 
 
 def cluster(cmd: str) -> None:
     """``scripts/rabbitmq-cluster cmd`` for the bench's own nodes."""
-    env = {**os.environ, "TIERBOX_CLUSTER_NAME": NAME}
+    env = {**os.environ, "CLUSTER_NAME": NAME}
     subprocess.run([str(ROOT / "scripts" / "rabbitmq-cluster"), cmd, str(BASE_PORT)], env=env, check=cmd == "start",
                    capture_output=True, timeout=300)
 

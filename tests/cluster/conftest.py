@@ -150,7 +150,7 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(prefix, int(port))
         return
     c = Cluster(f"tbc{uuid.uuid4().hex[:6]}", _base_port())
-    env = {**os.environ, "TIERBOX_CLUSTER_NAME": c.prefix}
+    env = {**os.environ, "CLUSTER_NAME": c.prefix}
     try:
         done = subprocess.run([str(SCRIPT), "start", str(c.base_port)], env=env, capture_output=True, text=True,
                               timeout=300, check=False)
