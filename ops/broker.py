@@ -51,7 +51,8 @@ class BrokerProbe:
             if self._conn is not None:
                 event(log, "api.broker_reconnecting", logging.WARNING)
             await self._discard()
-            self._conn = await aio_pika.connect(
+            from outbox._brokers import connect as connect_broker  # failover over TIERBOX_AMQP_URL's nodes
+            self._conn = await connect_broker(
                 self._url, timeout=self._timeout_s, client_properties={"connection_name": "tierbox-api"})
             return self._conn, False
 

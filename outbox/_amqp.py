@@ -6,8 +6,9 @@ from :class:`outbox.tiers.Topology` and :class:`outbox.config.Settings`:
 * ``<prefix>tierbox`` (direct, durable): the relay publishes with routing key
   = tier name; each tier queue is bound under its tier name.
 * ``<prefix>tierbox.dlx`` (direct, durable): each tier queue dead-letters
-  here with routing key = tier name into ``<queue>.dlq`` (classic, durable,
-  30-day message TTL). Workers sweep those into ``outbox.dead_letters``.
+  here with routing key = tier name into ``<queue>.dlq`` (durable, 30-day
+  message TTL; classic unless the tier's ``dlq_queue_type`` says quorum).
+  Workers sweep those into ``outbox.dead_letters``.
 
 A queue that already exists with other arguments makes RabbitMQ close the
 channel with PRECONDITION_FAILED; that becomes a
@@ -39,9 +40,9 @@ def queue_arguments(settings: Settings, tier: str) -> dict[str, Any]:
     return args
 
 
-def dlq_arguments() -> dict[str, Any]:
-    """The x-arguments of every ``<tier>.dlq`` queue."""
-    return {"x-queue-type": "classic", "x-message-ttl": DLQ_MESSAGE_TTL_MS}
+def dlq_arguments(queue_type: str = "classic") -> dict[str, Any]:
+    """The x-arguments of a ``<tier>.dlq`` queue (its tier's ``dlq_queue_type``)."""
+    return {"x-queue-type": queue_type, "x-message-ttl": DLQ_MESSAGE_TTL_MS}
 
 
 async def declare_topology(connection: aio_pika.abc.AbstractConnection, settings: Settings,
@@ -54,7 +55,8 @@ async def declare_topology(connection: aio_pika.abc.AbstractConnection, settings
         for tier in tiers or list(settings.topology.tiers):
             queue = await _declare_queue(channel, settings.queue_name(tier), queue_arguments(settings, tier))
             await queue.bind(exchange, routing_key=tier)
-            dlq = await _declare_queue(channel, settings.dlq_name(tier), dlq_arguments())
+            dlq_type = settings.topology.spec(tier).dlq_queue_type
+            dlq = await _declare_queue(channel, settings.dlq_name(tier), dlq_arguments(dlq_type))
             await dlq.bind(dlx, routing_key=tier)
     finally:
         if not channel.is_closed:

@@ -29,7 +29,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     #: Postgres holding the ``outbox`` schema. Defaults to the local ``test`` database.
     database_url: str = DEFAULT_DATABASE_URL
-    #: RabbitMQ. Defaults to guest on localhost.
+    #: RabbitMQ: one URL, or the nodes of a cluster as comma-separated URLs
+    #: (``amqp://u:p@h1:5672/,amqp://u:p@h2:5672/``; write a comma in a password as ``%2C``). Every
+    #: process connects to the first node that answers, trying them in rotating order, and fails
+    #: over to another when its node is lost (docs/cluster.md). Defaults to guest on localhost.
     amqp_url: str = DEFAULT_AMQP_URL
     #: Redis for cluster coordination. Defaults to localhost db 0.
     redis_url: str = DEFAULT_REDIS_URL
@@ -78,10 +81,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         for field, scheme in (
             ("database_url", ("postgresql", "postgres", "postgresql+psycopg")),
-            ("amqp_url", ("amqp", "amqps")),
             ("redis_url", ("redis", "rediss", "unix")),
         ):
             _check_url(field, getattr(self, field), scheme)
+        _check_amqp_urls(self.amqp_url)
         positive = ("max_payload_bytes", "relay_batch_size", "relay_poll_interval_s", "relay_confirm_timeout_s",
                     "lease_s", "reaper_interval_s", "reconcile_batch")
         for field in positive:
@@ -193,8 +196,22 @@ def _check_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(_env(field), f"{_redact(url)!r} names no host")
 
 
+def _check_amqp_urls(value: str) -> None:
+    # Several comma-separated nodes of one cluster (outbox/_brokers.py connects to one of them).
+    urls = [part.strip() for part in value.split(",")]
+    if not any(urls):
+        raise ConfigError(_env("amqp_url"), "names no AMQP URL")
+    for i, url in enumerate(urls):
+        if not url:
+            raise ConfigError(_env("amqp_url"), f"item {i + 1} of {_redact(value)!r} is empty (a stray comma?)")
+        _check_url("amqp_url", url, ("amqp", "amqps"))
+
+
 def _redact(url: str) -> str:
-    """The URL with any password replaced, safe for logs and error messages."""
+    """The URL with any password replaced, safe for logs and error messages (each URL of a
+    comma-separated list)."""
+    if url.count("://") > 1:
+        return ",".join(_redact(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")

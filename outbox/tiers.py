@@ -12,7 +12,10 @@ Why these shapes:
   message priority on classic priority queues.
 * Classic queues with ``x-max-priority`` where in-queue ordering matters
   (critical, high, calls); quorum queues, which ignore priority but replicate,
-  where it does not (normal, low, bulk).
+  where it does not (normal, low, bulk). On a RabbitMQ cluster every tier queue and every
+  ``.dlq`` should be quorum (``dlq_queue_type``; examples/cluster/topology.json): a classic queue
+  on a dead node blocks publishing to it and every process's topology declaration until the node
+  returns (measured in docs/cluster.md).
 * A tier is *urgent* when its SLO is at most ``URGENT_SLO_S`` (critical, high,
   calls by default). Inserting an urgent row NOTIFYs the relay, whose urgent
   lane publishes it at once, beside whatever batch the main lane is in; other
@@ -65,6 +68,10 @@ class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
     slo_s: float | None
     queue_type: QueueType
     max_priority: int | None = None
+    #: Type of the tier's ``<queue>.dlq``. Classic by default; on a cluster, quorum, or a node that
+    #: dies with the dead-letter queue on it stops every process from declaring the topology
+    #: (docs/cluster.md).
+    dlq_queue_type: QueueType = "classic"
     pool: str
     queue: str | None = None
     #: Cluster-wide start rate for the whole tier, e.g. "200/s" (None: unlimited).

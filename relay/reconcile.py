@@ -107,7 +107,8 @@ class Reconciler:
     async def open(cls, settings: Settings, actor: str, reason: str = "reconcile") -> Reconciler:
         """A reconciler whose rounds run on the caller's Postgres connection (:meth:`round`)."""
         name = f"tierbox-reconcile {settings.queue_prefix}".strip()
-        connection = await aio_pika.connect(settings.amqp_url, client_properties={"connection_name": name})
+        from outbox._brokers import connect as connect_broker  # failover over TIERBOX_AMQP_URL's nodes
+        connection = await connect_broker(settings.amqp_url, client_properties={"connection_name": name})
         return cls(settings, connection, connect(settings), actor, reason)
 
     @classmethod

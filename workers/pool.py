@@ -116,7 +116,8 @@ class Pool:
             await check_schema_async(conn)
         name = f"tierbox-worker {self.settings.queue_prefix}{self.name} {self.worker_id}"
         lost = asyncio.Event()
-        self.connection = await aio_pika.connect(self.settings.amqp_url, client_properties={"connection_name": name})
+        from outbox._brokers import connect as connect_broker  # failover over TIERBOX_AMQP_URL's nodes
+        self.connection = await connect_broker(self.settings.amqp_url, client_properties={"connection_name": name})
         self.connection.close_callbacks.add(lambda *_: lost.set())
         self._consumers = []
         await declare_topology(self.connection, self.settings, list(self.spec.tiers))
