@@ -394,3 +394,29 @@ failure_groups = Table(
 # The open dead letters of a group, counted when groups are read (redrive and discard change them).
 Index("ix_dead_letters_open_fingerprint", dead_letters.c.fingerprint,
       postgresql_where=text("redriven_at IS NULL AND discarded_at IS NULL"))
+
+
+# --- Job events (revision 0012) ----------------------------------------------------------------------
+
+#: Kinds of ``outbox.job_events`` rows: a status change, a handler's progress, the outcome.
+JOB_EVENT_KINDS = ("status", "progress", "outcome")
+
+job_events = Table(
+    "job_events",
+    metadata,
+    # The SSE event id: a reconnecting stream resumes after it (Last-Event-ID).
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    # No foreign key: its check would lock the job row from the progress writer's transaction;
+    # PRUNE_BATCH deletes a job's events with the job.
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=True),
+    Column("fraction", Float, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("data", JSONB, nullable=True),
+    CheckConstraint(_in("kind", JOB_EVENT_KINDS), name="kind"),
+    CheckConstraint("fraction IS NULL OR (fraction >= 0 AND fraction <= 1)", name="fraction"),
+    Index("ix_job_events_job_id_id", "job_id", "id"),
+    comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id).",
+)
