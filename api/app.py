@@ -2,7 +2,7 @@
 
 Run it with ``tierbox api`` (see ``api.cli_ops``). State shared by handlers
 lives on ``app.state``: ``settings``, ``config``, ``tokens``, ``engine``,
-``broker``, ``auth_disabled``.
+``broker``, ``auth_disabled``, ``job_events``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from outbox.config import Settings
 from tierbox.api import errors, openapi, params
 from tierbox.api.auth import TokenStore
 from tierbox.api.config import ApiConfig
+from tierbox.api.job_events import JobEvents
 from tierbox.api.routes_control import ROUTES as CONTROL_ROUTES
 from tierbox.api.routes_dlq import DeadLetterController
 from tierbox.api.routes_jobs import JobController
@@ -49,7 +50,11 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
     engine = engine or db.create_engine(settings)
     broker = BrokerProbe(settings.amqp_url, config.broker_timeout_s)
 
+    # Operators' job event streams (/admin/jobs/{id}/events): one listening connection for the process.
+    job_events = JobEvents(settings.database_url, engine=engine)
+
     async def close() -> None:
+        await job_events.close()
         await broker.close()
         await engine.dispose()
 
@@ -62,7 +67,8 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         request_max_body_size=config.max_body_bytes,
         openapi_config=openapi.config(VERSION),
         state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),
-                     "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled}),
+                     "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled,
+                     "job_events": job_events}),
         on_shutdown=[close],
         debug=False,
     )
