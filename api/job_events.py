@@ -220,7 +220,7 @@ class JobEvents:
                 try:
                     await asyncio.wait_for(waker.wait(), self.heartbeat_s)
                 except TimeoutError:
-                    yield ServerSentEventMessage(comment="heartbeat")
+                    yield ServerSentEventMessage(data=None, comment="heartbeat")  # a comment only: no event
         finally:
             self.hub.unsubscribe(job_id, waker)
 

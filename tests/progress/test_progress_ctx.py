@@ -16,7 +16,7 @@ import outbox.testing
 from outbox import _progress
 from outbox._maintenance import prune
 from outbox.registry import Registry, registry
-from tests import sample_tasks  # noqa: F401 - registers sample.progress
+from tests import sample_tasks  # registers sample.progress (its handler is replaced per test)
 
 SECRET = "s" * 40
 
