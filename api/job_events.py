@@ -8,10 +8,13 @@ without gaps or duplicates. A comment line (``: heartbeat``) is sent after ``hea
 silence so proxies do not cut an idle stream.
 
 Real time through Postgres: the trigger and the progress writer ``NOTIFY tierbox_job_events`` with
-the job id at commit. One listening connection per :class:`JobEvents` (per process, not per client)
-wakes the streams of that job, and each re-reads the table after its last id, so a notification
-that arrives early, late or twice changes nothing, and one that is lost (the listener reconnecting)
-is made up at the next heartbeat, which re-reads too.
+the job id at commit, for the jobs listed in ``outbox.job_watchers`` (a stream adds its job before
+its first read and renews the row while it reads: NOTIFY is not free, so unwatched jobs send
+none). One listening connection per :class:`JobEvents` (per process, not per client) wakes the
+streams of that job, and each re-reads the table after its last id, so a notification that
+arrives early, late or twice changes nothing, and one that is lost (the listener reconnecting, a
+change whose transaction checked the watchers just before the stream's row committed) is made up
+by a re-read one second after the stream's first read, and at every heartbeat.
 
 Applications mount :meth:`JobEvents.router` (Litestar) or :meth:`JobEvents.asgi_app` (any ASGI
 framework) and hand their users a capability from :func:`outbox.job_capability`: it lets its holder
@@ -52,6 +55,10 @@ DEFAULT_HEARTBEAT_S = 15.0
 READ_BATCH = 500
 #: Seconds between attempts to re-open the listening connection after it failed.
 RECONNECT_S = 1.0
+#: Seconds a job's row in ``outbox.job_watchers`` lasts unrenewed; renewed every third of it.
+WATCH_TTL_S = 60.0
+#: Seconds after its first read a stream reads again, waking or not (see the module docstring).
+CATCH_UP_S = 1.0
 
 
 class EventHub:
@@ -85,6 +92,10 @@ class EventHub:
         so nothing committed in between is missed. On timeout the heartbeat's re-read covers it."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    def watched(self) -> list[str]:
+        """The jobs some stream of this process reads now."""
+        return list(self._waiters)
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
@@ -174,21 +185,44 @@ class JobEvents:
         self.engine = engine or create_async_engine(settings.sqlalchemy_url, pool_size=5, max_overflow=10,
                                                     pool_pre_ping=True, pool_timeout=10)
         self.hub = EventHub(settings.psycopg_url)
+        self._renewer: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        """Stop listening; dispose of the engine if it is this object's own."""
+        """Stop listening and renewing; dispose of the engine if it is this object's own."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renewer
+            self._renewer = None
         await self.hub.close()
         if self._own_engine:
             await self.engine.dispose()
 
     async def response(self, job_id: uuid.UUID, after: int) -> ServerSentEvent:
         """The stream of ``job_id`` after event ``after``; 404 if the ledger has no such job."""
-        async with self.engine.connect() as conn:
+        async with self.engine.begin() as conn:
             state = await run_async(conn, queries.JOB_STATE, {"job_id": job_id})
-        if not state:
-            raise RequestError(404, f"no job {job_id}")
+            if not state:
+                raise RequestError(404, f"no job {job_id}")
+            if state[0].status not in FINISHED_STATUSES:  # its events NOTIFY from this commit on
+                await run_async(conn, queries.WATCH_JOBS, {"job_ids": [job_id], "ttl_s": WATCH_TTL_S})
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew(), name="tierbox-job-events-renew")
         return ServerSentEvent(self.stream(job_id, after),
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _renew(self) -> None:
+        """Keep the watched jobs' rows in ``outbox.job_watchers`` alive; delete the expired ones."""
+        while True:
+            await asyncio.sleep(WATCH_TTL_S / 3)
+            try:
+                async with self.engine.begin() as conn:
+                    watched = self.hub.watched()
+                    if watched:
+                        await run_async(conn, queries.WATCH_JOBS, {"job_ids": watched, "ttl_s": WATCH_TTL_S})
+                    await run_async(conn, queries.UNWATCH_EXPIRED)
+            except Exception as exc:  # noqa: BLE001 - tried again next round; streams re-read on heartbeats
+                event(log, "job_events.renew_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
 
     async def _read(self, job_id: uuid.UUID, after: int) -> tuple[list[queries.JobEventRow], bool]:
         async with self.engine.connect() as conn:
@@ -205,6 +239,7 @@ class JobEvents:
         waker = self.hub.subscribe(job_id)  # before the first read: nothing committed after it is missed
         try:
             await self.hub.ready(self.heartbeat_s)
+            catch_up = True
             while True:
                 waker.clear()
                 rows, finished = await self._read(job_id, after)
@@ -218,9 +253,12 @@ class JobEvents:
                 if len(rows) == READ_BATCH:
                     continue
                 try:
-                    await asyncio.wait_for(waker.wait(), self.heartbeat_s)
+                    await asyncio.wait_for(waker.wait(), min(CATCH_UP_S, self.heartbeat_s) if catch_up
+                                           else self.heartbeat_s)
                 except TimeoutError:
-                    yield ServerSentEventMessage(data=None, comment="heartbeat")  # a comment only: no event
+                    if not catch_up:
+                        yield ServerSentEventMessage(data=None, comment="heartbeat")  # a comment only: no event
+                catch_up = False
         finally:
             self.hub.unsubscribe(job_id, waker)
 

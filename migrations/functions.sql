@@ -453,8 +453,9 @@ BEGIN
 END $$;
 
 -- Record a job's change of status in outbox.job_events (kind status, or outcome for a final status)
--- and wake the SSE streams (NOTIFY tierbox_job_events, payload the job id, delivered at commit), in
--- the transaction that changed it. docs/progress.md.
+-- and wake the SSE streams (NOTIFY tierbox_job_events, payload the job id, delivered at commit; only
+-- if outbox.job_watchers says someone streams the job), in the transaction that changed it.
+-- docs/progress.md.
 -- Created by 0012; unchanged since.
 CREATE OR REPLACE FUNCTION outbox.record_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -462,7 +463,10 @@ BEGIN
     VALUES (NEW.id,
             CASE WHEN NEW.status IN ('succeeded', 'dead', 'discarded', 'expired') THEN 'outcome' ELSE 'status' END,
             NEW.status, jsonb_build_object('attempt', NEW.attempts));
-    PERFORM pg_notify('tierbox_job_events', NEW.id::text);
+    -- NOTIFY (a database-wide lock at commit) only for a job whose stream someone reads.
+    IF EXISTS (SELECT 1 FROM outbox.job_watchers w WHERE w.job_id = NEW.id AND w.expires_at > now()) THEN
+        PERFORM pg_notify('tierbox_job_events', NEW.id::text);
+    END IF;
     RETURN NULL;
 END $$;
 

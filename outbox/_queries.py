@@ -54,8 +54,9 @@ ORDER BY enqueued_at DESC, id
 # streams read. Status and outcome events are written by the trigger record_job_event (revision 0012).
 
 # One progress event, fenced on the attempt (a handler abandoned at its time limit, or a stale worker,
-# writes nothing once the job moved on); NOTIFY wakes the streams at commit. Returns the event id,
-# no row when fenced. The LATERAL subquery runs pg_notify once per inserted row.
+# writes nothing once the job moved on); if someone streams the job (outbox.job_watchers), NOTIFY
+# wakes the streams at commit. Returns (event id, notifications sent), no row when fenced. The
+# scalar subquery runs only for an inserted row.
 INSERT_PROGRESS = Statement("job_events.insert_progress", """
 WITH ev AS (
     INSERT INTO outbox.job_events (job_id, kind, fraction, message, data)
@@ -64,8 +65,23 @@ WITH ev AS (
                   WHERE id = CAST(:job_id AS uuid) AND status = 'running' AND attempts = CAST(:attempt AS integer))
     RETURNING id
 )
-SELECT ev.id, n.sent::text FROM ev,
-       LATERAL (SELECT pg_notify('tierbox_job_events', CAST(:job_id AS text)) AS sent) AS n
+SELECT ev.id, (SELECT count(*) FROM (
+    SELECT pg_notify('tierbox_job_events', CAST(:job_id AS text))
+    WHERE EXISTS (SELECT 1 FROM outbox.job_watchers w
+                  WHERE w.job_id = CAST(:job_id AS uuid) AND w.expires_at > now())) AS sent) AS notified
+FROM ev
+""")
+
+# The streams reading these jobs now: their events NOTIFY until ttl_s from now (renewed while read).
+WATCH_JOBS = Statement("job_events.watch", """
+INSERT INTO outbox.job_watchers AS w (job_id, expires_at)
+SELECT DISTINCT unnest(CAST(:job_ids AS uuid[])), now() + make_interval(secs => CAST(:ttl_s AS float8))
+ON CONFLICT (job_id) DO UPDATE SET expires_at = GREATEST(w.expires_at, EXCLUDED.expires_at)
+""")
+
+# Forget watchers that expired (their streams ended, or their process died).
+UNWATCH_EXPIRED = Statement("job_events.unwatch_expired", """
+DELETE FROM outbox.job_watchers WHERE expires_at < now()
 """)
 
 

@@ -420,3 +420,13 @@ job_events = Table(
     Index("ix_job_events_job_id_id", "job_id", "id"),
     comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id).",
 )
+
+job_watchers = Table(
+    "job_watchers",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    # Renewed by the streams while they read; an expired row is ignored, then deleted.
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    comment="Jobs whose event stream is being read: only their events NOTIFY (renewed by the streams).",
+    prefixes=["UNLOGGED"],  # ephemeral: lost in a crash, rebuilt by the streams' next renewal
+)

@@ -12,6 +12,12 @@ job_id)`` wakes the streams at commit. Its ``WHEN`` clause is evaluated without 
 function, so the relay's ``published`` and a deferral's ``pending`` cost nothing. Progress rows are
 written by the worker in short transactions of their own (outbox/_progress.py), off the ledger row.
 
+Only a job someone is streaming NOTIFYs: ``outbox.job_watchers`` (unlogged, a row per watched job
+with an expiry the streams keep renewing) is probed by the trigger and the progress writer. A
+transaction that NOTIFYs takes the notification queue's lock at commit, so notifying commits are
+serialised database-wide; with nobody watching, start and succeed pay an index probe instead
+(bench/job_events.py compares the three: no events, events, events of watched jobs).
+
 The table has no foreign key to ``jobs``: a key check on every insert would lock the job row
 (``FOR KEY SHARE``) from the progress writer's transaction; pruning deletes a job's events with the
 job instead (``PRUNE_BATCH``).
@@ -44,6 +50,12 @@ CREATE TABLE outbox.job_events (
 );
 CREATE INDEX ix_job_events_job_id_id ON outbox.job_events (job_id, id);
 COMMENT ON TABLE outbox.job_events IS 'Status changes, progress and outcomes of jobs, in order (id is the SSE event id).';
+CREATE UNLOGGED TABLE outbox.job_watchers (
+    job_id uuid NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT pk_job_watchers PRIMARY KEY (job_id)
+);
+COMMENT ON TABLE outbox.job_watchers IS 'Jobs whose event stream is being read: only their events NOTIFY (renewed by the streams).';
 """
 
 RECORD_JOB_EVENT = r"""
@@ -53,7 +65,10 @@ BEGIN
     VALUES (NEW.id,
             CASE WHEN NEW.status IN ('succeeded', 'dead', 'discarded', 'expired') THEN 'outcome' ELSE 'status' END,
             NEW.status, jsonb_build_object('attempt', NEW.attempts));
-    PERFORM pg_notify('tierbox_job_events', NEW.id::text);
+    -- NOTIFY (a database-wide lock at commit) only for a job whose stream someone reads.
+    IF EXISTS (SELECT 1 FROM outbox.job_watchers w WHERE w.job_id = NEW.id AND w.expires_at > now()) THEN
+        PERFORM pg_notify('tierbox_job_events', NEW.id::text);
+    END IF;
     RETURN NULL;
 END $$;
 """
@@ -68,7 +83,7 @@ CREATE OR REPLACE TRIGGER record_job_event AFTER UPDATE OF status ON outbox.jobs
 
 
 def upgrade() -> None:
-    """Create ``outbox.job_events`` and the trigger that records status changes into it."""
+    """Create ``outbox.job_events``, ``outbox.job_watchers`` and the trigger that records status changes."""
     op.execute(TABLE)
     op.execute(RECORD_JOB_EVENT)
     op.execute(TRIGGER)
@@ -78,4 +93,5 @@ def downgrade() -> None:
     """Back to revision 0011: no trigger, no function, no table."""
     op.execute("DROP TRIGGER record_job_event ON outbox.jobs")
     op.execute("DROP FUNCTION outbox.record_job_event()")
+    op.execute("DROP TABLE outbox.job_watchers")
     op.execute("DROP TABLE outbox.job_events")

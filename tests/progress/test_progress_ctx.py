@@ -154,3 +154,35 @@ def test_capability_grants_one_job_until_it_expires() -> None:
         outbox.job_capability(job, "short")
     with pytest.raises(outbox.CapabilityError, match="ttl_s"):
         outbox.job_capability(job, SECRET, ttl_s=0)
+
+
+def test_only_watched_jobs_notify(db_url: str) -> None:
+    from outbox import _queries
+    from outbox._sql import run
+
+    def handler(ctx: outbox.TaskContext, **_: Any) -> None:
+        ctx.progress(0.5)
+
+    with psycopg.connect(db_url, autocommit=True) as listener, psycopg.connect(db_url) as conn:
+        listener.execute("LISTEN tierbox_job_events")
+        unwatched, _ = _drain_with(conn, handler)
+        conn.commit()
+        watched = outbox.enqueue(conn, "sample.progress")
+        run(conn, _queries.WATCH_JOBS, {"job_ids": [watched], "ttl_s": 60.0})
+        conn.commit()
+        expired = outbox.enqueue(conn, "sample.progress")
+        run(conn, _queries.WATCH_JOBS, {"job_ids": [expired], "ttl_s": 0.001})
+        conn.commit()
+        time.sleep(0.01)
+        reg = Registry()
+        real = registry.get("sample.progress")
+        assert real is not None
+        reg.add(msgspec.structs.replace(real, fn=handler, takes_context=True))
+        outbox.testing.drain(conn, registry_=reg, jobs=[watched, expired])
+        conn.commit()
+        # One transaction: NOTIFY folds identical payloads into one; only the watched job sends any.
+        payloads = [n.payload for n in listener.notifies(timeout=1.0)]
+        assert payloads == [str(watched)], (payloads, unwatched, expired)
+        assert len(events(conn, unwatched)) == len(events(conn, watched)) == 3  # the events are written alike
+        run(conn, _queries.UNWATCH_EXPIRED)
+        assert conn.execute("SELECT job_id FROM outbox.job_watchers").fetchall() == [(watched,)]
