@@ -98,7 +98,7 @@ class JobEventRow(NamedTuple):
     data: Any
 
 
-# A job's events after an id (0: all), oldest first, along ix_job_events_job_id_id.
+# A job's events after an id (0: all), oldest first, along the primary key (job_id, id).
 JOB_EVENTS_AFTER = Statement("job_events.after", """
 SELECT id, job_id, at, kind, status, fraction, message, data FROM outbox.job_events
 WHERE job_id = CAST(:job_id AS uuid) AND id > CAST(:after AS bigint)

@@ -404,11 +404,11 @@ JOB_EVENT_KINDS = ("status", "progress", "outcome")
 job_events = Table(
     "job_events",
     metadata,
-    # The SSE event id: a reconnecting stream resumes after it (Last-Event-ID).
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
     # No foreign key: its check would lock the job row from the progress writer's transaction;
     # PRUNE_BATCH deletes a job's events with the job.
-    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    # The SSE event id (unique: a sequence's): a reconnecting stream resumes after it (Last-Event-ID).
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
     Column("kind", Text, nullable=False),
     Column("status", Text, nullable=True),
@@ -417,7 +417,7 @@ job_events = Table(
     Column("data", JSONB, nullable=True),
     CheckConstraint(_in("kind", JOB_EVENT_KINDS), name="kind"),
     CheckConstraint("fraction IS NULL OR (fraction >= 0 AND fraction <= 1)", name="fraction"),
-    Index("ix_job_events_job_id_id", "job_id", "id"),
+    # The primary key (job_id, id) is the one index: one job's events in order is every read.
     comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id).",
 )
 

@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,18 @@ def test_async_handler_progress_and_a_failed_handlers_progress(system: System, p
     async_job = system.enqueue("sample.async_progress", 3, 0.6)
     failing = system.enqueue("sample.progress", 2, 0.1, True)
 
-    stream = sse.read(http, f"/admin/jobs/{async_job}/events", headers=READ)
+    with ThreadPoolExecutor(3) as clients:  # three clients at once: one listening connection serves them
+        reads = [clients.submit(sse.read, httpx.Client(base_url=base, timeout=10),
+                                f"/admin/jobs/{async_job}/events", headers=READ) for _ in range(3)]
+        seen = set()  # listening connections, sampled while the three streams run
+        while not all(r.done() for r in reads):
+            seen.add(system.q("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND query = %s", "LISTEN tierbox_job_events")[0][0])
+            time.sleep(0.05)
+        streams = [r.result() for r in reads]
+    assert max(seen) == 1, seen
+    stream = streams[0]
+    assert all(s.ids == stream.ids for s in streams)
     assert stream.closed_by_server and stream.kinds == ["status", "progress", "progress", "progress", "outcome"]
     assert [e["data"]["fraction"] for e in stream.events[1:4]] == [pytest.approx(s / 3) for s in (1, 2, 3)]
 
