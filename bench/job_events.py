@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the rounds and print the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.job_events", description=__doc__)
     parser.add_argument("--url", default=None, help="a Postgres URL to create the scratch database next to")
-    parser.add_argument("--jobs", type=int, default=400, help="jobs per path per round")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--jobs", type=int, default=50, help="jobs per path per round (small: paths interleave finely)")
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--async-commit", action="store_true",
                         help="synchronous_commit off: the statements' own cost, without the WAL flush of each commit")
     args = parser.parse_args(argv)
