@@ -20,7 +20,8 @@ COPY ops ./ops
 COPY relay ./relay
 COPY scheduler ./scheduler
 COPY workers ./workers
-RUN pip install . && useradd --system --no-create-home tierbox
+# otel-sdk: the processes export spans when OTEL_* is set (compose.yml points them at Jaeger).
+RUN pip install '.[otel-sdk]' && useradd --system --no-create-home tierbox
 # The demo's tasks (compose.yml runs them), outside /app so the build folders never shadow the install.
 COPY examples /opt/tierbox-examples/examples
 ENV PYTHONPATH=/opt/tierbox-examples

@@ -2,7 +2,9 @@
 
 Run it with ``tierbox api`` (see ``api.cli_ops``). State shared by handlers
 lives on ``app.state``: ``settings``, ``config``, ``tokens``, ``engine``,
-``broker``, ``auth_disabled``, ``job_events``.
+``broker``, ``auth_disabled``, ``snapshot`` (shared tier health, :mod:`tierbox.ops.snapshot`),
+``ui_sessions`` (the dashboard's cookie signer, :mod:`tierbox.api.ui`), ``job_events`` (the job event
+streams, :mod:`tierbox.api.job_events`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
-from tierbox.api import errors, openapi, params
+from tierbox.api import errors, openapi, params, ui
 from tierbox.api.auth import TokenStore
 from tierbox.api.config import ApiConfig
 from tierbox.api.job_events import JobEvents
@@ -27,8 +29,10 @@ from tierbox.api.routes_jobs import JobController
 from tierbox.api.routes_reconcile import reconcile
 from tierbox.api.routes_tiers import TierController, healthz, readyz, scrape
 from tierbox.api.routes_triage import FailureGroupController
+from tierbox.api.ui.session import SessionCodec, signing_key
 from tierbox.ops import db, queries
 from tierbox.ops.broker import BrokerProbe
+from tierbox.ops.snapshot import TierSnapshot
 
 log = logging.getLogger("tierbox.api")
 VERSION = "1"
@@ -49,6 +53,8 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
     """The admin API for ``settings`` (database, broker, topology) and ``config`` (tokens, limits)."""
     engine = engine or db.create_engine(settings)
     broker = BrokerProbe(settings.amqp_url, config.broker_timeout_s)
+    # One tier-health read per second for /admin/tiers and every open dashboard together.
+    snapshot = TierSnapshot(engine, settings, broker)
 
     # Operators' job event streams (/admin/jobs/{id}/events): one listening connection for the process.
     job_events = JobEvents(settings.database_url, engine=engine)
@@ -60,7 +66,8 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
 
     return Litestar(
         route_handlers=[DeadLetterController, JobController, TierController, *CONTROL_ROUTES, reconcile, scrape,
-                        healthz, readyz, FailureGroupController],
+                        healthz, readyz, FailureGroupController, *ui.routers()],
+        template_config=ui.template_config(),
         dependencies={"db": Provide(provide_db)},
         exception_handlers=errors.HANDLERS,
         before_request=params.screen,  # hostile input stops here, before parsing or Postgres
@@ -68,6 +75,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         openapi_config=openapi.config(VERSION),
         state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),
                      "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled,
+                     "snapshot": snapshot, "ui_sessions": SessionCodec(signing_key()),
                      "job_events": job_events}),
         on_shutdown=[close],
         debug=False,

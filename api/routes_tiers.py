@@ -8,12 +8,12 @@ from litestar.openapi import ResponseSpec
 
 from outbox._logs import clip
 from outbox._sql import run_async
-from tierbox.api import metrics, params
+from tierbox.api import metrics
 from tierbox.api.guards import require
 from tierbox.api.openapi import ERRORS
 from tierbox.ops import queries
-from tierbox.ops import tier_health as tiers
 from tierbox.ops.models import Health, TierHealth
+from tierbox.ops.snapshot import TierSnapshot
 
 
 class TierController(Controller):
@@ -23,9 +23,13 @@ class TierController(Controller):
     tags = ["tiers"]
 
     @get("/", guards=[require("read")], responses=ERRORS)
-    async def list_tiers(self, db: params.Db, state: State) -> list[TierHealth]:
-        """``outbox.tier_health`` plus live queue and dlq depth and consumers from RabbitMQ."""
-        return await tiers.health(db, state.settings, state.broker)
+    async def list_tiers(self, state: State) -> list[TierHealth]:
+        """``outbox.tier_health`` plus live queue and dlq depth and consumers from RabbitMQ.
+
+        Served from the process's shared snapshot (``ops.snapshot``): at most about a second old, so
+        any number of callers cost Postgres and RabbitMQ one read per second."""
+        snapshot: TierSnapshot = state.snapshot
+        return await snapshot.get()
 
 
 @get("/metrics", guards=[require("read")], tags=["health"], responses=ERRORS, media_type=metrics.CONTENT_TYPE)

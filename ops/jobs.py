@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from outbox import _queries as outbox_queries
-from outbox._sql import run_async
+from outbox._sql import Statement, run_async
 from tierbox.ops import cursors, queries
 from tierbox.ops.dead_letters import utc
 from tierbox.ops.errors import RequestError, invalid
@@ -49,6 +49,12 @@ class JobFilter(msgspec.Struct, kw_only=True):
     status: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+# One job by its idempotency key (uq_jobs_idempotency_key: at most one row, one index probe).
+JOB_BY_KEY = Statement("ops.job_by_key", f"""
+SELECT {", ".join(queries.JOB_COLUMNS)} FROM outbox.jobs WHERE idempotency_key = :key
+""")
 
 
 def to_job(row: Any) -> Job:
@@ -92,3 +98,9 @@ async def show(conn: Any, job_id: uuid.UUID) -> JobStatusDetail:
         job=to_job(rows[0]), timeline=timeline,
         progress=JobProgress(fraction=latest.fraction or 0.0, message=latest.message, data=latest.data,
                              at=latest.at, event_id=latest.id) if latest else None)
+
+
+async def by_idempotency_key(conn: Any, key: str) -> Job | None:
+    """The job enqueued with idempotency key ``key``, or None (a unique index: one probe)."""
+    rows = await run_async(conn, JOB_BY_KEY, {"key": key})
+    return to_job(rows[0]) if rows else None

@@ -71,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_dead_days: float = 30.0
     #: Comma-separated modules that register tasks (``--app``). Defaults to none.
     app: str = ""
+    #: Log lines as ``text`` (``key=value``) or ``json`` (one object per line, with the trace id).
+    #: Defaults to ``text``.
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for field, scheme in (
@@ -89,6 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for field in ("shutdown_grace_s", "relay_retry_delay_s", "reconcile_interval_s"):
             if getattr(self, field) < 0:
                 raise ConfigError(_env(field), f"must be >= 0, got {getattr(self, field)!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(_env("log_format"), f"must be text or json, got {self.log_format!r}")
         if self.reaper_interval_s > self.lease_s:
             raise ConfigError(_env("reaper_interval_s"), "must not exceed lease_s, or stuck jobs wait twice as long")
 

@@ -19,6 +19,7 @@ import msgspec
 from typing_extensions import Unpack
 
 from outbox import _queries as queries
+from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._encoding import encode_headers, encode_payload
 from outbox._sql import AsyncSessionLike, Statement, SyncSession, run, run_async
@@ -169,6 +170,15 @@ def enqueue_many(session: SyncSession, jobs: Iterable[JobSpec]) -> list[uuid.UUI
     specs = list(jobs)
     if not specs:
         return []
+    if tracing.enabled():  # the create spans, their contexts written with the jobs (docs/tracing.md)
+        with tracing.Creation(specs) as creation:
+            ids = _write(session, creation.specs)
+            creation.done(ids)
+            return ids
+    return _write(session, specs)
+
+
+def _write(session: SyncSession, specs: list[JobSpec]) -> list[uuid.UUID]:
     stmt, params, alias = _statement(specs)
     rows = run(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)
@@ -181,6 +191,15 @@ async def enqueue_many_async(session: AsyncSessionLike, jobs: Iterable[JobSpec])
     specs = list(jobs)
     if not specs:
         return []
+    if tracing.enabled():
+        with tracing.Creation(specs) as creation:
+            ids = await _write_async(session, creation.specs)
+            creation.done(ids)
+            return ids
+    return await _write_async(session, specs)
+
+
+async def _write_async(session: AsyncSessionLike, specs: list[JobSpec]) -> list[uuid.UUID]:
     stmt, params, alias = _statement(specs)
     rows = await run_async(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)

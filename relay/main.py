@@ -13,6 +13,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from outbox import _tracing as tracing
 from outbox._logs import event
 from outbox._runtime import serve_until_signalled, wait_any
 from outbox.config import Settings, redact_url
@@ -201,5 +202,9 @@ def main(settings: Settings, metrics_port: int | None = None, lane: str = "all")
     """Run the relay process (counters on ``metrics_port`` if given); returns the exit code."""
     if metrics_port:
         metrics.serve(metrics_port)
-    serve_until_signalled(lambda stop: serve(settings, stop, lane))
+    tracing.configure_from_env("tierbox-relay")  # only if OTEL_* asks (docs/tracing.md)
+    try:
+        serve_until_signalled(lambda stop: serve(settings, stop, lane))
+    finally:
+        tracing.shutdown()
     return 0

@@ -48,6 +48,7 @@ import aiormq
 import psycopg
 
 from outbox import _encoding as encoding
+from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._logs import clip, event
 from outbox._rows import ClaimedRow
@@ -265,6 +266,22 @@ class Relay:
                   error=clip(f"{type(exc).__name__}: {exc}", 200))
 
     async def _publish_one(self, row: ClaimedRow) -> Any:
+        if tracing.enabled():
+            return await self._publish_traced(row)
+        return await self._publish_row(row)
+
+    async def _publish_traced(self, row: ClaimedRow) -> Any:
+        """:meth:`_publish_row` inside the message's ``send`` span (docs/tracing.md)."""
+        headers = encoding.decode_headers(row.headers) if row.headers != "{}" else {}
+        with tracing.sending(row.job_id, row.task, row.tier, row.attempts + 1, headers,
+                             self.exchange.name) as span:
+            result = await self._publish_row(row)
+            if not isinstance(result, aiormq.spec.Basic.Ack):
+                tracing.unconfirmed(span, "returned" if isinstance(result, aiormq.abc.DeliveredMessage)
+                                    else type(result).__name__)
+            return result
+
+    async def _publish_row(self, row: ClaimedRow) -> Any:
         body, properties = build_publish(row.job_id, row.task, row.tier, row.priority, row.payload, row.headers,
                                          row.attempts, row.enqueued_at)
         if self.channel.is_closed:
@@ -317,7 +334,8 @@ def build_publish(job_id: uuid.UUID, task: str, tier: str, priority: int, payloa
     amqp_headers: dict[str, Any] = {}
     if headers != "{}":  # the common case: no user headers, nothing to decode
         user_headers: dict[str, Any] = encoding.decode_headers(headers)
-        amqp_headers.update((k, v) for k, v in user_headers.items() if k in ("traceparent", "tracestate"))
+        # The trace context stored at enqueue (outbox._tracing), unchanged; no other user header.
+        amqp_headers.update((k, v) for k, v in user_headers.items() if k in tracing.RESERVED_HEADERS)
     amqp_headers[encoding.HEADER_TASK] = task
     amqp_headers[encoding.HEADER_TIER] = tier
     amqp_headers[encoding.HEADER_ATTEMPT] = attempts + 1

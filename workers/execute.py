@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._encoding import Payload
 from outbox._progress import EngineProgress
@@ -58,6 +60,8 @@ class Executor:
         self.sync_engine = sync_engine
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierbox-handler")
         self.successes = SuccessBatcher(async_engine)
+        #: Spans are recorded: a sync handler's thread runs in a copy of the attempt's context.
+        self.traced = tracing.enabled()
 
     async def run(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection | None = None) -> Result:
         """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`.
@@ -104,9 +108,14 @@ class Executor:
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         abandoned = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(
-            self.threads, _sync_attempt, self.sync_engine, task, payload, ctx, abandoned
-        )
+        loop = asyncio.get_running_loop()
+        if self.traced:
+            # run_in_executor does not carry contextvars into the thread: without the copy, the
+            # handler's spans would not nest under the process span.
+            future = loop.run_in_executor(self.threads, contextvars.copy_context().run, _sync_attempt,
+                                          self.sync_engine, task, payload, ctx, abandoned)
+        else:
+            future = loop.run_in_executor(self.threads, _sync_attempt, self.sync_engine, task, payload, ctx, abandoned)
         try:
             return await asyncio.wait_for(asyncio.shield(future), task.timeout_s)
         except TimeoutError as exc:

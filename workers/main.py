@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 
+from outbox import _tracing as tracing
 from outbox._runtime import serve_until_signalled
 from outbox.config import Settings
 from outbox.errors import ConfigError
@@ -48,11 +49,16 @@ def main(settings: Settings, name: str, spec: PoolSpec, registry: Registry, metr
 
         serve(metrics_port)
 
+    tracing.configure_from_env("tierbox-worker")  # only if OTEL_* asks (docs/tracing.md); before the pool
+
     async def work(stop: asyncio.Event) -> None:
         pool = Pool(settings, name, spec, registry)
         await (pool.drain(stop) if burst else pool.run(stop))
 
-    serve_until_signalled(work)
+    try:
+        serve_until_signalled(work)
+    finally:
+        tracing.shutdown()  # exports the last spans: os._exit below skips the SDK's own atexit hook
     if threading.active_count() > 1:
         # Abandoned sync handlers (timeouts, grace period over) would hold the interpreter open.
         os._exit(0)

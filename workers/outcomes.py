@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
+from outbox import _tracing as tracing
 from outbox._attempts import attempts_left
 from outbox._failure import ErrorInfo
 from outbox._logs import event
@@ -195,3 +196,17 @@ class Recorder:
         else:
             await self.ledger.dead(job_id, start.attempt, "crashed", "crashed", error)
         event(log, "worker.released", job_id=job_id, attempt=start.attempt)
+
+
+class TracingRecorder(Recorder):
+    """A :class:`Recorder` that also notes each outcome, and a handler's exception, on the delivery's
+    ``process`` span (the current span while it is recorded). Used only with tracing on."""
+
+    def count(self, key: str) -> None:
+        """Count ``key`` and record it as the span's ``tierbox.outcome``."""
+        super().count(key)
+        tracing.outcome(key)
+
+    async def _failed(self, d: Delivery, exc: BaseException, outcome: str) -> bool:
+        tracing.failed(exc)
+        return await super()._failed(d, exc, outcome)

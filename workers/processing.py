@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from outbox import _tracing as tracing
 from outbox._failure import ErrorInfo
 from outbox._fingerprint import attach
 from outbox._logs import event
@@ -39,6 +40,7 @@ from tierbox.workers.outcomes import (
     Ran,
     Recorder,
     Released,
+    TracingRecorder,
     Undeliverable,
     UnknownTask,
 )
@@ -61,7 +63,9 @@ class Processor:
         self.executor = executor
         self.buffer = buffer
         self.starts = StartBatcher(ledger)
-        self.recorder = Recorder(ledger, pool)
+        #: Spans are recorded (outbox._tracing): decided once, so tracing off costs one check per job.
+        self.traced = tracing.enabled()
+        self.recorder = (TracingRecorder if self.traced else Recorder)(ledger, pool)
         self.running: dict[uuid.UUID, Delivery] = {}
         #: Set at shutdown: a delivery in trouble is handed back at once instead of backing off.
         self.stopping = False
@@ -69,6 +73,15 @@ class Processor:
     async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
         """Handle one delivery end to end; never raises (failures are recorded or retried), except
         :class:`DeliveryFinishedError`, a bug."""
+        if self.traced:
+            # The delivery's process span, current while it runs: the handler's spans nest under it.
+            with tracing.processing(message.message_id, tier, message.headers or {}, message.exchange,
+                                    message.delivery_tag):
+                await self._process(tier, message)
+            return
+        await self._process(tier, message)
+
+    async def _process(self, tier: str, message: AbstractIncomingMessage) -> None:
         delivery = Delivery(tier, message, self.recorder, self.admission)
         try:
             for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):

@@ -29,6 +29,10 @@ READ = {"Authorization": f"Bearer {READ_SECRET}"}
 OPERATE = {"Authorization": f"Bearer {OPERATE_SECRET}"}
 
 
+
+#: A job id no test database holds; fixed, so every xdist worker collects the same test ids.
+NO_SUCH_JOB = uuid.UUID("00000000-0000-4000-8000-00000000dead")
+
 def make_client(db_url: str, prefix: str = "", **config: Any) -> TestClient[Any]:
     """A test client on ``db_url`` with the test tokens (or ``config`` overrides)."""
     settings = Settings(database_url=db_url, queue_prefix=prefix or f"t{uuid.uuid4().hex[:8]}.")
@@ -78,10 +82,10 @@ def test_literals_match_the_schema() -> None:
 # --- auth ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("get", "/admin/dlq"), ("get", "/admin/dlq/by-tier"), ("get", f"/admin/dlq/{uuid.uuid4()}"),
+    ("get", "/admin/dlq"), ("get", "/admin/dlq/by-tier"), ("get", f"/admin/dlq/{NO_SUCH_JOB}"),
     ("get", "/admin/jobs"), ("get", "/admin/tiers"), ("get", "/metrics"),
-    ("post", f"/admin/dlq/{uuid.uuid4()}/redrive"), ("post", "/admin/dlq/redrive"),
-    ("post", f"/admin/dlq/{uuid.uuid4()}/discard"),
+    ("post", f"/admin/dlq/{NO_SUCH_JOB}/redrive"), ("post", "/admin/dlq/redrive"),
+    ("post", f"/admin/dlq/{NO_SUCH_JOB}/discard"),
 ])
 def test_every_admin_route_needs_a_token(client: TestClient[Any], method: str, path: str) -> None:
     none = getattr(client, method)(path)
@@ -93,8 +97,8 @@ def test_every_admin_route_needs_a_token(client: TestClient[Any], method: str, p
     assert_error(basic, 401, "unauthenticated")
 
 
-@pytest.mark.parametrize("path", ["/admin/dlq/redrive", f"/admin/dlq/{uuid.uuid4()}/redrive",
-                                  f"/admin/dlq/{uuid.uuid4()}/discard"])
+@pytest.mark.parametrize("path", ["/admin/dlq/redrive", f"/admin/dlq/{NO_SUCH_JOB}/redrive",
+                                  f"/admin/dlq/{NO_SUCH_JOB}/discard"])
 def test_read_token_cannot_operate(client: TestClient[Any], db_url: str, path: str) -> None:
     r = client.post(path, json={"reason": "x"}, headers=READ)
     assert_error(r, 403, "forbidden")
@@ -318,9 +322,9 @@ async def test_bulk_redrive_is_paced_in_separate_transactions(db_url: str) -> No
      "filter.tier"),
     ("post", "/admin/dlq/redrive", {"json": {"reason": "x", "surprise": 1}}, 422, "invalid", "surprise"),
     ("post", "/admin/dlq/redrive", {"json": {"reason": "   "}}, 422, "invalid", "reason"),
-    ("post", f"/admin/dlq/{uuid.uuid4()}/redrive", {"json": {"reset_attempts": False}}, 422, "invalid",
+    ("post", f"/admin/dlq/{NO_SUCH_JOB}/redrive", {"json": {"reset_attempts": False}}, 422, "invalid",
      "reset_attempts"),
-    ("post", f"/admin/dlq/{uuid.uuid4()}/redrive", {"json": {"tier": "nope"}}, 422, "invalid", "tier"),
+    ("post", f"/admin/dlq/{NO_SUCH_JOB}/redrive", {"json": {"tier": "nope"}}, 422, "invalid", "tier"),
     ("post", "/admin/dlq/redrive", {"json": {"reason": "x" * 200_000}}, 413, "body_too_large", None),
     ("get", "/admin/nothing-here", {}, 404, "not_found", None),
 ])
