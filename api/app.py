@@ -3,7 +3,8 @@
 Run it with ``tierbox api`` (see ``api.cli_ops``). State shared by handlers
 lives on ``app.state``: ``settings``, ``config``, ``tokens``, ``engine``,
 ``broker``, ``auth_disabled``, ``snapshot`` (shared tier health, :mod:`tierbox.ops.snapshot`),
-``ui_sessions`` (the dashboard's cookie signer, :mod:`tierbox.api.ui`).
+``ui_sessions`` (the dashboard's cookie signer, :mod:`tierbox.api.ui`), ``job_events`` (the job event
+streams, :mod:`tierbox.api.job_events`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from outbox.config import Settings
 from tierbox.api import errors, openapi, params, ui
 from tierbox.api.auth import TokenStore
 from tierbox.api.config import ApiConfig
+from tierbox.api.job_events import JobEvents
 from tierbox.api.routes_control import ROUTES as CONTROL_ROUTES
 from tierbox.api.routes_dlq import DeadLetterController
 from tierbox.api.routes_jobs import JobController
@@ -54,7 +56,11 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
     # One tier-health read per second for /admin/tiers and every open dashboard together.
     snapshot = TierSnapshot(engine, settings, broker)
 
+    # Operators' job event streams (/admin/jobs/{id}/events): one listening connection for the process.
+    job_events = JobEvents(settings.database_url, engine=engine)
+
     async def close() -> None:
+        await job_events.close()
         await broker.close()
         await engine.dispose()
 
@@ -69,7 +75,8 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         openapi_config=openapi.config(VERSION),
         state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),
                      "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled,
-                     "snapshot": snapshot, "ui_sessions": SessionCodec(signing_key())}),
+                     "snapshot": snapshot, "ui_sessions": SessionCodec(signing_key()),
+                     "job_events": job_events}),
         on_shutdown=[close],
         debug=False,
     )

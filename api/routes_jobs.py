@@ -1,16 +1,20 @@
-"""``/admin/jobs``: the ledger, filtered and paginated, and one job's timeline."""
+"""``/admin/jobs``: the ledger, filtered and paginated, one job's status and timeline, its event stream."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from typing import Any
+
+from litestar import Controller, Request, get
 from litestar.datastructures import State
 from litestar.params import FromQuery
+from litestar.response import ServerSentEvent
 
 from tierbox.api import params
 from tierbox.api.guards import require
+from tierbox.api.job_events import JobEvents, last_event_id
 from tierbox.api.openapi import ERRORS
 from tierbox.ops import jobs
-from tierbox.ops.models import JobDetail, JobPage, JobStatus
+from tierbox.ops.models import JobPage, JobStatus
 
 
 class JobController(Controller):
@@ -32,6 +36,15 @@ class JobController(Controller):
         return await jobs.page(db, flt, limit, cursor)
 
     @get("/{job_id:str}", responses=ERRORS)
-    async def show_job(self, db: params.Db, job_id: params.JobIdPath) -> JobDetail:
-        """A job's status and its timeline: enqueue, publish, attempts, dead letter, redrives."""
+    async def show_job(self, db: params.Db, job_id: params.JobIdPath) -> jobs.JobStatusDetail:
+        """A job's status, its latest progress and its timeline: enqueue, publish, attempts, progress,
+        dead letter, redrives."""
         return await jobs.show(db, params.job_id(job_id))
+
+    @get("/{job_id:str}/events", media_type="text/event-stream", responses=ERRORS)
+    async def job_events(self, request: Request[Any, Any, Any], state: State,
+                         job_id: params.JobIdPath) -> ServerSentEvent:
+        """The job's status changes, progress and outcome as Server-Sent Events (docs/progress.md):
+        resumable with ``Last-Event-ID``, a heartbeat comment every 15 s, closed after the outcome."""
+        events: JobEvents = state.job_events
+        return await events.response(params.job_id(job_id), last_event_id(request))

@@ -451,3 +451,31 @@ BEGIN
             jsonb_build_object('fingerprint', p_fingerprint, 'status', p_status, 'previous', v_old, 'note', p_note));
     RETURN QUERY SELECT v_old, p_status, v_at;
 END $$;
+
+-- Record a job's change of status in outbox.job_events (kind status, or outcome for a final status)
+-- and wake the SSE streams (NOTIFY tierbox_job_events, payload the job id, delivered at commit; only
+-- if outbox.job_watchers says someone streams the job), in the transaction that changed it.
+-- docs/progress.md.
+-- Created by 0012; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.record_job_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO outbox.job_events (job_id, kind, status, data)
+    VALUES (NEW.id,
+            CASE WHEN NEW.status IN ('succeeded', 'dead', 'discarded', 'expired') THEN 'outcome' ELSE 'status' END,
+            NEW.status, jsonb_build_object('attempt', NEW.attempts));
+    -- NOTIFY (a database-wide lock at commit) only for a job whose stream someone reads.
+    IF EXISTS (SELECT 1 FROM outbox.job_watchers w WHERE w.job_id = NEW.id AND w.expires_at > now()) THEN
+        PERFORM pg_notify('tierbox_job_events', NEW.id::text);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- The trigger that calls it, once per job row whose status changes to one a watcher cares about:
+-- the relay's published and a deferral's pending are left out by the WHEN clause, which Postgres
+-- evaluates without calling the function.
+-- Created by 0012; unchanged since.
+CREATE OR REPLACE TRIGGER record_job_event AFTER UPDATE OF status ON outbox.jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.status IN ('running', 'retrying', 'succeeded', 'dead', 'discarded', 'expired'))
+    EXECUTE FUNCTION outbox.record_job_event();

@@ -12,6 +12,7 @@ The public surface is what this module exports; everything else is internal.
         outbox.enqueue(session, send_receipt, args=[order.id])
 """
 
+from outbox._progress import CapabilityError, ProgressError, job_capability
 from outbox.config import Settings
 from outbox.context import TaskContext
 from outbox.enqueue import JobOptions, configure, enqueue, enqueue_async, enqueue_many, enqueue_many_async, job
@@ -40,6 +41,7 @@ from outbox.schema import metadata
 from outbox.tiers import Tier
 
 __all__ = [
+    "CapabilityError",
     "ConfigError",
     "EnqueueError",
     "FlowStateUnavailableError",
@@ -49,6 +51,7 @@ __all__ = [
     "NonRetryable",
     "PayloadEncodeError",
     "PayloadTooLargeError",
+    "ProgressError",
     "RedriveError",
     "RegistryError",
     "Reject",
@@ -70,6 +73,7 @@ __all__ = [
     "enqueue_many",
     "enqueue_many_async",
     "job",
+    "job_capability",
     "metadata",
     "redrive",
     "redrive_async",

@@ -117,7 +117,7 @@ DISCARD = Statement("discard", """
 SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS text))
 """)
 
-# Delete a bounded batch of finished jobs past retention (short transactions, no long locks).
+# Delete a bounded batch of finished jobs past retention, with their events (short transactions, no long locks).
 PRUNE_BATCH = Statement("prune_batch", """
 WITH doomed AS (
     SELECT id FROM outbox.jobs
@@ -128,6 +128,9 @@ WITH doomed AS (
             AND finished_at < now() - make_interval(secs => CAST(:dead_days AS float8) * 86400)))
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
+), events AS (
+    -- A job's events go with it (outbox.job_events has no foreign key to cascade: see revision 0012).
+    DELETE FROM outbox.job_events e USING doomed WHERE e.job_id = doomed.id
 )
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
 """)

@@ -394,3 +394,39 @@ failure_groups = Table(
 # The open dead letters of a group, counted when groups are read (redrive and discard change them).
 Index("ix_dead_letters_open_fingerprint", dead_letters.c.fingerprint,
       postgresql_where=text("redriven_at IS NULL AND discarded_at IS NULL"))
+
+
+# --- Job events (revision 0012) ----------------------------------------------------------------------
+
+#: Kinds of ``outbox.job_events`` rows: a status change, a handler's progress, the outcome.
+JOB_EVENT_KINDS = ("status", "progress", "outcome")
+
+job_events = Table(
+    "job_events",
+    metadata,
+    # No foreign key: its check would lock the job row from the progress writer's transaction;
+    # PRUNE_BATCH deletes a job's events with the job.
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    # The SSE event id (unique: a sequence's): a reconnecting stream resumes after it (Last-Event-ID).
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=text("clock_timestamp()")),
+    Column("kind", Text, nullable=False),
+    Column("status", Text, nullable=True),
+    Column("fraction", Float, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("data", JSONB, nullable=True),
+    CheckConstraint(_in("kind", JOB_EVENT_KINDS), name="kind"),
+    CheckConstraint("fraction IS NULL OR (fraction >= 0 AND fraction <= 1)", name="fraction"),
+    # The primary key (job_id, id) is the one index: one job's events in order is every read.
+    comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id).",
+)
+
+job_watchers = Table(
+    "job_watchers",
+    metadata,
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    # Renewed by the streams while they read; an expired row is ignored, then deleted.
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    comment="Jobs whose event stream is being read: only their events NOTIFY (renewed by the streams).",
+    prefixes=["UNLOGGED"],  # ephemeral: lost in a crash, rebuilt by the streams' next renewal
+)

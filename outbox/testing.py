@@ -20,7 +20,9 @@ pass a SQLAlchemy ``Session`` when handlers use it. ``async def`` handlers
 are run with ``asyncio.run`` and also receive that sync session, so an async
 handler that awaits ``ctx.session`` needs a real worker (see the README's
 end-to-end test example); one that does not use the session drains fine.
-Retries are recorded
+``ctx.progress`` calls are
+kept (throttled as in a worker) and written to ``outbox.job_events`` through your session when the
+handler returns or raises. Retries are recorded
 (status ``retrying``) but not run again within one drain; jobs a handler
 enqueues are run in the same drain.
 """
@@ -40,6 +42,7 @@ from outbox._attempts import attempts_left
 from outbox._encoding import decode_payload
 from outbox._failure import ErrorInfo
 from outbox._fingerprint import attach
+from outbox._progress import BufferedProgress
 from outbox._sql import run, savepoint
 from outbox.context import TaskContext
 from outbox.registry import Registry, Task, registry
@@ -121,16 +124,21 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
     task = reg.get(task_name)
     attempt, max_retries = start.attempt, start.max_retries
     ctx = TaskContext(job_id=job_id, task=task_name, tier=tier, attempt=attempt, max_retries=max_retries,
-                      enqueued_at=start.enqueued_at, headers=start.headers or {}, session=session)
+                      enqueued_at=start.enqueued_at, headers=start.headers or {}, session=session,
+                      progress_writer=BufferedProgress(job_id, attempt))
+    progress = ctx.progress_writer
+    assert isinstance(progress, BufferedProgress)
     try:
         if task is None:
             raise LookupError(f"no handler registered as {task_name!r}")
         with savepoint(session):
             _call(task, decode_payload(payload.encode()), ctx)
+            progress.flush_to(session)  # before the success: the last progress precedes the outcome
             run(session, transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")
     except Exception as exc:  # noqa: BLE001 - recorded in the ledger like a worker would
         attach(exc, ctx.fingerprint)  # the handler's ctx.set_fingerprint(), as the worker does
+        progress.flush_to(session)  # the handler's rollback keeps its progress, as in a worker
         return _fail(session, task, job_id, task_name, attempt, max_retries, exc)
 
 

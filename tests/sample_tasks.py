@@ -197,3 +197,24 @@ def behind_breaker(ctx: outbox.TaskContext) -> None:
     _record_run(ctx, "breaker")
     if not ctx.session.execute(text("SELECT count(*) FROM public.test_flags")).scalar():
         raise ConnectionError("downstream is down")
+
+
+@outbox.task(tier=Tier.HIGH, name="sample.progress", max_retries=0)
+def report_progress(ctx: outbox.TaskContext, steps: int = 5, pause_s: float = 0.6, fail: bool = False) -> None:
+    """Report ``steps`` progress calls ``pause_s`` apart, writing an effect through the job's session;
+    with ``fail``, raise at the end (the effect rolls back, the progress stays)."""
+    ctx.session.execute(text("INSERT INTO public.test_effects (job_id, attempt, note) VALUES (:j, :a, 'progress')"),
+                        {"j": ctx.job_id, "a": ctx.attempt})
+    for step in range(1, steps + 1):
+        time.sleep(pause_s)
+        ctx.progress(step / steps, f"step {step} of {steps}", {"step": step})
+    if fail:
+        raise RuntimeError("failed after reporting progress")
+
+
+@outbox.task(tier=Tier.HIGH, name="sample.async_progress", max_retries=0)
+async def async_report_progress(ctx: outbox.TaskContext, steps: int = 5, pause_s: float = 0.6) -> None:
+    """:func:`report_progress` as an async handler (progress written from the event loop)."""
+    for step in range(1, steps + 1):
+        await asyncio.sleep(pause_s)
+        ctx.progress(step / steps, f"step {step} of {steps}", {"step": step})

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._encoding import Payload
+from outbox._progress import EngineProgress
 from outbox._sql import run, run_async
 from outbox.context import TaskContext
 from outbox.registry import Task
@@ -153,6 +154,9 @@ async def _call_in_time(task: Task, payload: Payload, ctx: TaskContext) -> None:
         await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
     except TimeoutError as exc:
         raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
+    finally:  # the handler's last progress is written before its outcome (outbox._progress)
+        if isinstance(ctx.progress_writer, EngineProgress):
+            await ctx.progress_writer.flush()
 
 
 async def _call(task: Task, payload: Payload, ctx: TaskContext) -> Any:
@@ -162,4 +166,8 @@ async def _call(task: Task, payload: Payload, ctx: TaskContext) -> Any:
 
 def _call_sync(task: Task, payload: Payload, ctx: TaskContext) -> Any:
     args, kwargs = task.arguments(payload.args, payload.kwargs, ctx)
-    return task.fn(*args, **kwargs)
+    try:
+        return task.fn(*args, **kwargs)
+    finally:  # the handler's last progress is written before its outcome (outbox._progress)
+        if isinstance(ctx.progress_writer, EngineProgress):
+            ctx.progress_writer.flush_sync()

@@ -20,6 +20,7 @@ from outbox import _tracing as tracing
 from outbox._failure import ErrorInfo
 from outbox._fingerprint import attach
 from outbox._logs import event
+from outbox._progress import EngineProgress
 from outbox.context import TaskContext
 from outbox.registry import Registry
 from tierbox.flow.admission import RUN, Admission
@@ -169,7 +170,9 @@ class Processor:
     async def _attempt(self, d: Delivery) -> Outcome:
         start = d.started
         ctx = TaskContext(job_id=d.env.id, task=d.handler.name, tier=d.env.tier, attempt=start.attempt,
-                          max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers)
+                          max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers,
+                          progress_writer=EngineProgress(d.env.id, start.attempt, self.executor.async_engine,
+                                                         self.executor.sync_engine))
         try:
             return Ran(await self.executor.run(d.handler, d.payload, ctx, d.conn))
         except AttemptTimeout as exc:

@@ -76,7 +76,7 @@ def test_the_file_defines_every_function_and_trigger_as_migrated(db_url: str, sc
 
 
 def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
-    # Not vacuous: the comparison above sees all eleven functions and the NOTIFY trigger.
+    # Not vacuous: the comparison above sees all twelve functions and the two triggers.
     assert set(_catalog(db_url, _FUNCTIONS)) == {
         "outbox.notify_pending()", "outbox.start_attempt(uuid,text,double precision,boolean,uuid)",
         "outbox.reap(integer)", "outbox.redrive(uuid,text,text,text)", "outbox.discard(uuid,text,text)",
@@ -87,8 +87,10 @@ def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
         "outbox.failure_group_open(text)", "outbox.redrive_group(text,integer,text,text,text,text,text)",
         "outbox.discard_group(text,integer,text,text,text,text)",
         "outbox.set_failure_group_status(text,text,text,text,text,text)",
+        # revision 0012: job events
+        "outbox.record_job_event()",
     }
-    assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending"}
+    assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending", "outbox.jobs.record_job_event"}
 
 
 def test_a_body_one_space_off_is_named(db_url: str, scratch_db_url: str) -> None:
