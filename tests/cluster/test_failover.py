@@ -11,7 +11,8 @@ from tests.cluster.conftest import Cluster
 from tests.helpers import free_port
 from tests.system import System
 
-pytestmark = pytest.mark.timeout(240)
+# Generous: on a loaded 2-core box restarting the killed node in the cleanup alone took minutes.
+pytestmark = pytest.mark.timeout(480)
 
 
 def test_amqp_url_lists_are_validated_per_item() -> None:
