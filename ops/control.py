@@ -116,9 +116,10 @@ async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
 async def scheduler_leader(settings: Any) -> tuple[str | None, float]:
     """Who holds the scheduler's leader lock in Redis (None: nobody) and its seconds left; raises if Redis is down."""
     from tierbox.flow.gate import connect
+    from tierbox.scheduler.scheduler import leader_key
 
     redis = connect(settings)
-    key = f"{settings.queue_prefix}tierbox:scheduler:leader"  # scheduler.Scheduler.lock_key
+    key = leader_key(settings.queue_prefix)
     try:
         holder = await redis.get(key)
         ttl_ms = await redis.pttl(key)

@@ -149,6 +149,11 @@ class FencedError(Exception):
     """Another scheduler advanced the schedule first; this transaction is rolled back."""
 
 
+def leader_key(key_prefix: str) -> str:
+    """The Redis key of the leader lock (the admin API and dashboard read who holds it)."""
+    return f"{key_prefix}tierbox:scheduler:leader"
+
+
 class Scheduler:
     """Enqueues due runs of declared schedules (``tick``) while it leads (``run``)."""
 
@@ -161,7 +166,7 @@ class Scheduler:
         self.tick_s = tick_s
         self.grace_s = grace_s
         self.poll_s = min(tick_s, lock_ttl_s / 3)
-        self.lock_key = f"{key_prefix}tierbox:scheduler:leader"
+        self.lock_key = leader_key(key_prefix)
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Socket timeouts below the renew period: a stalled Redis cannot keep a leader ticking past its TTL.
         timeout_s = max(0.1, lock_ttl_s / 6)
