@@ -61,6 +61,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
 
     async def close() -> None:
         await job_events.close()
+        await snapshot.close()
         await broker.close()
         await engine.dispose()
 

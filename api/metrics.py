@@ -91,7 +91,7 @@ _TIER_GAUGES: list[tuple[str, str, str]] = [
     ("tierbox_jobs_running", "running", "Jobs running now."),
     ("tierbox_jobs_retrying", "retrying", "Jobs waiting for a retry."),
     ("tierbox_jobs_stuck", "stuck", "Running jobs whose lease expired (the reaper will recover them)."),
-    ("tierbox_slo_breached", "slo_breached", "1 when the tier's oldest due job or p95 wait exceeds its SLO."),
+    ("tierbox_slo_breached", "slo_breached", "1 when the tier's oldest due job or p99 wait exceeds its SLO."),
     ("tierbox_jobs_published_oldest_age_seconds", "published_oldest_age_s", "Age of the oldest job published and "
      "not started (0 when none); far above the tier's wait, RabbitMQ may have lost it (reconciliation)."),
     ("tierbox_jobs_republished_1h", "republished_1h", "Jobs republished in the last hour because RabbitMQ no "

@@ -15,7 +15,7 @@ from tierbox.cli.errors import one_line_errors
 from tierbox.ops.models import TierHealth
 
 TIER_COLUMNS = ("tier", "pending", "oldest_due_age_s", "published", "published_oldest_age_s", "republished_1h",
-                "running", "stuck", "succeeded_5m", "failed_5m", "dead_5m", "wait_p95_s", "slo_breached",
+                "running", "stuck", "succeeded_5m", "failed_5m", "dead_5m", "wait_p99_s", "slo_breached",
                 "queue_depth", "queue_consumers", "dlq_depth")
 
 #: Printed under the table while tier_health's ``publishing_blocked`` is true.

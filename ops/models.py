@@ -234,6 +234,14 @@ class TierHealth(msgspec.Struct, kw_only=True):
     #: Some relay is blocked by the broker now (a memory or disk alarm; revision 0008). The same for
     #: every tier: a block is per connection, and every relay lane publishes to every tier it claims.
     publishing_blocked: bool = False
+    #: 99th percentile of first-attempt waits over 15 minutes, what ``slo_breached`` is judged on (revision 0016).
+    wait_p99_s: float | None = None
+    #: Attempts started in the last minute (revision 0016): ``started_1m / 60`` is the start rate.
+    started_1m: int = 0
+    #: Messages the worker pools hold delivered and not yet acked (buffered, starting or running), from
+    #: the pools' reports in Redis (:mod:`tierbox.workers.inflight`): RabbitMQ 3.x tells unacked counts
+    #: only through its management plugin. None while Redis cannot be read.
+    unacked: int | None = None
     queue: str = ""
     queue_depth: int | None = None
     queue_consumers: int | None = None

@@ -164,7 +164,7 @@ WHERE job_id = CAST(:job_id AS uuid) ORDER BY date_trunc('milliseconds', at), se
 TIER_HEALTH_COLUMNS = (
     "tier", "weight", "slo_s", "pending", "due", "oldest_due_age_s", "published", "running", "retrying", "stuck",
     "succeeded_5m", "failed_5m", "dead_5m", "succeeded_1h", "failed_1h", "dead_1h", "wait_p50_s", "wait_p95_s",
-    "slo_breached", "published_oldest_age_s", "republished_1h", "publishing_blocked",
+    "slo_breached", "published_oldest_age_s", "republished_1h", "publishing_blocked", "wait_p99_s", "started_1m",
 )
 
 # Per-tier health, heaviest tier first.

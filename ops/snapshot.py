@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
+from tierbox.flow.gate import connect as connect_redis
 from tierbox.ops import queries
 from tierbox.ops import tier_health as tiers
 from tierbox.ops.broker import BrokerProbe
@@ -40,6 +42,7 @@ class TierSnapshot:
         self._value: list[TierHealth] | None = None
         self._read_at = 0.0
         self._refresh: asyncio.Task[list[TierHealth]] | None = None
+        self._redis: aioredis.Redis | None = None
         #: Refreshes done (each one query and one broker round): what a benchmark or test counts.
         self.refreshes = 0
 
@@ -60,7 +63,15 @@ class TierSnapshot:
     async def _read(self) -> list[TierHealth]:
         async with self._engine.connect() as conn:
             await run_async(conn, queries.READ_TIMEOUT, {"ms": READ_TIMEOUT_MS})
-            value = await tiers.health(conn, self._settings, self._broker)
+            if self._redis is None:
+                self._redis = connect_redis(self._settings)
+            value = await tiers.health(conn, self._settings, self._broker, self._redis)
         self._value, self._read_at = value, time.monotonic()
         self.refreshes += 1
         return value
+
+    async def close(self) -> None:
+        """Close the Redis client (the engine and the broker probe belong to the app)."""
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None

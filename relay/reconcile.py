@@ -213,18 +213,15 @@ class Reconciler:
                 await channel.close()
 
     async def _inflight(self, tier: str) -> list[str]:
-        """Job ids of ``tier`` every live pool holds (valid UUIDs only: a garbage message id names no job)."""
-        keys = [k async for k in self.redis.scan_iter(match=inflight.pattern(self.settings.queue_prefix, tier),
-                                                      count=1000)]
-        values = await self.redis.mget(keys) if keys else []
-        return [i for v in values if v for i in _text(v).split(inflight.SEPARATOR) if _is_uuid(i)]
+        """Job ids of ``tier`` every live pool holds."""
+        return await inflight.read_held(self.redis, self.settings.queue_prefix, tier)
 
     def _candidates_key(self, tier: str) -> str:
         return f"tierbox:{self.settings.queue_prefix}:reconcile:candidates:{tier}"
 
     async def _previous(self, tier: str) -> set[uuid.UUID]:
         value = await self.redis.get(self._candidates_key(tier))
-        return {uuid.UUID(i) for i in _text(value).split(inflight.SEPARATOR) if _is_uuid(i)} if value else set()
+        return {uuid.UUID(i) for i in inflight.split_ids(value)} if value else set()
 
     async def _remember(self, tier: str, candidates: list[uuid.UUID]) -> None:
         if not candidates:
@@ -234,14 +231,3 @@ class Reconciler:
         ttl = math.ceil(interval * CANDIDATES_TTL_INTERVALS + INFLIGHT_SETTLE_S)
         await self.redis.set(self._candidates_key(tier), inflight.SEPARATOR.join(map(str, candidates)), ex=ttl)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True

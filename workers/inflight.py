@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +50,28 @@ def pattern(prefix: str, tier: str) -> str:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+async def read_held(redis: aioredis.Redis, prefix: str, tier: str) -> list[str]:
+    """Job ids of ``tier`` that every live pool reports holding (valid UUIDs only: a garbage message id
+    names no job). Read by the reconciler and by the dashboard's unacked count; raises if Redis does."""
+    keys = [k async for k in redis.scan_iter(match=pattern(prefix, tier), count=1000)]
+    values = await redis.mget(keys) if keys else []
+    return [i for v in values if v for i in split_ids(v)]
+
+
+def split_ids(value: bytes | str) -> list[str]:
+    """The job ids joined in one Redis value (valid UUIDs only)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    return [i for i in text.split(SEPARATOR) if _is_uuid(i)]
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class InflightReporter:

@@ -72,6 +72,11 @@ def test_tier_health_counts_live_jobs_outcomes_waits_and_slo(tx: psycopg.Connect
     # failed_5m: the retried job's failed attempt and the dead job's four (it is run to its dead letter).
     assert row == (2, 1, True, 0, 1, 1, 2, 5, 1, 2, True, True)
     assert rows(tx, "SELECT count(*) FILTER (WHERE slo_breached) FROM outbox.tier_health") == [(1,)]
+    # Revision 0016: every attempt started this minute counts (1 + 2 + the dead job's 4), and the p99
+    # wait is over the same first attempts as the p50 and p95.
+    [(started, p99_ok)] = rows(tx, "SELECT started_1m, wait_p99_s >= wait_p95_s AND wait_p95_s >= wait_p50_s "
+                                    "FROM outbox.tier_health WHERE tier = 'high'")
+    assert (started, p99_ok) == (7, True)
 
 
 def test_failures_show_the_last_attempt_and_state(tx: psycopg.Connection) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import msgspec
 
@@ -10,6 +11,7 @@ from outbox.config import Settings
 from tierbox.ops import db
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.snapshot import TierSnapshot
+from tierbox.workers.inflight import InflightReporter
 
 
 async def test_concurrent_readers_share_one_refresh_per_second(settings: Settings) -> None:
@@ -43,5 +45,50 @@ async def test_a_failed_refresh_is_not_kept(settings: Settings) -> None:
                 raise AssertionError("a missing database answered")
         assert snapshot.refreshes == 0 and snapshot.age_s is None
     finally:
+        await broker.close()
+        await engine.dispose()
+
+
+class _Delivery(msgspec.Struct):
+    """What the in-flight reporter reads off a delivered message: its id (the job id)."""
+
+    message_id: str
+
+
+async def test_unacked_counts_what_the_pools_report_holding(settings: Settings) -> None:
+    engine = db.create_engine(settings)
+    broker = BrokerProbe(settings.amqp_url, 3.0)
+    snapshot = TierSnapshot(engine, settings, broker, max_age_s=0.0)
+    # Two pools' reporters, as a pool's delivery loop drives them: three messages held in high, one in low.
+    pools = [InflightReporter(settings, f"pool-{n}", ["high", "low"]) for n in range(2)]
+    for tier, pool in (("high", 0), ("high", 0), ("high", 1), ("low", 1)):
+        pools[pool].hold(tier, _Delivery(str(uuid.uuid4())))
+    try:
+        for reporter in pools:
+            await reporter.publish()
+        by_tier = {t.tier: t.unacked for t in await snapshot.get()}
+        assert by_tier["high"] == 3 and by_tier["low"] == 1 and by_tier["critical"] == 0
+        await pools[1].close()  # a pool that stops takes its keys with it
+        by_tier = {t.tier: t.unacked for t in await snapshot.get()}
+        assert by_tier["high"] == 2 and by_tier["low"] == 0
+    finally:
+        for reporter in pools:
+            await reporter.close()
+        await snapshot.close()
+        await broker.close()
+        await engine.dispose()
+
+
+async def test_unacked_is_unknown_not_zero_while_redis_is_down(settings: Settings) -> None:
+    engine = db.create_engine(settings)
+    broker = BrokerProbe(settings.amqp_url, 3.0)
+    down = msgspec.structs.replace(settings, redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    snapshot = TierSnapshot(engine, down, broker)
+    try:
+        view = await snapshot.get()
+        assert view and all(t.unacked is None for t in view)
+        assert {t.tier for t in view} == set(settings.topology.tiers)  # the rest of the view is still there
+    finally:
+        await snapshot.close()
         await broker.close()
         await engine.dispose()
