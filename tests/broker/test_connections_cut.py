@@ -7,6 +7,7 @@ session's own node (tests/broker/conftest.py) they touch nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,19 +82,43 @@ async def test_relay_survives_broker_closing_connections(private_settings: Setti
 
 @pytest.fixture
 def short_consumer_timeout(private_broker: PrivateBroker) -> Iterator[None]:
+    # consumer_timeout is checked on each channel's tick, every 60 s on 3.10: a channel opened after
+    # channel_tick_interval is set ticks every second instead, so a few seconds span several checks.
+    private_broker.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 1000).")
     private_broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1000).")
     yield
     private_broker.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000).")
+    private_broker.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 60000).")
 
 
-def test_long_job_outlives_the_brokers_consumer_timeout(private_system: System, short_consumer_timeout: None) -> None:
-    # RabbitMQ checks consumer timeouts on its channel tick (every 60 s on 3.10), so the job must span one.
+async def _unacked_consumer_is_closed(url: str, queue_name: str) -> bool:
+    """A consumer that holds a message unacked: True if the broker closes its channel within 15 s."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, auto_delete=True)
+        await channel.default_exchange.publish(aio_pika.Message(b"held"), routing_key=queue_name)
+        held: list[aio_pika.abc.AbstractIncomingMessage] = []
+        await queue.consume(held.append)  # never acked
+        for _ in range(150):
+            if channel.is_closed:
+                return bool(held)
+            await asyncio.sleep(0.1)
+        return False
+    finally:
+        await connection.close()
+
+
+def test_long_job_outlives_the_brokers_consumer_timeout(private_system: System, private_broker: PrivateBroker,
+                                                        short_consumer_timeout: None) -> None:
+    # The control: on this node a message held unacked past the 1 s timeout gets its channel closed.
+    assert asyncio.run(_unacked_consumer_is_closed(private_broker.url, "consumer-timeout-control"))
     system = private_system
     system.relay()
     slow = msgspec.structs.replace(system.settings, lease_s=5.0, reaper_interval_s=1.0)
     worker = system.worker("--pool", "deferred", settings=slow)
-    job = system.enqueue("sample.long", 65.0)
-    system.wait_status(job, "succeeded", timeout=100)
+    job = system.enqueue("sample.long", 8.0)  # eight ticks, eight times the timeout
+    system.wait_status(job, "succeeded", timeout=60)
     assert system.outcomes(job) == ["succeeded"]
     assert len(system.effects(job)) == 1
     assert worker.alive()
