@@ -91,6 +91,12 @@ class Processes:
                 proc.wait(10)
         self.running.clear()
 
+    def discard_logs(self) -> None:
+        """Delete the log directory (a run that went as expected needs no post-mortem)."""
+        import shutil
+
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
     def log_tail(self, label: str, lines: int = 30) -> str:
         """The end of one process's log (for a failure report)."""
         path = self.log_dir / f"{label}.log"
