@@ -61,11 +61,12 @@ class Processes:
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, label: str, argv: Sequence[str], *, module: str = "tierbox.cli",
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start ``python -m module argv`` under ``label`` (a label already running is replaced)."""
+              extra_env: dict[str, str] | None = None, unset: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+        """Start ``python -m module argv`` under ``label``, without the variables named in ``unset``."""
         log = open(self.log_dir / f"{label}.log", "ab")
+        env = {k: v for k, v in child_env(self.settings, extra_env).items() if k not in unset}
         proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, env=child_env(self.settings, extra_env))
+                                stderr=subprocess.STDOUT, env=env)
         log.close()  # the child keeps its own descriptor
         self.running[label] = proc
         return proc
