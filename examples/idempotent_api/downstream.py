@@ -86,12 +86,16 @@ async def control(data: Control) -> dict[str, Any]:
         STATE.failure_rate = data.failure_rate
     if data.refused is not None:
         STATE.refused = set(data.refused)
-    return await stats()
+    return _counts()
 
 
 @get("/stats")
 async def stats() -> dict[str, Any]:
     """Counts since start; ``applied`` is how many distinct idempotency keys were applied."""
+    return _counts()
+
+
+def _counts() -> dict[str, Any]:
     return {"requests": STATE.requests, "during_outage": STATE.during_outage, "random_failures": STATE.random_failures,
             "refusals": STATE.refusals, "applied": len(STATE.applied), "repeated_keys": STATE.repeated_keys,
             "outage": STATE.outage}

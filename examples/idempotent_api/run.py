@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 
 async def _load(api: str, keys: list[tuple[str, int]], concurrency: int, sent: Sent,
-                milestones: dict[float, Callable[[], Awaitable[None]]]) -> float:
+                milestones: dict[float, Callable[[], Coroutine[Any, Any, None]]]) -> float:
     """POST every key with ``concurrency`` connections; run each milestone when that fraction is sent."""
     queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     for item in keys:
