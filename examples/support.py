@@ -170,6 +170,26 @@ def delete_broker_objects(settings: Settings) -> None:
         pass  # cleanup only: a broker that is gone holds nothing of ours worth deleting
 
 
+def delete_redis_keys(settings: Settings) -> None:
+    """Delete the flow-control and scheduler keys of ``settings``' queue prefix (breakers, in-flight slots, lock).
+
+    The prefix is this run's own (see :func:`example_settings`), so nobody else's keys match.
+    """
+    import redis
+
+    if not settings.queue_prefix:
+        return  # never sweep the unprefixed keys a deployment shares
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        for pattern in (f"tierbox:{settings.queue_prefix}*", f"{settings.queue_prefix}tierbox:*"):
+            for key in client.scan_iter(match=pattern, count=500):
+                client.delete(key)
+    except redis.RedisError:
+        pass  # cleanup only
+    finally:
+        client.close()
+
+
 def percentile(values: Sequence[float], p: float) -> float:
     """The ``p``-th percentile (nearest rank) of ``values``; NaN when empty."""
     if not values:

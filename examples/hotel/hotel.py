@@ -31,6 +31,7 @@ from examples.support import (
     Processes,
     child_env,
     delete_broker_objects,
+    delete_redis_keys,
     example_settings,
     percentile,
     print_claims,
@@ -211,6 +212,7 @@ def run(size: Size, label: str) -> int:
     finally:
         procs.stop_all()
         delete_broker_objects(settings)
+        delete_redis_keys(settings)
         node.stop()
 
 

@@ -28,6 +28,7 @@ from examples.support import (
     Claim,
     Processes,
     delete_broker_objects,
+    delete_redis_keys,
     example_settings,
     percentile,
     print_claims,
@@ -40,7 +41,7 @@ from tierbox import migrations
 #: The story's outcome: p99 API latency under concurrent load.
 P99_BUDGET_MS = 50.0
 #: One document in this many is one the downstream refuses (422): those jobs are dead-lettered.
-REFUSED_EVERY = 250
+REFUSED_EVERY = 100
 WORKERS = ("worker-1", "worker-2")
 #: uvicorn processes serving the API (one per core of this 2-core box).
 API_PROCESSES = 2
@@ -174,6 +175,7 @@ def run(jobs: int, concurrency: int, label: str) -> int:
     finally:
         procs.stop_all()
         delete_broker_objects(settings)
+        delete_redis_keys(settings)
 
 
 def _answers(url: str) -> bool:

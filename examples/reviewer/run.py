@@ -27,6 +27,7 @@ from examples.support import (
     Claim,
     Processes,
     delete_broker_objects,
+    delete_redis_keys,
     example_settings,
     print_claims,
     wait_for,
@@ -109,6 +110,7 @@ def run(labs: int) -> int:
     finally:
         procs.stop_all()
         delete_broker_objects(settings)
+        delete_redis_keys(settings)
         shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(output.with_name(output.name + ".unmounted"), ignore_errors=True)
 
