@@ -105,9 +105,8 @@ def _count(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> 
 
 
 def _bulk_backlog(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT count(*) FROM outbox.jobs WHERE tier = 'bulk' AND status IN "
-                       "('pending', 'published', 'retrying')").fetchone()
-    return int(row[0]) if row else 0
+    return _count(conn, "SELECT count(*) FROM outbox.jobs WHERE tier = 'bulk' AND status IN "
+                  "('pending', 'published', 'retrying')", ())
 
 
 def _otp(conn: psycopg.Connection[Any], i: int) -> uuid.UUID:

@@ -18,7 +18,7 @@ from tests import rabbit_node
 from tests.examples.claims import claims, number
 from tests.helpers import ROOT, settings_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
 
 
 def test_the_hotel_platform_keeps_otps_fast_loses_nothing_and_redrives_into_another_tier(settings: Settings) -> None:

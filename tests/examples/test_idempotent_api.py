@@ -18,7 +18,7 @@ from outbox.config import Settings
 from tests.examples.claims import claims, number
 from tests.helpers import ROOT, settings_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
 
 
 def test_the_production_queue_loses_nothing_and_eliminates_every_duplicate(settings: Settings) -> None:

@@ -17,7 +17,7 @@ from outbox.config import Settings
 from tests.examples.claims import claims
 from tests.helpers import ROOT, settings_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
 
 
 def test_the_reviewer_runs_locally_without_a_broker_and_redacts_its_final_failures(settings: Settings) -> None:
