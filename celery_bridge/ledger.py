@@ -1,0 +1,115 @@
+"""The ledger as a Celery worker process records it: Tierbox's own statements, run synchronously.
+
+A Celery worker runs tasks in plain (non-async) code, so this runs the ledger statements the
+Tierbox workers use (:mod:`outbox._transitions`: ``START_ATTEMPT``, ``SUCCEED``, ``RETRY``, ``DEAD``,
+``REAP``) through :func:`outbox._sql.run` on one psycopg connection per process, in autocommit:
+each is a single statement, committed when it returns, as :mod:`tierbox.workers.ledger` runs them.
+No SQL of its own.
+
+The connection is opened lazily and re-opened in a forked child (Celery's prefork pool forks after
+the app is loaded: a connection must never cross a fork) or after it broke.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, TypeVar
+
+import psycopg
+
+from outbox import _transitions as transitions
+from outbox._failure import ErrorInfo
+from outbox._logs import event
+from outbox._sql import Statement, run
+from outbox._worker_rows import Reaped, StartRow
+
+log = logging.getLogger("tierbox.celery")
+
+R = TypeVar("R", bound=tuple[Any, ...])
+
+#: Seconds between two reaps from one Celery process (expired leases: a worker killed mid-task).
+REAP_EVERY_S = 30.0
+
+
+class CeleryLedger:
+    """Ledger statements of one Celery worker process (thread-safe: the threads pool shares it)."""
+
+    def __init__(self, database_url: str, *, reap_every_s: float = REAP_EVERY_S) -> None:
+        _, _, rest = database_url.partition("://")  # any SQLAlchemy dialect+driver spelling, as Settings does
+        self.dsn = f"postgresql://{rest}" if rest else database_url
+        self.reap_every_s = reap_every_s
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._next_reap = 0.0
+
+    @property
+    def worker_id(self) -> str:
+        """This process in ``outbox.attempts.worker_id``: ``celery:host:pid``."""
+        return f"celery:{socket.gethostname()}:{os.getpid()}"
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        conn = self._conn
+        if conn is None or self._pid != os.getpid() or conn.closed or conn.broken:
+            # A connection inherited through fork belongs to the parent: dropped, never closed here
+            # (closing would send a Terminate on the parent's socket).
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="tierbox-celery")
+            self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _one(self, stmt: Statement[R], params: dict[str, Any]) -> list[R]:
+        with self._lock:
+            try:
+                return run(self._connection(), stmt, params)
+            except psycopg.OperationalError:
+                # The server closed an idle connection (restart, failover): one fresh connection, once.
+                # Every statement here is safe to repeat: each is fenced on the job's state.
+                if self._conn is not None and not self._conn.broken:
+                    raise
+                self._conn = None
+                return run(self._connection(), stmt, params)
+
+    def start(self, job_id: uuid.UUID, lease_s: float, acked_early: bool) -> StartRow:
+        """``outbox.start_attempt``: run this delivery (``run``), or why not (``finished``, ...)."""
+        self._maybe_reap()
+        return self._one(transitions.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
+                                                     "lease_s": lease_s, "acked_early": acked_early,
+                                                     "token": None})[0]
+
+    def succeed(self, job_id: uuid.UUID, attempt: int) -> bool:
+        """The attempt succeeded; False if it was fenced out (its lease was reaped meanwhile)."""
+        return bool(self._one(transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})[0].jobs)
+
+    def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, error: ErrorInfo) -> bool:
+        """The attempt failed and Celery retries it: recorded, and the outbox holds the retry too."""
+        rows = self._one(transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
+                                             "outcome": "failed", **error.params()})
+        return bool(rows[0].jobs)
+
+    def dead(self, job_id: uuid.UUID, attempt: int, reason: str, error: ErrorInfo) -> bool:
+        """The final failure: the job becomes a dead letter ``outbox.redrive`` can send back."""
+        rows = self._one(transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
+                                            "outcome": "failed", **error.params()})
+        return bool(rows[0].jobs)
+
+    def _maybe_reap(self) -> None:
+        """Recover expired leases now and then (a Celery worker killed mid-task): retried through the
+        outbox, or dead-lettered with the attempt ``crashed``. Tierbox workers reap too, when they run."""
+        now = time.monotonic()
+        if now < self._next_reap:
+            return
+        self._next_reap = now + self.reap_every_s
+        reaped: list[Reaped] = self._one(transitions.REAP, {"limit": 100})
+        for row in reaped:
+            event(log, "celery.reaped", logging.WARNING, job_id=row.job_id, decision=row.decision)
+
+    def close(self) -> None:
+        """Close this process's connection (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid() and not conn.closed:
+            conn.close()

@@ -1,0 +1,119 @@
+"""``LedgerTask``: the Celery task base class that records each execution in Tierbox's ledger.
+
+Why a base class and not signal handlers: a redelivered duplicate must not run, and Celery offers
+no way to skip a task from a signal (``task_prerun`` receivers' exceptions are logged and
+swallowed). A custom ``__call__`` is what Celery's tracer calls instead of ``run`` (``celery.app.trace``:
+``fun = task if task_has_custom(task, '__call__') else task.run``), and an ``Ignore`` raised there
+acks the message with the state IGNORED, without calling the task's code.
+
+For each delivery whose task id is a Tierbox job id (the relay publishes jobs that way):
+
+1. ``outbox.start_attempt`` counts the attempt and takes a lease, or answers why it must not run
+   (``finished``: a duplicate of a job already done; ``running``: another worker has it;
+   ``not_due``: a retry arriving before its time; ``expired``): those raise ``Ignore``.
+2. the task runs (``self.run``: with ``autoretry_for`` that is Celery's retrying wrapper);
+3. the outcome is recorded: success (``SUCCEED``); ``Retry`` from ``self.retry`` or ``autoretry_for``
+   (``RETRY``: the failed attempt, and the job due again through the outbox when Celery's own retry
+   message is due; whichever of the two copies starts first runs, the other finds it started or
+   finished); any other exception, Celery's final failure (``DEAD``: a dead letter ``outbox.redrive``
+   sends back through the outbox to the Celery queue).
+
+A task id that is no Tierbox job (``.delay()`` during a migration, ``apply_async`` of Celery's own)
+runs untouched, unrecorded. A worker killed mid-task leaves its lease to expire; the reaper (Tierbox
+workers, and each Celery process every 30 s) retries or dead-letters the job through the outbox.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from celery import Task  # type: ignore[import-untyped]
+from celery.exceptions import Ignore, Reject, Retry  # type: ignore[import-untyped]
+
+from outbox._failure import ErrorInfo
+from outbox._logs import event
+from outbox.registry import DEFAULT_TIMEOUT_S
+from tierbox.celery.ledger import CeleryLedger
+
+log = logging.getLogger("tierbox.celery")
+
+#: Seconds a lease outlives the task's hard time limit (the worker kills the task at that limit).
+LEASE_MARGIN_S = 30.0
+#: Seconds before a delivery the ledger could not start (Postgres unreachable) is tried again.
+LEDGER_UNAVAILABLE_RETRY_S = 5.0
+#: Where :func:`tierbox.celery.install` keeps the app's ledger.
+APP_ATTRIBUTE = "tierbox_ledger"
+
+
+class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
+    """A Celery ``Task`` whose every execution of a Tierbox job is recorded in the ledger."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        job_id = _job_id(request)
+        ledger: CeleryLedger | None = getattr(self.app, APP_ATTRIBUTE, None)
+        if job_id is None or ledger is None or request.is_eager:
+            return self.run(*args, **kwargs)
+        try:
+            started = ledger.start(job_id, self._lease_s(), acked_early=not self.acks_late)
+        except Exception as exc:
+            event(log, "celery.ledger_unavailable", logging.WARNING, job_id=job_id, error=type(exc).__name__)
+            raise self.retry(countdown=LEDGER_UNAVAILABLE_RETRY_S, max_retries=None) from exc
+        if started.decision == "unknown":  # the id of no Tierbox job: a .delay() of the app's own
+            return self.run(*args, **kwargs)
+        if started.decision != "run":
+            event(log, "celery.skipped", job_id=job_id, task=self.name, decision=started.decision)
+            raise Ignore()
+        attempt = started.attempt
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry as exc:
+            cause = exc.exc if isinstance(exc.exc, BaseException) else exc
+            ledger.retry(job_id, attempt, _retry_delay_s(exc.when), ErrorInfo.of(cause))
+            event(log, "celery.retry", job_id=job_id, task=self.name, attempt=attempt)
+            raise
+        except Ignore:
+            ledger.succeed(job_id, attempt)  # the task chose to end without a result; Celery will not run it again
+            raise
+        except Reject as exc:
+            ledger.dead(job_id, attempt, "rejected", ErrorInfo.of(exc))
+            raise
+        except Exception as exc:
+            ledger.dead(job_id, attempt, "failed", ErrorInfo.of(exc))
+            event(log, "celery.dead", logging.WARNING, job_id=job_id, task=self.name, attempt=attempt,
+                  error=type(exc).__name__)
+            raise
+        if not ledger.succeed(job_id, attempt):
+            event(log, "celery.success_fenced", logging.WARNING, job_id=job_id, attempt=attempt)
+        return result
+
+    def _lease_s(self) -> float:
+        """How long the attempt may run before the reaper takes it for crashed: the hard time limit
+        (the message's, else the task's, else the app's; else Tierbox's default timeout) plus a margin."""
+        limits = self.request.timelimit or (None, None)
+        hard = limits[0] or self.time_limit or self.app.conf.task_time_limit or DEFAULT_TIMEOUT_S
+        return float(hard) + LEASE_MARGIN_S
+
+
+def _job_id(request: Any) -> uuid.UUID | None:
+    """The delivery's task id as a job id, or None (not a uuid, or called directly)."""
+    task_id = getattr(request, "id", None)
+    if not task_id:
+        return None
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        return None
+
+
+def _retry_delay_s(when: Any) -> float:
+    """Seconds until Celery's retry is due (``Retry.when``: a countdown in seconds or an eta)."""
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return max(float(when), 0.0)
+    if isinstance(when, dt.datetime):
+        now = dt.datetime.now(when.tzinfo or dt.UTC) if when.tzinfo else dt.datetime.now()
+        return max((when - now).total_seconds(), 0.0)
+    return 0.0
