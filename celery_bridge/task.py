@@ -13,10 +13,17 @@ For each delivery whose task id is a Tierbox job id (the relay publishes jobs th
    ``not_due``: a retry arriving before its time; ``expired``): those raise ``Ignore``.
 2. the task runs (``self.run``: with ``autoretry_for`` that is Celery's retrying wrapper);
 3. the outcome is recorded: success (``SUCCEED``); ``Retry`` from ``self.retry`` or ``autoretry_for``
-   (``RETRY``: the failed attempt, and the job due again through the outbox when Celery's own retry
-   message is due; whichever of the two copies starts first runs, the other finds it started or
-   finished); any other exception, Celery's final failure (``DEAD``: a dead letter ``outbox.redrive``
-   sends back through the outbox to the Celery queue).
+   (``RETRY``: the failed attempt, and the job due again through the outbox after Celery's
+   countdown); any other exception, Celery's final failure (``DEAD``: a dead letter
+   ``outbox.redrive`` sends back through the outbox to the Celery queue).
+
+Retries go through the outbox, not through a message Celery publishes: ``self.retry`` keeps all of
+Celery's logic (``max_retries``, ``countdown``/``eta``, ``autoretry_for`` with ``retry_backoff`` and
+``retry_jitter``, ``MaxRetriesExceededError``) but its new message is not sent
+(:meth:`LedgerTask.signature_from_request`); the relay publishes the job again when the ledger's
+``RETRY`` makes it due, with ``retries`` = attempts so far. One copy per retry, durable in Postgres
+(a Celery countdown message waits unacknowledged in a worker's memory). ``self.retry(args=...)``
+with new arguments is refused: the outbox re-sends the job as it was enqueued.
 
 A task id that is no Tierbox job (``.delay()`` during a migration, ``apply_async`` of Celery's own)
 runs untouched, unrecorded. A worker killed mid-task leaves its lease to expire; the reaper (Tierbox
@@ -31,6 +38,7 @@ import uuid
 from typing import Any
 
 from celery import Task  # type: ignore[import-untyped]
+from celery.canvas import Signature  # type: ignore[import-untyped]
 from celery.exceptions import Ignore, Reject, Retry  # type: ignore[import-untyped]
 
 from outbox._failure import ErrorInfo
@@ -46,6 +54,15 @@ LEASE_MARGIN_S = 30.0
 LEDGER_UNAVAILABLE_RETRY_S = 5.0
 #: Where :func:`tierbox.celery.install` keeps the app's ledger.
 APP_ATTRIBUTE = "tierbox_ledger"
+#: Set on a delivery's ``request`` once its attempt is recorded: its retries go through the outbox.
+RETRY_THROUGH_OUTBOX = "tierbox_retry_through_outbox"
+
+
+class _NotSent(Signature):  # type: ignore[misc]
+    """The retry message Celery would publish, not published: the outbox sends the job again."""
+
+    def apply_async(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
@@ -60,14 +77,19 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
         try:
             started = ledger.start(job_id, self._lease_s(), acked_early=not self.acks_late)
         except Exception as exc:
+            # Postgres unreachable: the message must not be lost, nor count as a Celery retry. The same
+            # delivery again (same id, args and retries), later; then this one ends.
             event(log, "celery.ledger_unavailable", logging.WARNING, job_id=job_id, error=type(exc).__name__)
-            raise self.retry(countdown=LEDGER_UNAVAILABLE_RETRY_S, max_retries=None) from exc
+            self.signature_from_request(request, countdown=LEDGER_UNAVAILABLE_RETRY_S,
+                                        retries=request.retries).apply_async()
+            raise Ignore() from exc
         if started.decision == "unknown":  # the id of no Tierbox job: a .delay() of the app's own
             return self.run(*args, **kwargs)
         if started.decision != "run":
             event(log, "celery.skipped", job_id=job_id, task=self.name, decision=started.decision)
             raise Ignore()
         attempt = started.attempt
+        setattr(request, RETRY_THROUGH_OUTBOX, True)
         try:
             result = self.run(*args, **kwargs)
         except Retry as exc:
@@ -89,6 +111,20 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
         if not ledger.succeed(job_id, attempt):
             event(log, "celery.success_fenced", logging.WARNING, job_id=job_id, attempt=attempt)
         return result
+
+    def retry(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        """Celery's ``retry``; for a recorded Tierbox delivery the retry goes through the outbox."""
+        if (args is not None or kwargs is not None) and getattr(self.request, RETRY_THROUGH_OUTBOX, False):
+            raise ValueError("tierbox.celery: a Tierbox job is retried with the arguments it was enqueued with; "
+                             "retry(args=/kwargs=) cannot change them")
+        return super().retry(args, kwargs, *rest, **options)
+
+    def signature_from_request(self, request: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Celery's, except for the retry of a recorded Tierbox delivery: a signature that is not sent."""
+        signature = super().signature_from_request(request, *args, **kwargs)
+        if getattr(request if request is not None else self.request, RETRY_THROUGH_OUTBOX, False):
+            return _NotSent(signature, app=self.app)
+        return signature
 
     def _lease_s(self) -> float:
         """How long the attempt may run before the reaper takes it for crashed: the hard time limit
