@@ -59,6 +59,8 @@ def celery_task(name: str, *, tier: Tier | str, queue: str = DEFAULT_QUEUE, exch
     """
     if not isinstance(name, str) or not name.strip():
         raise RegistryError(f"celery_task: name must be the task's Celery name, got {name!r}")
+    if not isinstance(tier, str) or not tier:  # a Tier is a str; every Celery job goes to a tier's place in the outbox
+        raise RegistryError(f"celery task {name!r}: tier is required (the outbox's order and the ledger's views)")
     if not isinstance(queue, str) or not queue:
         raise RegistryError(f"celery task {name!r}: queue must be a non-empty str, got {queue!r}")
     if not isinstance(exchange, str):
