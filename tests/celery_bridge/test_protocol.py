@@ -129,3 +129,33 @@ async def test_a_celery_queue_nobody_declared_keeps_the_job_pending(settings: Se
         status = conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (job_id,)).fetchone()
     assert row is not None and row[0] == 1 and "returned by broker" in row[1]
     assert status is not None and status[0] == "pending"
+
+
+async def test_reconciliation_does_not_take_a_job_waiting_in_a_celery_queue_for_lost(settings: Settings, amqp) -> None:
+    """The round counts the tier's own queue; a Celery job waits in a Celery queue, so it is not owed."""
+    import msgspec.structs
+
+    from tierbox.relay.reconcile import Reconciler
+
+    quick = msgspec.structs.replace(settings, reconcile_interval_s=1.0, reconcile_grace_s=0.0)
+    queue = f"{settings.queue_prefix}waiting"
+    ch = await amqp.channel()
+    await ch.declare_queue(queue, durable=True)
+    t = celery_task("app.tasks.slow_consumer", tier="critical", queue=queue, registry_=Registry())
+    with psycopg.connect(settings.database_url) as conn:
+        celery_job = outbox.enqueue(conn, t)
+    relay = await Relay.connect(quick)
+    reconciler = await Reconciler.connect(quick, actor="test-relay")
+    try:
+        assert await relay.drain() == 1
+        assert reconciler.db is not None
+        async with reconciler.db.transaction():
+            found = await reconciler.round(reconciler.db, ["critical"], force=True)
+        assert found.republished == 0 and found.tiers[0].owed == 0
+    finally:
+        await reconciler.close()
+        await relay.close()
+        await ch.queue_delete(queue)
+    with psycopg.connect(settings.database_url) as conn:
+        assert conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (celery_job,)).fetchone() == ("published",)
+        assert conn.execute("SELECT count(*) FROM outbox.republished").fetchone() == (0,)
