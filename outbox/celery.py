@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from outbox.errors import RegistryError
+from outbox.flow import Schedule
 from outbox.registry import DEFAULT_MAX_RETRIES, Registry, Task, task
 from outbox.tiers import Tier
 
@@ -44,7 +45,7 @@ DEFAULT_QUEUE = "celery"
 def celery_task(name: str, *, tier: Tier | str, queue: str = DEFAULT_QUEUE, exchange: str = "",
                 routing_key: str | None = None, max_retries: int = DEFAULT_MAX_RETRIES,
                 time_limit: float | None = None, soft_time_limit: float | None = None,
-                priority: int | None = None, expires: float | None = None,
+                priority: int | None = None, expires: float | None = None, schedule: Schedule | None = None,
                 registry_: Registry | None = None) -> Task:
     """Declare the Celery task ``name`` (its Celery name) so :func:`outbox.enqueue` accepts it.
 
@@ -54,8 +55,9 @@ def celery_task(name: str, *, tier: Tier | str, queue: str = DEFAULT_QUEUE, exch
     should be the Celery task's own: the ledger dead-letters a job once Celery gives up.
     ``time_limit``/``soft_time_limit`` travel in the message's ``timelimit`` header (unset: the
     worker's configuration applies). ``expires`` (seconds after it is due) expires a job not
-    started by then. Returns the registered :class:`~outbox.Task`; calling it raises, since its
-    code lives in the Celery app.
+    started by then. ``schedule=outbox.cron(...)`` (with ``expires``) has ``tierbox scheduler``
+    enqueue it periodically, in place of a beat entry. Returns the registered :class:`~outbox.Task`;
+    calling it raises, since its code lives in the Celery app.
     """
     if not isinstance(name, str) or not name.strip():
         raise RegistryError(f"celery_task: name must be the task's Celery name, got {name!r}")
@@ -79,7 +81,7 @@ def celery_task(name: str, *, tier: Tier | str, queue: str = DEFAULT_QUEUE, exch
             raise RegistryError(f"celery task {name!r}: {field} must be seconds > 0, got {limit!r}")
         headers[header] = float(limit)
     return _register(name, tier=tier, max_retries=max_retries, priority=priority, expires=expires,
-                     headers=headers, registry_=registry_)
+                     schedule=schedule, headers=headers, registry_=registry_)
 
 
 def celery_tasks_from_routes(task_routes: Mapping[str, Mapping[str, Any]], tiers: Mapping[str, Tier | str], *,
@@ -111,10 +113,11 @@ def is_celery_task(task: Task) -> bool:
 
 
 def _register(name: str, *, tier: Tier | str, max_retries: int, priority: int | None, expires: float | None,
-              headers: dict[str, str | float], registry_: Registry | None) -> Task:
+              schedule: Schedule | None, headers: dict[str, str | float], registry_: Registry | None) -> Task:
     """Register the declaration through :func:`outbox.task`, so it is validated like any task."""
     registered: Task = task(_runs_on_celery(name), tier=tier, name=name, max_retries=max_retries,
-                            priority=priority, expires=expires, headers=headers, registry_=registry_)
+                            priority=priority, expires=expires, schedule=schedule, headers=headers,
+                            registry_=registry_)
     return registered
 
 

@@ -159,3 +159,29 @@ async def test_reconciliation_does_not_take_a_job_waiting_in_a_celery_queue_for_
     with psycopg.connect(settings.database_url) as conn:
         assert conn.execute("SELECT status FROM outbox.jobs WHERE id = %s", (celery_job,)).fetchone() == ("published",)
         assert conn.execute("SELECT count(*) FROM outbox.republished").fetchone() == (0,)
+
+
+def test_a_scheduled_celery_task_is_enqueued_by_the_tierbox_scheduler_with_its_route(settings: Settings) -> None:
+    """A beat entry with ``expires`` becomes ``schedule=cron(...)``: the run is a Celery job like any other."""
+    import datetime as dt
+
+    from tierbox.scheduler.scheduler import Scheduler
+
+    reg = Registry()
+    celery_task("app.tasks.health_check", tier="low", queue="low", schedule=outbox.cron("*/5 * * * *"),
+                expires=180, registry_=reg)
+    scheduler = Scheduler(settings.psycopg_url, redis_url=settings.redis_url, registry_=reg,
+                          key_prefix=settings.queue_prefix)
+    try:
+        assert scheduler.tick() == 0  # a new schedule starts from now
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE outbox.schedules SET last_due_at = now() - interval '6 minutes'")
+        assert scheduler.tick(now=dt.datetime.now(dt.UTC)) == 1
+    finally:
+        scheduler.redis.close()
+        if scheduler._conn is not None:
+            scheduler._conn.close()
+    with psycopg.connect(settings.database_url) as conn:
+        [(task, tier, headers, expires)] = conn.execute(
+            "SELECT task, tier, headers, expires_at IS NOT NULL FROM outbox.jobs").fetchall()
+    assert (task, tier, headers[HEADER_QUEUE], expires) == ("app.tasks.health_check", "low", "low", True)
