@@ -85,16 +85,18 @@ class CeleryLedger:
         """The attempt succeeded; False if it was fenced out (its lease was reaped meanwhile)."""
         return bool(self._one(transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})[0].jobs)
 
-    def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, error: ErrorInfo) -> bool:
-        """The attempt failed and Celery retries it: recorded, and the outbox holds the retry too."""
+    def retry(self, job_id: uuid.UUID, attempt: int, delay_s: float, outcome: str, error: ErrorInfo) -> bool:
+        """The attempt failed (``outcome``: ``failed`` or ``timeout``) and Celery retries it: the job is
+        due again through the outbox in ``delay_s``."""
         rows = self._one(transitions.RETRY, {"job_id": job_id, "attempt": attempt, "delay_s": delay_s,
-                                             "outcome": "failed", **error.params()})
+                                             "outcome": outcome, **error.params()})
         return bool(rows[0].jobs)
 
-    def dead(self, job_id: uuid.UUID, attempt: int, reason: str, error: ErrorInfo) -> bool:
-        """The final failure: the job becomes a dead letter ``outbox.redrive`` can send back."""
+    def dead(self, job_id: uuid.UUID, attempt: int, reason: str, outcome: str, error: ErrorInfo) -> bool:
+        """The final failure (``reason``: one of ``outbox.schema.DEAD_LETTER_REASONS``): the job becomes a
+        dead letter ``outbox.redrive`` can send back."""
         rows = self._one(transitions.DEAD, {"job_id": job_id, "attempt": attempt, "reason": reason,
-                                            "outcome": "failed", **error.params()})
+                                            "outcome": outcome, **error.params()})
         return bool(rows[0].jobs)
 
     def _maybe_reap(self) -> None:

@@ -39,7 +39,13 @@ from typing import Any
 
 from celery import Task  # type: ignore[import-untyped]
 from celery.canvas import Signature  # type: ignore[import-untyped]
-from celery.exceptions import Ignore, Reject, Retry  # type: ignore[import-untyped]
+from celery.exceptions import (  # type: ignore[import-untyped]
+    Ignore,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+)
 
 from outbox._failure import ErrorInfo
 from outbox._logs import event
@@ -94,17 +100,18 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
             result = self.run(*args, **kwargs)
         except Retry as exc:
             cause = exc.exc if isinstance(exc.exc, BaseException) else exc
-            ledger.retry(job_id, attempt, _retry_delay_s(exc.when), ErrorInfo.of(cause))
+            ledger.retry(job_id, attempt, _retry_delay_s(exc.when), _outcome(cause), ErrorInfo.of(cause))
             event(log, "celery.retry", job_id=job_id, task=self.name, attempt=attempt)
             raise
         except Ignore:
             ledger.succeed(job_id, attempt)  # the task chose to end without a result; Celery will not run it again
             raise
         except Reject as exc:
-            ledger.dead(job_id, attempt, "rejected", ErrorInfo.of(exc))
+            ledger.dead(job_id, attempt, "non_retryable", "failed", ErrorInfo.of(exc))
             raise
         except Exception as exc:
-            ledger.dead(job_id, attempt, "failed", ErrorInfo.of(exc))
+            outcome = _outcome(exc)
+            ledger.dead(job_id, attempt, "timeout" if outcome == "timeout" else "failed", outcome, ErrorInfo.of(exc))
             event(log, "celery.dead", logging.WARNING, job_id=job_id, task=self.name, attempt=attempt,
                   error=type(exc).__name__)
             raise
@@ -143,6 +150,11 @@ def _job_id(request: Any) -> uuid.UUID | None:
         return uuid.UUID(str(task_id))
     except ValueError:
         return None
+
+
+def _outcome(exc: BaseException) -> str:
+    """The attempt's outcome in the ledger: ``timeout`` for Celery's time limits, else ``failed``."""
+    return "timeout" if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)) else "failed"
 
 
 def _retry_delay_s(when: Any) -> float:

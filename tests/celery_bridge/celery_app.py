@@ -73,3 +73,18 @@ def retry_twice(self: Any, note: str) -> str:
     if self.request.retries < 2:
         raise self.retry(countdown=0.2, exc=ConnectionError(f"not yet ({self.request.retries})"))
     return note
+
+
+@app.task(name="tbtest.refuse", bind=True)
+def refuse(self: Any, how: str) -> None:
+    """Ends in Celery's ``Reject`` or in the exception Celery's time limit raises inside a task.
+
+    (The soft limit itself needs the prefork pool's signals; the tests' worker is ``-P solo``, so the
+    task raises ``SoftTimeLimitExceeded`` as the prefork pool makes it surface.)
+    """
+    from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+    _record(self, how)
+    if how == "reject":
+        raise Reject("malformed order", requeue=False)
+    raise SoftTimeLimitExceeded("soft time limit (30 s) exceeded")

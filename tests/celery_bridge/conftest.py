@@ -71,7 +71,8 @@ class Bridge:
         self.relay: Proc | None = None
         self.tasks = {name: outbox.celery_task(name, tier="normal", queue=self.queue, max_retries=retries,
                                                registry_=self.registry)
-                      for name, retries in (("tbtest.effect", 3), ("tbtest.flaky", 2), ("tbtest.retry_twice", 5))}
+                      for name, retries in (("tbtest.effect", 3), ("tbtest.flaky", 2), ("tbtest.retry_twice", 5),
+                                                ("tbtest.refuse", 3))}
 
     def start_worker(self) -> CeleryWorker:
         self.worker = CeleryWorker(self.settings, self.queue, self.tmp / "celery.log")

@@ -68,6 +68,19 @@ def test_final_failure_is_a_dead_letter_that_redrive_sends_back_to_celery(bridge
     assert bridge.q("SELECT redriven_at IS NOT NULL FROM outbox.dead_letters WHERE job_id = %s", job) == [(True,)]
 
 
+def test_reject_and_time_limit_are_dead_letters_with_their_reason(bridge: Bridge) -> None:
+    rejected = bridge.enqueue("tbtest.refuse", "reject")
+    timed_out = bridge.enqueue("tbtest.refuse", "soft-limit")
+    bridge.wait_status(rejected, "dead")
+    bridge.wait_status(timed_out, "dead")
+    found = {job: bridge.q("SELECT reason, error_type FROM outbox.dead_letters WHERE job_id = %s", job)[0]
+             for job in (rejected, timed_out)}
+    assert found == {rejected: ("non_retryable", "Reject"), timed_out: ("timeout", "SoftTimeLimitExceeded")}
+    assert bridge.outcomes(rejected) == [(1, "failed", "Reject", "celery")]
+    assert bridge.outcomes(timed_out) == [(1, "timeout", "SoftTimeLimitExceeded", "celery")]
+    assert bridge.effects(rejected) == [("reject", 0)] and bridge.effects(timed_out) == [("soft-limit", 0)]
+
+
 @pytest.mark.slow
 def test_relay_killed_between_confirm_and_commit_the_ledger_absorbs_the_duplicate(bridge: Bridge) -> None:
     assert bridge.relay is not None

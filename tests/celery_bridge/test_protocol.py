@@ -168,14 +168,14 @@ def test_a_scheduled_celery_task_is_enqueued_by_the_tierbox_scheduler_with_its_r
     from tierbox.scheduler.scheduler import Scheduler
 
     reg = Registry()
-    celery_task("app.tasks.health_check", tier="low", queue="low", schedule=outbox.cron("*/5 * * * *"),
-                expires=180, registry_=reg)
+    celery_task("app.tasks.health_check", tier="low", queue="low", schedule=outbox.cron("* * * * *"),
+                expires=3600, registry_=reg)
     scheduler = Scheduler(settings.psycopg_url, redis_url=settings.redis_url, registry_=reg,
                           key_prefix=settings.queue_prefix)
     try:
         assert scheduler.tick() == 0  # a new schedule starts from now
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
-            conn.execute("UPDATE outbox.schedules SET last_due_at = now() - interval '6 minutes'")
+            conn.execute("UPDATE outbox.schedules SET last_due_at = now() - interval '3 minutes'")
         assert scheduler.tick(now=dt.datetime.now(dt.UTC)) == 1
     finally:
         scheduler.redis.close()
