@@ -2,12 +2,12 @@
 
 A Celery worker runs tasks in plain (non-async) code, so this runs the ledger statements the
 Tierbox workers use (:mod:`outbox._transitions`: ``START_ATTEMPT``, ``SUCCEED``, ``RETRY``, ``DEAD``,
-``REAP``) through :func:`outbox._sql.run` on one psycopg connection per process, in autocommit:
+``REAP``) through :func:`outbox._sql.run` on a psycopg connection per thread, in autocommit:
 each is a single statement, committed when it returns, as :mod:`tierbox.workers.ledger` runs them.
 No SQL of its own.
 
-The connection is opened lazily and re-opened in a forked child (Celery's prefork pool forks after
-the app is loaded: a connection must never cross a fork) or after it broke.
+Connections (one per thread) are opened lazily and re-opened in a forked child (Celery's prefork
+pool forks after the app is loaded: a connection must never cross a fork) or after one broke.
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ REAP_EVERY_S = 30.0
 
 
 class CeleryLedger:
-    """Ledger statements of one Celery worker process (thread-safe: the threads pool shares it)."""
+    """Ledger statements of one Celery worker process (thread-safe: a connection per thread)."""
 
     def __init__(self, database_url: str, *, reap_every_s: float = REAP_EVERY_S) -> None:
         _, _, rest = database_url.partition("://")  # any SQLAlchemy dialect+driver spelling, as Settings does
         self.dsn = f"postgresql://{rest}" if rest else database_url
         self.reap_every_s = reap_every_s
-        self._conn: psycopg.Connection[Any] | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
+        # One connection per thread (Celery's threads pool runs tasks side by side: one shared
+        # connection would serialise their ledger statements), re-opened after a fork.
+        self._local = threading.local()
         self._next_reap = 0.0
 
     @property
@@ -54,25 +54,25 @@ class CeleryLedger:
         return f"celery:{socket.gethostname()}:{os.getpid()}"
 
     def _connection(self) -> psycopg.Connection[Any]:
-        conn = self._conn
-        if conn is None or self._pid != os.getpid() or conn.closed or conn.broken:
+        local = self._local
+        conn: psycopg.Connection[Any] | None = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pid", 0) != os.getpid() or conn.closed or conn.broken:
             # A connection inherited through fork belongs to the parent: dropped, never closed here
             # (closing would send a Terminate on the parent's socket).
             conn = psycopg.connect(self.dsn, autocommit=True, application_name="tierbox-celery")
-            self._conn, self._pid = conn, os.getpid()
+            local.conn, local.pid = conn, os.getpid()
         return conn
 
     def _one(self, stmt: Statement[R], params: dict[str, Any]) -> list[R]:
-        with self._lock:
-            try:
-                return run(self._connection(), stmt, params)
-            except psycopg.OperationalError:
-                # The server closed an idle connection (restart, failover): one fresh connection, once.
-                # Every statement here is safe to repeat: each is fenced on the job's state.
-                if self._conn is not None and not self._conn.broken:
-                    raise
-                self._conn = None
-                return run(self._connection(), stmt, params)
+        conn = self._connection()
+        try:
+            return run(conn, stmt, params)
+        except psycopg.OperationalError:
+            # The server closed an idle connection (restart, failover): one fresh connection, once.
+            # Every statement here is safe to repeat: each is fenced on the job's state.
+            if not conn.broken:
+                raise
+            return run(self._connection(), stmt, params)
 
     def start(self, job_id: uuid.UUID, lease_s: float, acked_early: bool) -> StartRow:
         """``outbox.start_attempt``: run this delivery (``run``), or why not (``finished``, ...)."""
@@ -111,7 +111,8 @@ class CeleryLedger:
             event(log, "celery.reaped", logging.WARNING, job_id=row.job_id, decision=row.decision)
 
     def close(self) -> None:
-        """Close this process's connection (idempotent)."""
-        conn, self._conn = self._conn, None
-        if conn is not None and self._pid == os.getpid() and not conn.closed:
+        """Close this thread's connection (idempotent)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and getattr(self._local, "pid", 0) == os.getpid() and not conn.closed:
             conn.close()
