@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tierbox.celery.ledger import CeleryLedger
+from tierbox.celery.ledger import LEASE_MARGIN_S, REAP_EVERY_S, CeleryLedger
 from tierbox.celery.task import APP_ATTRIBUTE, LedgerTask
 
 #: ``task_cls`` of a Celery app that :func:`install` has not touched.
@@ -25,9 +25,14 @@ CELERY_DEFAULT_TASK_CLS = "celery.app.task:Task"
 LEDGER_TASK_CLS = "tierbox.celery.task:LedgerTask"
 
 
-def install(app: Any, *, database_url: str | None = None) -> CeleryLedger:
+def install(app: Any, *, database_url: str | None = None, lease_margin_s: float = LEASE_MARGIN_S,
+            reap_every_s: float = REAP_EVERY_S) -> CeleryLedger:
     """Make every task of the Celery ``app`` record its Tierbox jobs in the ledger at ``database_url``
     (default: ``TIERBOX_DATABASE_URL``, as every Tierbox process reads it).
+
+    An attempt's lease lasts the task's hard time limit plus ``lease_margin_s``: a worker killed
+    mid-task leaves the job to the reaper once it expires (retried through the outbox, or dead):
+    each worker process reaps every ``reap_every_s``.
 
     Call it where the app is built, before the app is finalized (before a worker starts or any task
     is called): Celery builds each task's class from ``task_cls`` then. An app with a ``task_cls`` of
@@ -47,7 +52,7 @@ def install(app: Any, *, database_url: str | None = None) -> CeleryLedger:
             raise RuntimeError(f"Celery app {app.main!r} already built its task classes: call "
                                f"tierbox.celery.install(app) right after Celery(...), before any task is used")
         app.task_cls = LEDGER_TASK_CLS
-    ledger = CeleryLedger(url)
+    ledger = CeleryLedger(url, lease_margin_s=lease_margin_s, reap_every_s=reap_every_s)
     setattr(app, APP_ATTRIBUTE, ledger)
     return ledger
 

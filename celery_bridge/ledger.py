@@ -34,19 +34,25 @@ R = TypeVar("R", bound=tuple[Any, ...])
 
 #: Seconds between two reaps from one Celery process (expired leases: a worker killed mid-task).
 REAP_EVERY_S = 30.0
+#: Default seconds a lease outlives the task's hard time limit.
+LEASE_MARGIN_S = 30.0
 
 
 class CeleryLedger:
     """Ledger statements of one Celery worker process (thread-safe: a connection per thread)."""
 
-    def __init__(self, database_url: str, *, reap_every_s: float = REAP_EVERY_S) -> None:
+    def __init__(self, database_url: str, *, reap_every_s: float = REAP_EVERY_S,
+                 lease_margin_s: float = LEASE_MARGIN_S) -> None:
         _, _, rest = database_url.partition("://")  # any SQLAlchemy dialect+driver spelling, as Settings does
         self.dsn = f"postgresql://{rest}" if rest else database_url
         self.reap_every_s = reap_every_s
+        #: Seconds a lease outlives the task's hard time limit (the worker kills the task at that limit).
+        self.lease_margin_s = lease_margin_s
         # One connection per thread (Celery's threads pool runs tasks side by side: one shared
         # connection would serialise their ledger statements), re-opened after a fork.
         self._local = threading.local()
-        self._next_reap = 0.0
+        self._reaper_pid = 0
+        self._reaper_lock = threading.Lock()
 
     @property
     def worker_id(self) -> str:
@@ -76,7 +82,7 @@ class CeleryLedger:
 
     def start(self, job_id: uuid.UUID, lease_s: float, acked_early: bool) -> StartRow:
         """``outbox.start_attempt``: run this delivery (``run``), or why not (``finished``, ...)."""
-        self._maybe_reap()
+        self._ensure_reaper()
         return self._one(transitions.START_ATTEMPT, {"job_id": job_id, "worker_id": self.worker_id,
                                                      "lease_s": lease_s, "acked_early": acked_early,
                                                      "token": None})[0]
@@ -99,16 +105,38 @@ class CeleryLedger:
                                             "outcome": outcome, **error.params()})
         return bool(rows[0].jobs)
 
-    def _maybe_reap(self) -> None:
-        """Recover expired leases now and then (a Celery worker killed mid-task): retried through the
+    def reap(self) -> list[Reaped]:
+        """Recover expired leases (a Celery worker killed mid-task): each job is retried through the
         outbox, or dead-lettered with the attempt ``crashed``. Tierbox workers reap too, when they run."""
-        now = time.monotonic()
-        if now < self._next_reap:
-            return
-        self._next_reap = now + self.reap_every_s
         reaped: list[Reaped] = self._one(transitions.REAP, {"limit": 100})
         for row in reaped:
             event(log, "celery.reaped", logging.WARNING, job_id=row.job_id, decision=row.decision)
+        return reaped
+
+    def _ensure_reaper(self) -> None:
+        """Reap now, and every ``reap_every_s`` from a daemon thread of this process (started with its
+        first delivery; a forked child starts its own): a job whose worker died is recovered even
+        while no other delivery arrives, and even with no Tierbox worker running."""
+        if self._reaper_pid == os.getpid():
+            return
+        with self._reaper_lock:
+            if self._reaper_pid == os.getpid():
+                return
+            self._reaper_pid = os.getpid()
+            self._reap_quietly()
+            threading.Thread(target=self._reap_forever, name="tierbox-celery-reaper", daemon=True).start()
+
+    def _reap_forever(self) -> None:
+        pid = os.getpid()
+        while self._reaper_pid == pid:
+            time.sleep(self.reap_every_s)
+            self._reap_quietly()
+
+    def _reap_quietly(self) -> None:
+        try:
+            self.reap()
+        except psycopg.Error as exc:  # Postgres away: the next round tries again; nothing is lost meanwhile
+            event(log, "celery.reap_failed", logging.WARNING, error=type(exc).__name__)
 
     def close(self) -> None:
         """Close this thread's connection (idempotent)."""

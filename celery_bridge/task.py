@@ -54,8 +54,6 @@ from tierbox.celery.ledger import CeleryLedger
 
 log = logging.getLogger("tierbox.celery")
 
-#: Seconds a lease outlives the task's hard time limit (the worker kills the task at that limit).
-LEASE_MARGIN_S = 30.0
 #: Seconds before a delivery the ledger could not start (Postgres unreachable) is tried again.
 LEDGER_UNAVAILABLE_RETRY_S = 5.0
 #: Where :func:`tierbox.celery.install` keeps the app's ledger.
@@ -81,7 +79,7 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
         if job_id is None or ledger is None or request.is_eager:
             return self.run(*args, **kwargs)
         try:
-            started = ledger.start(job_id, self._lease_s(), acked_early=not self.acks_late)
+            started = ledger.start(job_id, self._lease_s(ledger.lease_margin_s), acked_early=not self.acks_late)
         except Exception as exc:
             # Postgres unreachable: the message must not be lost, nor count as a Celery retry. The same
             # delivery again (same id, args and retries), later; then this one ends.
@@ -133,12 +131,12 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
             return _NotSent(signature, app=self.app)
         return signature
 
-    def _lease_s(self) -> float:
+    def _lease_s(self, margin_s: float) -> float:
         """How long the attempt may run before the reaper takes it for crashed: the hard time limit
         (the message's, else the task's, else the app's; else Tierbox's default timeout) plus a margin."""
         limits = self.request.timelimit or (None, None)
         hard = limits[0] or self.time_limit or self.app.conf.task_time_limit or DEFAULT_TIMEOUT_S
-        return float(hard) + LEASE_MARGIN_S
+        return float(hard) + margin_s
 
 
 def _job_id(request: Any) -> uuid.UUID | None:

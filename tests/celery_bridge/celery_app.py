@@ -8,6 +8,7 @@ its own transaction, so a test compares the ledger with what the worker really r
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import psycopg
@@ -27,7 +28,11 @@ CREATE TABLE IF NOT EXISTS public.celery_switches (key text PRIMARY KEY);
 """
 
 app = Celery("tbtest", broker=os.environ.get("TB_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"))
-tierbox.celery.install(app, database_url=DATABASE_URL or None)  # the one line a Celery team adds
+# The one line a Celery team adds (a short lease margin and reap period: the crash test's lease expires
+# and is reaped within seconds).
+tierbox.celery.install(app, database_url=DATABASE_URL or None,
+                       lease_margin_s=float(os.environ.get("TB_LEASE_MARGIN_S", "30")),
+                       reap_every_s=float(os.environ.get("TB_REAP_EVERY_S", "30")))
 app.conf.update(
     task_default_queue=QUEUE,
     task_serializer="json",
@@ -88,3 +93,12 @@ def refuse(self: Any, how: str) -> None:
     if how == "reject":
         raise Reject("malformed order", requeue=False)
     raise SoftTimeLimitExceeded("soft time limit (30 s) exceeded")
+
+
+@app.task(name="tbtest.sleepy", bind=True)
+def sleepy(self: Any, key: str) -> str:
+    """Runs for a minute unless the switch ``key`` is on (the crash test kills the worker meanwhile)."""
+    _record(self, "start")
+    if not _switched_on(key):
+        time.sleep(60)
+    return "done"

@@ -34,7 +34,8 @@ class CeleryWorker:
 
     def __init__(self, settings: Settings, queue: str, log_path: Path) -> None:
         env = settings_env(settings)
-        env.update(TB_CELERY_QUEUE=queue, TB_CELERY_BROKER=settings.amqp_url, PYTHONPATH=str(ROOT))
+        env.update(TB_CELERY_QUEUE=queue, TB_CELERY_BROKER=settings.amqp_url, PYTHONPATH=str(ROOT),
+                   TB_LEASE_MARGIN_S="1", TB_REAP_EVERY_S="1")
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(
@@ -73,9 +74,12 @@ class Bridge:
                                                registry_=self.registry)
                       for name, retries in (("tbtest.effect", 3), ("tbtest.flaky", 2), ("tbtest.retry_twice", 5),
                                                 ("tbtest.refuse", 3))}
+        # time_limit 1 s: with the 1 s lease margin, a killed run's lease expires 2 s after it started.
+        self.tasks["tbtest.sleepy"] = outbox.celery_task("tbtest.sleepy", tier="normal", queue=self.queue,
+                                                         time_limit=1, registry_=self.registry)
 
     def start_worker(self) -> CeleryWorker:
-        self.worker = CeleryWorker(self.settings, self.queue, self.tmp / "celery.log")
+        self.worker = CeleryWorker(self.settings, self.queue, self.tmp / f"celery{len(self.procs)}-{uuid.uuid4().hex[:4]}.log")
         wait_until(lambda: " ready." in self.worker.output() or self.worker.popen.poll() is not None,  # type: ignore[union-attr]
                    timeout=60, what="celery worker ready")
         assert self.worker.popen.poll() is None, self.worker.output()[-3000:]

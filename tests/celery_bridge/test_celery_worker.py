@@ -102,3 +102,25 @@ def test_relay_killed_between_confirm_and_commit_the_ledger_absorbs_the_duplicat
     assert bridge.q("SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == [(0,)]
     assert bridge.effects(job) == [("in flight", 0)]  # two deliveries, one run
     assert bridge.outcomes(job) == [(1, "succeeded", None, "celery")]
+
+
+@pytest.mark.slow
+def test_a_celery_worker_killed_mid_task_leaves_the_job_to_the_lease_and_it_runs_again(bridge: Bridge) -> None:
+    """SIGKILL the worker (solo pool: the task runs in that process) during a run; its lease expires,
+    the new worker's reaper retries the job through the outbox, and one copy runs attempt 2: the
+    message RabbitMQ redelivers (acks_late; its ``retries`` still 0) or the relay's (``retries`` 1)."""
+    worker = bridge.worker
+    assert worker is not None
+    job = bridge.enqueue("tbtest.sleepy", "wake-up")
+    wait_until(lambda: bridge.effects(job) == [("start", 0)], timeout=45, what="the task started on Celery")
+    worker.popen.kill()
+    worker.popen.wait(10)
+    worker.stop()
+    with psycopg.connect(bridge.settings.database_url) as conn:
+        conn.execute("INSERT INTO public.celery_switches (key) VALUES ('wake-up')")
+    bridge.start_worker()
+    bridge.wait_status(job, "succeeded", timeout=60)
+    assert [(o[0], o[1], o[2]) for o in bridge.outcomes(job)] == [(1, "crashed", "WorkerLost"), (2, "succeeded", None)]
+    effects = bridge.effects(job)
+    assert effects[0] == ("start", 0) and effects[1] in (("start", 0), ("start", 1)) and len(effects) == 2
+    assert bridge.q("SELECT count(*) FROM outbox.pending WHERE job_id = %s", job) == [(0,)]
