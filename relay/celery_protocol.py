@@ -46,7 +46,7 @@ from outbox.celery import (
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
-#: The fourth element... the third of the body: no canvas (callbacks, errbacks, chain, chord).
+#: The body's third element, the "embed": no canvas (callbacks, errbacks, chain, chord).
 EMBED: dict[str, None] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 _encoder = msgspec.json.Encoder()
