@@ -13,6 +13,7 @@ The public surface is what this module exports; everything else is internal.
 """
 
 from outbox._progress import CapabilityError, ProgressError, job_capability
+from outbox.celery import celery_task, celery_tasks_from_routes
 from outbox.config import Settings
 from outbox.context import TaskContext
 from outbox.enqueue import JobOptions, configure, enqueue, enqueue_async, enqueue_many, enqueue_many_async, job
@@ -65,6 +66,8 @@ __all__ = [
     "UnknownTaskError",
     "UnknownTierError",
     "breaker",
+    "celery_task",
+    "celery_tasks_from_routes",
     "configure",
     "cron",
     "discard",

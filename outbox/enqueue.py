@@ -138,7 +138,8 @@ def job(task: Task | str, tier: Tier | str | None = None, **options: Unpack[JobO
     return JobSpec(
         id=uuid.uuid4(), task=t.name, tier=tier_name, weight=spec.weight,
         priority=_priority(options.get("priority"), t, spec.weight, spec.max_priority), payload=payload,
-        headers=encode_headers(options.get("headers")), idempotency_key=_key(options.get("idempotency_key")),
+        headers=encode_headers(_headers(options.get("headers"), t)),
+        idempotency_key=_key(options.get("idempotency_key")),
         max_retries=_max_retries(options.get("max_retries"), t), run_at=run_at, delay_s=delay_s,
         expires_at=expires_at, expires_s=expires_s, explicit_tier=tier is not None,
     )
@@ -353,6 +354,16 @@ def _priority(priority: int | None, t: Task, weight: int, max_priority: int | No
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
         raise InvalidOptionError("priority", f"must be an int within 0..255, got {value!r}")
     return min(value, max_priority) if max_priority is not None else value
+
+
+def _headers(headers: Mapping[str, Any] | None, t: Task) -> Mapping[str, Any] | None:
+    """The job's headers with its task's own over them (a Celery task's route, outbox.celery)."""
+    if not t.headers:
+        return headers
+    if headers is None:
+        return t.headers
+    # Anything but a mapping goes on unchanged: encode_headers refuses it, naming the field.
+    return {**headers, **t.headers} if isinstance(headers, Mapping) else headers
 
 
 def _key(key: str | None) -> str | None:

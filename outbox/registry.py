@@ -53,6 +53,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     breaker: str | None = None
     takes_context: bool = False
     context_first: bool = False
+    #: Headers every job of this task carries, over the job's own (a Celery task's route: outbox.celery).
+    headers: dict[str, str | float] | None = None
 
     @property
     def is_async(self) -> bool:
@@ -176,6 +178,7 @@ def task(
     rate_key: str | None = None,
     concurrency: int | None = None,
     breaker: str | None = None,
+    headers: dict[str, str | float] | None = None,
     registry_: Registry | None = None,
 ) -> Any:
     """Register a handler as a task. Use as ``@task(tier=Tier.HIGH)``.
@@ -193,6 +196,9 @@ def task(
     jobs running at once cluster-wide; ``breaker="stripe"`` names a circuit
     breaker shared by every task that names it. Jobs held back by a limit,
     an open breaker or a pause are deferred through the outbox, never failed.
+
+    ``headers`` are set on every job of the task, over the job's own (``outbox.celery_task`` puts
+    a Celery task's route there).
 
     A handler that declares a parameter named ``ctx`` receives a
     :class:`outbox.context.TaskContext`: as the first positional argument
@@ -220,7 +226,7 @@ def task(
             schedule=schedule, rate_limit=parse_rate(rate_limit) if rate_limit is not None else None,
             rate_key=rate_key, concurrency=concurrency, breaker=breaker,
             takes_context="ctx" in params,
-            context_first=bool(params) and params[0] == "ctx",
+            context_first=bool(params) and params[0] == "ctx", headers=dict(headers) if headers else None,
         )
         (registry_ if registry_ is not None else registry).add(t)  # an empty Registry is falsy
         return t

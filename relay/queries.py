@@ -75,12 +75,15 @@ DB_NOW = Statement("relay.db_now", "SELECT clock_timestamp()", row=NowRow)
 # Jobs of the tier published (confirmed and committed) before the cut and not started, through
 # ix_jobs_unfinished_tier; those with a pending row (republished, or deferred by a worker) are on
 # their way through the outbox and not owed. held: those a worker pool holds delivered, unstarted.
+# Jobs of an outbox.celery_task are not owed by the tier's queue: they wait in a Celery queue, which
+# the round does not count (every one would look lost, and be republished each grace period).
 OWED = Statement("relay.owed", """
 SELECT count(*), count(*) FILTER (WHERE j.id = ANY(CAST(:inflight AS uuid[])))
 FROM outbox.jobs AS j
 WHERE j.tier = CAST(:tier AS text) AND j.finished_at IS NULL AND j.status = 'published'
   AND j.published_at < CAST(:cut AS timestamptz)
   AND NOT EXISTS (SELECT 1 FROM outbox.pending AS p WHERE p.job_id = j.id)
+  AND NOT (j.headers ? 'x-tierbox-celery-queue')
 """, row=OwedRow)
 
 # The oldest owed jobs of the tier published longer ago than its grace that no pool holds.
@@ -91,6 +94,7 @@ WHERE j.tier = CAST(:tier AS text) AND j.finished_at IS NULL AND j.status = 'pub
   AND j.published_at < CAST(:cut AS timestamptz) - make_interval(secs => CAST(:grace_s AS float8))
   AND NOT (j.id = ANY(CAST(:inflight AS uuid[])))
   AND NOT EXISTS (SELECT 1 FROM outbox.pending AS p WHERE p.job_id = j.id)
+  AND NOT (j.headers ? 'x-tierbox-celery-queue')
 ORDER BY j.published_at, j.id
 LIMIT :limit
 """, row=CandidateRow)

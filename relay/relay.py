@@ -55,8 +55,8 @@ from outbox._rows import ClaimedRow
 from outbox._runtime import wait_any
 from outbox._sql import Statement, run_async
 from outbox.config import Settings
+from tierbox.relay import celery_protocol, queries
 from tierbox.relay import counters as metrics
-from tierbox.relay import queries
 from tierbox.relay.queries import LagRow
 
 log = logging.getLogger("tierbox.relay")
@@ -196,7 +196,8 @@ class Relay:
             else:
                 outcome.failed[row.job_id] = _describe(result)
                 _count_failure(row.tier, result)
-                if isinstance(result, aiormq.abc.DeliveredMessage):
+                # A Celery queue is the Celery workers' to declare: its row just stays pending.
+                if isinstance(result, aiormq.abc.DeliveredMessage) and celery_protocol.route_of(row.headers) is None:
                     returned.add(row.tier)
         if returned:
             await self.redeclare(returned)
@@ -305,8 +306,14 @@ class Relay:
             return result
 
     async def _publish_row(self, row: ClaimedRow) -> Any:
-        body, properties = build_publish(row.job_id, row.task, row.tier, row.priority, row.payload, row.headers,
-                                         row.attempts, row.enqueued_at)
+        exchange, routing_key = self.exchange.name, row.tier
+        celery = celery_protocol.route_of(row.headers)  # a job of outbox.celery_task: Celery's format and queue
+        if celery is not None:
+            body, properties = celery_protocol.build(row, celery)
+            exchange, routing_key = celery.exchange, celery.routing_key
+        else:
+            body, properties = build_publish(row.job_id, row.task, row.tier, row.priority, row.payload, row.headers,
+                                             row.attempts, row.enqueued_at)
         if self.channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
         # Straight to aiormq (what aio-pika's Exchange.publish calls after building an
@@ -314,7 +321,7 @@ class Relay:
         # per row (measured: build_message was ~10% of the relay's CPU).
         underlay = await self.channel.get_underlay_channel()
         return await underlay.basic_publish(
-            body, exchange=self.exchange.name, routing_key=row.tier, properties=properties, mandatory=True,
+            body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=True,
             timeout=self.settings.relay_confirm_timeout_s,
         )
 
