@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -27,7 +28,10 @@ def start_celery(procs: Procs, settings: Settings, concurrency: int) -> Proc:
     """A Celery worker with the thread pool and the issue's settings (see bench/celery_app.py)."""
     argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool", "threads",
             "--concurrency", str(concurrency), "--queues", celery_queue(settings), "--loglevel", "WARNING",
-            "--without-heartbeat", "--without-gossip", "--without-mingle"]
+            "--without-heartbeat", "--without-gossip", "--without-mingle",
+            # A node name of the run's own: two workers under the default celery@host collide on
+            # Celery's exclusive pidbox queue on a shared broker (RESOURCE_LOCKED).
+            "--hostname", f"bench-{celery_queue(settings)}-{os.getpid()}@%h"]
     return procs.command(argv, celery_env(settings), "celery")
 
 
