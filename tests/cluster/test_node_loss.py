@@ -5,7 +5,11 @@ let every tier be served again, start the node again; then the same for the node
 ``critical``'s queue. The chaos checker (tests/chaos/harness.py) then counts lost jobs and double
 effects (each handler's effect row commits with its job's success). Printed per fault: seconds
 until every tier was served again and CRITICAL commit-to-start p99 of the jobs committed from 1 s
-before the kill to 10 s after it (docs/reliability.md, "A node lost under load").
+before the kill to WINDOW_S after it (docs/reliability.md, "A node lost under load").
+
+The default profile fits ``make test`` (1,200 jobs over 50 s: the load must last through both
+faults and the restart between them); ``NODE_LOSS_PROFILE=long``
+runs the longer measurement of docs/reliability.md (3,000 jobs over 80 s, 10 s windows).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from tests.cluster.conftest import Cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
+LONG = os.environ.get("NODE_LOSS_PROFILE") == "long"
 #: Failover window: CRITICAL jobs committed from 1 s before a kill to this long after it.
-WINDOW_S = 10.0
+WINDOW_S = 10.0 if LONG else 5.0
+#: Jobs committed by the producers, over this many seconds.
+JOBS, PRODUCE_S = (3000, 80.0) if LONG else (1200, 50.0)
 
 
 class NodeLossRun(ChaosRun):
@@ -77,13 +84,13 @@ class NodeLossRun(ChaosRun):
 
 def test_node_killed_under_load_loses_nothing(cluster: Cluster, cluster_settings: Settings, tmp_path: Path) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
-    run = NodeLossRun(cluster_settings, tmp_path, cluster, seed=seed, jobs=3000, producers=2, relays=2,
-                      produce_s=80, timeout_s=150)
+    run = NodeLossRun(cluster_settings, tmp_path, cluster, seed=seed, jobs=JOBS, producers=2, relays=2,
+                      produce_s=PRODUCE_S, timeout_s=PRODUCE_S + 70)
     began = time.monotonic()
     run.start()
     figures = []
     try:
-        time.sleep(8)  # load established: every tier flowing
+        time.sleep(8 if LONG else 4)  # load established: every tier flowing
         for kind in ("kill_bulk_leader", "kill_critical_leader"):
             run.inject(kind)
             fault, node, at = run.killed[-1]
