@@ -251,10 +251,8 @@ def celery_side(n: int, jobs: int, sample_s: float, amqp: str, logdir: Path) -> 
         fleet.wait_logs(" ready.", 1200)
         time.sleep(10)
         idle = sample(sample_s)
-        celery_app.conf.broker_url = amqp
-
         def send() -> None:
-            with celery_app.connection_for_write() as conn:
+            with celery_app.connection_for_write(amqp) as conn:
                 for _ in range(jobs):
                     noop.apply_async(connection=conn)
 
