@@ -6,7 +6,7 @@ the tier queues: the jobs committed meanwhile must stay unfinished in Postgres (
 published, never dead, never lost). One node back, the quorum is back: every job runs, each
 exactly once.
 
-Opt-in (``TIERBOX_CLUSTER_LONG=1``): two node restarts take minutes on a loaded 2-core box, more
+Opt-in (``CLUSTER_LONG=1``): two node restarts take minutes on a loaded 2-core box, more
 than ``make test``'s cluster budget. Figures in docs/reliability.md.
 """
 
@@ -23,7 +23,7 @@ from tests.system import System
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.timeout(600),
-    pytest.mark.skipif(not os.environ.get("TIERBOX_CLUSTER_LONG"), reason="opt-in: TIERBOX_CLUSTER_LONG=1"),
+    pytest.mark.skipif(not os.environ.get("CLUSTER_LONG"), reason="opt-in: CLUSTER_LONG=1"),
 ]
 
 #: How long the jobs committed without a quorum are watched staying unfinished.
