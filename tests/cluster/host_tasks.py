@@ -38,3 +38,19 @@ def _effect(ctx: outbox.TaskContext, seconds: float = 0.0) -> None:
 
 effect: outbox.Task = outbox.task(_effect, tier=Tier.NORMAL, name="hosts.effect", max_retries=20,
                                   retry_backoff_s=0.05, retry_backoff_max_s=1.0)
+
+
+def _late_failure(ctx: outbox.TaskContext, seconds: float = 0.0) -> None:
+    """Work ``seconds`` on the first attempt, then fail; succeed (with an effect) on a retry."""
+    with psycopg.connect(os.environ["TIERBOX_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("INSERT INTO public.host_runs (job_id, attempt, pid) VALUES (%s, %s, %s)",
+                     (ctx.job_id, ctx.attempt, os.getpid()))
+    if ctx.attempt == 1:
+        time.sleep(seconds)
+        raise RuntimeError("first attempt fails, late")
+    ctx.session.execute(text("INSERT INTO public.host_effects (job_id, attempt, pid) VALUES (:j, :a, :p)"),
+                        {"j": ctx.job_id, "a": ctx.attempt, "p": os.getpid()})
+
+
+late_failure: outbox.Task = outbox.task(_late_failure, tier=Tier.NORMAL, name="hosts.late_failure", max_retries=20,
+                                        retry_backoff_s=0.05, retry_backoff_max_s=1.0)
