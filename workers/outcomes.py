@@ -175,16 +175,22 @@ class Recorder:
         retryable = task.retryable(exc) if outcome == "failed" else True
         if retryable and attempts_left(start.attempt, start.max_retries) > 0:
             delay = retry_delay_s(task, start.attempt)
-            await self.ledger.retry(job_id, start.attempt, delay, outcome, error)
-            self.count("retried")
-            event(log, "worker.retry_scheduled", job_id=job_id, attempt=start.attempt, delay_s=round(delay, 3),
-                  error_type=error.type, error=error.message[:200])
+            # A late failure of an attempt the ledger moved on from (lease reaped: a host cut off) is
+            # fenced, not a scheduled retry: say so, as for a late success.
+            if not await self.ledger.retry(job_id, start.attempt, delay, outcome, error):
+                self._ran(d, Result.FENCED)
+            else:
+                self.count("retried")
+                event(log, "worker.retry_scheduled", job_id=job_id, attempt=start.attempt, delay_s=round(delay, 3),
+                      error_type=error.type, error=error.message[:200])
         else:
             reason = "non_retryable" if not retryable else ("timeout" if outcome == "timeout" else "failed")
-            await self.ledger.dead(job_id, start.attempt, reason, outcome, error)
-            self.count("dead")
-            event(log, "worker.dead_lettered", logging.WARNING, job_id=job_id, reason=reason, error_type=error.type,
-                  error=error.message[:200])
+            if not await self.ledger.dead(job_id, start.attempt, reason, outcome, error):
+                self._ran(d, Result.FENCED)
+            else:
+                self.count("dead")
+                event(log, "worker.dead_lettered", logging.WARNING, job_id=job_id, reason=reason,
+                      error_type=error.type, error=error.message[:200])
         # A timeout is the downstream's failure; a refusal (Reject) means the downstream answered.
         return outcome != "timeout" and not task.retryable(exc)
 
