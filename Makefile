@@ -30,12 +30,14 @@ demo: $(STAMP)  ## Migrate, start relay + the four worker pools, enqueue sample 
 # Two xdist workers: most tests wait on real processes and services, so two run in about the time of
 # one; tests/conftest.py keeps the tests of each private RabbitMQ node (or cluster) on one worker.
 # --durations=25: the slowest tests in every CI log, to keep the suite within its ~15 min.
-# The browser tests need Debian's chromium, the alert-rule tests promtool: installed as root, else one line says what.
+# The browser tests need Debian's chromium, the alert-rule tests promtool, the cluster's test hosts socat:
+# installed as root, else one line says what.
 TEST_WORKERS ?= 2
 
 test: $(STAMP) lint typecheck docs  ## Lint, type-check, build the docs, then the full test suite against the live services
 	scripts/ensure-chromium
 	scripts/ensure-promtool
+	scripts/ensure-socat
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
 
 lint: $(STAMP)  ## ruff on every package, the tests, the benchmarks and the examples
