@@ -77,6 +77,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Log lines as ``text`` (``key=value``) or ``json`` (one object per line, with the trace id).
     #: Defaults to ``text``.
     log_format: str = "text"
+    #: Addresses completion webhooks may reach although they are loopback, private, link-local or
+    #: metadata addresses: CIDRs, addresses or host names, comma- or space-separated (docs/webhooks.md).
+    #: Defaults to none.
+    webhook_allow: str = ""
+    #: Tier of the jobs that deliver completion webhooks. Defaults to ``normal``.
+    webhook_tier: str = "normal"
 
     def __post_init__(self) -> None:
         for field, scheme in (
@@ -97,6 +103,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(_env(field), f"must be >= 0, got {getattr(self, field)!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(_env("log_format"), f"must be text or json, got {self.log_format!r}")
+        if self.webhook_tier not in self.topology.tiers:
+            raise ConfigError(_env("webhook_tier"), f"{self.webhook_tier!r} is not a tier "
+                                                    f"(known: {', '.join(self.topology.tiers)})")
         if self.reaper_interval_s > self.lease_s:
             raise ConfigError(_env("reaper_interval_s"), "must not exceed lease_s, or stuck jobs wait twice as long")
 
