@@ -1,0 +1,153 @@
+"""Webhook delivery end to end: real relay and worker processes, a real HTTP receiver on loopback,
+signatures checked with the ``standardwebhooks`` library (an independent implementation)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import psycopg
+import pytest
+from pytest_httpserver import HTTPServer
+from standardwebhooks.webhooks import Webhook as Verifier
+
+import outbox
+from outbox import webhooks
+from tests.helpers import free_port
+from tests.system import System
+from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET, WORKER_ENV, Receiver
+
+pytestmark = pytest.mark.slow
+
+APP_TIERS = "critical,high"  # sample.otp (critical), sample.reject (high)
+
+
+def enqueue(system: System, task: str, url: str, *args: object) -> uuid.UUID:
+    with psycopg.connect(system.settings.database_url) as conn:
+        return outbox.enqueue(conn, task, args=list(args), webhook=outbox.Webhook(url=url, secret="crm"))
+
+
+def delivery_of(system: System, job: uuid.UUID) -> uuid.UUID | None:
+    rows = system.q("SELECT delivery_job_id FROM outbox.webhooks WHERE job_id = %s", job)
+    return rows[0][0] if rows else None
+
+
+def everything_stored(system: System) -> str:
+    """Every row of every outbox table, as text (where a secret must never be)."""
+    tables = [r[0] for r in system.q("SELECT tablename FROM pg_tables WHERE schemaname = 'outbox'")]
+    return "\n".join(str(system.q(f"SELECT t::text FROM outbox.{t} AS t")) for t in tables)  # noqa: S608
+
+
+def test_signed_delivery_survives_a_worker_killed_after_the_outcome(system: System, receiver: Receiver,
+                                                                      allow_loopback: None) -> None:
+    system.relay()
+    # This worker runs the application's tier only: it records the outcome and never delivers.
+    app_worker = system.worker("--queues", APP_TIERS, env=WORKER_ENV)
+    job = enqueue(system, "sample.otp", receiver.url(), "+4912345")
+    system.wait_status(job, "succeeded")
+    app_worker.kill(signal.SIGKILL)
+    delivery = delivery_of(system, job)
+    assert delivery is not None, "the delivery job was committed with the outcome"
+    assert system.status(delivery) in ("pending", "published")
+
+    system.worker("--queues", "normal", env=WORKER_ENV)
+    system.wait_status(delivery, "succeeded")
+    assert len(receiver.requests) == 1
+    request = receiver.requests[0]
+    headers, raw = request["headers"], request["body"]
+    # Verified by the reference library with either value of the rotating secret: two v1 signatures.
+    assert Verifier(OLD_SECRET).verify(raw, headers) == Verifier(NEW_SECRET).verify(raw, headers)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert all(s.startswith("v1,") for s in headers["webhook-signature"].split(" "))
+    assert headers["webhook-id"] == f"msg_{job.hex}"
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 120
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(raw)
+    assert doc["type"] == "job.succeeded"
+    data = doc["data"]
+    assert data["job_id"] == str(job) and data["task"] == "sample.otp" and data["tier"] == "critical"
+    assert data["status"] == "succeeded" and data["attempts"] == 1 and data["error"] is None
+    assert data["finished_at"] and data["enqueued_at"] and "result" not in data
+    delivered = system.q("SELECT delivered_at IS NOT NULL, response_status FROM outbox.webhooks WHERE job_id = %s", job)
+    assert delivered == [(True, 204)]
+    # The secret's values are nowhere but in the workers' environment.
+    stored, logs = everything_stored(system), system.logs()
+    for value in (OLD_SECRET, NEW_SECRET, OLD_SECRET.removeprefix("whsec_")):
+        assert value not in stored and value not in logs
+
+
+def test_receiver_down_then_up_is_delivered_exactly_once(system: System, allow_loopback: None) -> None:
+    port = free_port()  # nothing listens there yet: connection refused
+    url = f"http://127.0.0.1:{port}/hooks"
+    system.relay()
+    system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    job = enqueue(system, "sample.otp", url, "+4912345")
+    system.wait_status(job, "succeeded")
+    delivery = delivery_of(system, job)
+    assert delivery is not None
+    system.wait(lambda: system.q("SELECT attempts FROM outbox.jobs WHERE id = %s", delivery)[0][0] >= 2,
+                timeout=30, what="two refused attempts")
+    errors = system.q("SELECT error_type FROM outbox.attempts WHERE job_id = %s AND outcome = 'failed'", delivery)
+    assert {e for (e,) in errors} == {"DeliveryError"}, errors
+
+    server = HTTPServer(host="127.0.0.1", port=port)
+    server.start()
+    try:
+        receiver = Receiver(server)
+        server.expect_request("/hooks", method="POST").respond_with_handler(receiver.handle)
+        system.wait_status(delivery, "succeeded", timeout=40)
+        time.sleep(1.0)  # nothing more arrives after the success
+        assert list(receiver.processed) == [f"msg_{job.hex}"], "processed once (idempotency on webhook-id)"
+        assert len(receiver.requests) == 1, "the receiver saw one request once it was up"
+    finally:
+        server.clear()
+        server.stop()
+
+
+def test_a_permanent_refusal_is_dead_lettered_and_visible_in_triage(system: System, receiver: Receiver,
+                                                                     allow_loopback: None) -> None:
+    receiver.status = lambda n: 410
+    system.relay()
+    system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    job = enqueue(system, "sample.reject", receiver.url())
+    system.wait_status(job, "dead")
+    delivery = delivery_of(system, job)
+    assert delivery is not None
+    system.wait_status(delivery, "dead")
+    assert len(receiver.requests) == 1, "4xx: no retry"
+    doc = json.loads(receiver.requests[0]["body"])
+    assert doc["type"] == "job.dead" and doc["data"]["status"] == "dead"
+    assert doc["data"]["error"]["type"] == "Reject" and doc["data"]["error"]["message"]
+    letter = system.dead_letter(delivery)
+    assert letter["reason"] == "non_retryable" and letter["task"] == webhooks.DELIVERY_TASK
+    assert "answered 410" in letter["error_message"] and letter["fingerprint"] == "webhook-http-410"
+    assert letter["payload"] == {"args": [str(job)], "kwargs": {}}
+    groups = system.q("SELECT tasks, dead_letters, status FROM outbox.failure_groups WHERE fingerprint = %s",
+                      "webhook-http-410")
+    assert groups == [([webhooks.DELIVERY_TASK], 1, "open")], groups
+    assert OLD_SECRET not in everything_stored(system) and NEW_SECRET not in system.logs()
+
+
+def test_the_receivers_breaker_opens_and_stops_the_calls(system: System, receiver: Receiver,
+                                                         allow_loopback: None) -> None:
+    receiver.status = lambda n: 503
+    system.relay()
+    system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    jobs = [enqueue(system, "sample.otp", receiver.url(), str(i)) for i in range(7)]
+    host = f"webhook:127.0.0.1:{receiver.server.port}"
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.breaker_events WHERE breaker = %s AND to_state = 'open'",
+                                 host)[0][0] >= 1, timeout=40, what="breaker opened")
+    deliveries = [delivery_of(system, j) for j in jobs]
+    system.wait(lambda: system.q(
+        "SELECT count(*) FROM outbox.attempts WHERE job_id = ANY(%s) AND error_type = 'HostCircuitOpenError'",
+        deliveries)[0][0] >= 1, timeout=40, what="an attempt refused by the open breaker")
+    calls = len(receiver.requests)
+    refused = system.q("SELECT count(*) FROM outbox.attempts WHERE job_id = ANY(%s) AND error_type = 'HostCircuitOpenError'",
+                       deliveries)[0][0]
+    # Every attempt either called the receiver or was refused by the breaker without calling it.
+    failed = system.q("SELECT count(*) FROM outbox.attempts WHERE job_id = ANY(%s) AND outcome = 'failed'",
+                      deliveries)[0][0]
+    assert calls >= 5 and refused >= 1 and calls <= failed - refused + 1, (calls, refused, failed)
+    assert all(system.status(d) != "succeeded" for d in deliveries if d)
