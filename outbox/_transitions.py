@@ -138,6 +138,12 @@ WITH doomed AS (
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
 """)
 
+# The handler's return value, for a task with webhook_result=True (docs/webhooks.md): written in the
+# attempt's transaction before its success, so the value announced is the succeeding attempt's.
+RECORD_RESULT = Statement("webhook.record_result", """
+UPDATE outbox.webhooks SET result = CAST(:result AS jsonb) WHERE job_id = :job_id AND include_result
+""")
+
 # Completion webhooks of jobs just enqueued (outbox/webhooks.py), in the caller's transaction; a job
 # that already existed (idempotency key) keeps its first declaration. The trigger of revision 0013
 # enqueues the delivery when the job's outcome is recorded.

@@ -236,3 +236,20 @@ def declaration_params(declared: list[tuple[uuid.UUID, Declared]]) -> dict[str, 
         "max_retries": [d.max_retries for _, d in declared],
         "include_result": [d.include_result for _, d in declared],
     }
+
+
+#: Largest encoded handler result sent in a webhook; a larger one is replaced by its size.
+MAX_RESULT_BYTES = 64 * 1024
+
+
+def result_params(job_id: uuid.UUID, value: Any) -> dict[str, Any]:
+    """Parameters of ``RECORD_RESULT`` for a handler's return value: its JSON, or a marker saying why
+    it cannot be sent (not JSON-encodable, too large)."""
+    try:
+        encoded = msgspec.json.encode(value)
+    except (TypeError, ValueError, OverflowError):
+        encoded = msgspec.json.encode({"unencodable": type(value).__name__})
+    if len(encoded) > MAX_RESULT_BYTES:
+        encoded = msgspec.json.encode({"too_large_bytes": len(encoded)})
+    return {"job_id": job_id, "result": encoded.decode()}
+

@@ -42,9 +42,3 @@ MARK_DELIVERED = Statement("webhook.mark_delivered", """
 UPDATE outbox.webhooks SET delivered_at = clock_timestamp(), response_status = CAST(:status AS integer)
 WHERE job_id = CAST(:job_id AS uuid)
 """)
-
-# The handler's return value, for a task with webhook_result=True: written in the attempt's own
-# transaction, before its success, so the value announced is the one of the attempt that succeeded.
-RECORD_RESULT = Statement("webhook.record_result", """
-UPDATE outbox.webhooks SET result = CAST(:result AS jsonb) WHERE job_id = CAST(:job_id AS uuid) AND include_result
-""")
