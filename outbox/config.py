@@ -81,7 +81,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: metadata addresses: CIDRs, addresses or host names, comma- or space-separated (docs/webhooks.md).
     #: Defaults to none.
     webhook_allow: str = ""
-    #: Tier of the jobs that deliver completion webhooks. Defaults to ``normal``.
+    #: Tier of the jobs that deliver completion webhooks (checked against the topology at enqueue).
+    #: Defaults to ``normal``.
     webhook_tier: str = "normal"
 
     def __post_init__(self) -> None:
@@ -103,9 +104,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(_env(field), f"must be >= 0, got {getattr(self, field)!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(_env("log_format"), f"must be text or json, got {self.log_format!r}")
-        if self.webhook_tier not in self.topology.tiers:
-            raise ConfigError(_env("webhook_tier"), f"{self.webhook_tier!r} is not a tier "
-                                                    f"(known: {', '.join(self.topology.tiers)})")
         if self.reaper_interval_s > self.lease_s:
             raise ConfigError(_env("reaper_interval_s"), "must not exceed lease_s, or stuck jobs wait twice as long")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
 import uuid
 from typing import Any
 
@@ -40,6 +41,7 @@ from outbox.webhooks import (
 from tierbox.ops.redaction import redact
 from tierbox.webhooks import queries, signing, transport
 from tierbox.webhooks.breaker import breaker_name, breakers
+from tierbox.workers.outcomes import RETRY_AFTER_ATTR
 
 #: Statuses worth trying again: the receiver is overloaded, restarting or timing out.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
@@ -48,7 +50,13 @@ ERROR_MESSAGE_CHARS = 500
 
 
 class DeliveryError(Exception):
-    """The receiver did not take it (no answer, timeout, 408/429/5xx): retried with back-off."""
+    """The receiver did not take it (no answer, timeout, 408/429/5xx): retried with back-off, no sooner
+    than ``retry_after_s`` (a receiver's ``Retry-After``, an open breaker's remaining time) if given."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:  # read by the worker's retry delay (tierbox.workers.outcomes)
+            setattr(self, RETRY_AFTER_ATTR, min(max(retry_after_s, 0.0), DELIVERY_BACKOFF_MAX_S))
 
 
 class HostCircuitOpenError(DeliveryError):
@@ -88,7 +96,7 @@ async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
     decision = await breakers.admit(a.url, ctx.tier)
     if not decision.run:
         raise HostCircuitOpenError(f"breaker {breaker_name(a.url)} is open: not contacted (half-opens in "
-                              f"~{decision.delay_s:.0f} s)")
+                                   f"~{decision.delay_s:.0f} s)", retry_after_s=decision.delay_s)
     ok = False
     try:
         answer = await _send(a, secrets)
@@ -101,7 +109,7 @@ async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
     detail = f"{a.url} answered {answer.status}: {answer.snippet!r}"
     if answer.status in RETRY_STATUSES:
         retry_after = f" (Retry-After: {answer.retry_after})" if answer.retry_after else ""
-        raise DeliveryError(detail + retry_after)
+        raise DeliveryError(detail + retry_after, retry_after_seconds(answer.retry_after))
     raise Reject(detail + (" (redirects are not followed)" if 300 <= answer.status < 400 else ""),
                  fingerprint=f"webhook-http-{answer.status}")
 
@@ -118,6 +126,23 @@ async def _send(a: queries.Announcement, secrets: list[str]) -> transport.Answer
             return await transport.post(a.url, text.encode(), headers)
     except (httpx.TransportError, TimeoutError) as exc:
         raise DeliveryError(f"{a.url}: no answer ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def retry_after_seconds(header: str | None, now: dt.datetime | None = None) -> float | None:
+    """A ``Retry-After`` header (delay-seconds or an HTTP-date) as seconds from now; None if absent or
+    unreadable. The worker caps it at the task's longest back-off (600 s)."""
+    if not header:
+        return None
+    text = header.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        at = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:
+        return None
+    return max((at - (now or dt.datetime.now(dt.UTC))).total_seconds(), 0.0)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from werkzeug.wrappers import Request, Response
 
 from outbox import webhooks
+from outbox.config import Settings
 
 #: Two values of the secret "crm" (a rotation in progress): each signs every delivery.
 OLD_SECRET = "whsec_" + base64.b64encode(b"old-secret-of-the-webhook-tests-0001").decode()
@@ -33,6 +35,8 @@ class Receiver:
     server: HTTPServer
     #: Answer of each request (a status, or a function of the request count).
     status: Callable[[int], int] = lambda n: 204
+    #: Retry-After header sent with a 429/503.
+    retry_after: str | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     processed: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -44,12 +48,13 @@ class Receiver:
         raw = request.get_data()
         headers = {k.lower(): v for k, v in request.headers.items()}
         with self.lock:
-            self.requests.append({"headers": headers, "body": raw})
+            self.requests.append({"headers": headers, "body": raw, "at": time.monotonic(), "wall": time.time()})
             status = self.status(len(self.requests))
             if 200 <= status < 300:
                 Verifier(NEW_SECRET).verify(raw, headers)  # raises on a bad signature: the test sees a 500
                 self.processed.setdefault(headers["webhook-id"], json.loads(raw))
-        return Response("nope" if status >= 300 else "", status=status)
+        extra = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
+        return Response("nope" if status >= 300 else "", status=status, headers=extra)
 
 
 @pytest.fixture
@@ -72,3 +77,15 @@ def allow_loopback() -> Iterator[None]:
     webhooks.configure(allow="127.0.0.1")
     yield
     webhooks.configure(allow=[*map(str, before.allow_networks), *before.allow_hosts], tier=before.tier)
+
+
+@pytest.fixture
+def settings(db_url: str, prefix: str, service_urls: dict[str, str]) -> Settings:
+    """The suite's settings, with a 10 s lease: on a loaded box a 2 s lease expires under a delivery
+    waiting for its receiver, and the reaper's second run would blur what these tests count."""
+    return Settings(
+        database_url=db_url, amqp_url=service_urls["rabbitmq"], redis_url=service_urls["redis"],
+        queue_prefix=prefix, relay_poll_interval_s=0.2, relay_retry_delay_s=0.2, lease_s=10.0,
+        reaper_interval_s=1.0, shutdown_grace_s=5.0, app="sample_tasks",
+    )
+
