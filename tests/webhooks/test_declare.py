@@ -81,7 +81,7 @@ def test_declarations_are_checked_and_secret_values_are_not_echoed(db_url: str, 
         with pytest.raises(outbox.WebhookError) as err:
             outbox.enqueue(conn, ok, webhook={"url": HOOK.url})  # type: ignore[typeddict-item]
         assert err.value.field == "webhook"
-        with pytest.raises(outbox.RegistryError, match="on_complete.secret"):
+        with pytest.raises(outbox.RegistryError, match=r"on_complete\.secret"):
             outbox.task(lambda: None, name="wh.bad", registry_=Registry(),
                         on_complete=outbox.Webhook(url=HOOK.url, secret="has space"))
         # Allowed, plain http is fine for an allow-listed host; elsewhere https is required.

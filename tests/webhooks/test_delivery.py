@@ -7,12 +7,12 @@ import json
 import signal
 import time
 import uuid
-
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from pytest_httpserver import HTTPServer
 from standardwebhooks.webhooks import Webhook as Verifier
 
@@ -41,8 +41,10 @@ def delivery_of(system: System, job: uuid.UUID) -> uuid.UUID | None:
 
 def everything_stored(system: System) -> str:
     """Every row of every outbox table, as text (where a secret must never be)."""
-    tables = [r[0] for r in system.q("SELECT tablename FROM pg_tables WHERE schemaname = 'outbox'")]
-    return "\n".join(str(system.q(f"SELECT t::text FROM outbox.{t} AS t")) for t in tables)  # noqa: S608
+    with psycopg.connect(system.settings.database_url) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'outbox'")]
+        return "\n".join(str(conn.execute(sql.SQL("SELECT t::text FROM {} AS t").format(
+            sql.Identifier("outbox", table))).fetchall()) for table in tables)
 
 
 def test_signed_delivery_survives_a_worker_killed_after_the_outcome(system: System, receiver: Receiver,
@@ -146,7 +148,7 @@ def test_a_permanent_refusal_is_dead_lettered_and_visible_in_triage(system: Syst
     seen = [http.get(path, headers=READ) for path in
             (f"/admin/dlq/{delivery}", f"/admin/jobs/{delivery}", f"/admin/jobs/{job}", "/admin/dlq")]
     assert [r.status_code for r in seen] == [200] * 4
-    assert seen[0].json()["task"] == webhooks.DELIVERY_TASK
+    assert seen[0].json()["dead_letter"]["task"] == webhooks.DELIVERY_TASK
     for value in (OLD_SECRET, NEW_SECRET):
         assert all(value not in r.text for r in seen)
         assert value not in everything_stored(system) and value not in system.logs()
