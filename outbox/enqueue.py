@@ -191,7 +191,7 @@ def _write(session: SyncSession, specs: list[JobSpec]) -> list[uuid.UUID]:
     found = _by_key(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     ids = _ids(specs, rows, alias, found)
     if declared := _webhooks(specs, ids):
-        run(session, transitions.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
+        run(session, queries.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
     return ids
 
 
@@ -215,7 +215,7 @@ async def _write_async(session: AsyncSessionLike, specs: list[JobSpec]) -> list[
     found = _by_key(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
     ids = _ids(specs, rows, alias, found)
     if declared := _webhooks(specs, ids):
-        await run_async(session, transitions.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
+        await run_async(session, queries.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
     return ids
 
 

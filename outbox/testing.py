@@ -135,7 +135,7 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
         with savepoint(session):
             value = _call(task, decode_payload(payload.encode()), ctx)
             if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
-                run(session, transitions.RECORD_RESULT, result_params(job_id, value))
+                run(session, queries.RECORD_RESULT, result_params(job_id, value))
             progress.flush_to(session)  # before the success: the last progress precedes the outcome
             run(session, transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")

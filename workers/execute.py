@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from outbox import _queries as queries
 from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._encoding import Payload
@@ -86,7 +87,7 @@ class Executor:
         try:
             value = await _call_in_time(task, payload, ctx)
             if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
-                await run_async(session, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
+                await run_async(session, queries.RECORD_RESULT, result_params(ctx.job_id, value))
             rows = await run_async(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
             if rows[0].jobs != 1:
                 await session.rollback()
@@ -109,7 +110,7 @@ class Executor:
         value = await _call_in_time(task, payload, ctx)
         if task.webhook_result:  # no session to commit with: its own short transaction, before the success
             async with self.async_engine.begin() as conn:
-                await run_async(conn, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
+                await run_async(conn, queries.RECORD_RESULT, result_params(ctx.job_id, value))
         return Result.SUCCEEDED if await self.successes.succeed(ctx.job_id, ctx.attempt) else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
@@ -144,7 +145,7 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
         ctx.session = session
         value = _call_sync(task, payload, ctx)
         if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
-            run(session, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
+            run(session, queries.RECORD_RESULT, result_params(ctx.job_id, value))
         if abandoned.is_set():
             session.rollback()
             return Result.ABANDONED
