@@ -22,6 +22,7 @@ from tests.api.test_api import READ
 from tests.api.test_api_http import start_api
 from tests.helpers import Proc, free_port
 from tests.system import System
+from tests.webhooks import tasks as result_tasks  # noqa: F401 - registers the wh.result_* tasks (enqueued by name)
 from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET, WORKER_ENV, Receiver
 
 pytestmark = pytest.mark.slow
@@ -83,6 +84,19 @@ def test_signed_delivery_survives_a_worker_killed_after_the_outcome(system: Syst
     stored, logs = everything_stored(system), system.logs()
     for value in (OLD_SECRET, NEW_SECRET, OLD_SECRET.removeprefix("whsec_")):
         assert value not in stored and value not in logs
+
+
+def test_the_handlers_return_value_is_sent_from_every_kind_of_handler(system: System, receiver: Receiver,
+                                                                      allow_loopback: None) -> None:
+    system.relay()
+    system.worker("--queues", f"{APP_TIERS},normal", env={**WORKER_ENV, "TIERBOX_APP": "sample_tasks,tests.webhooks.tasks"})
+    jobs = {task: enqueue(system, task, receiver.url(), 5) for task in
+            ("wh.result_async", "wh.result_sync", "wh.result_sessionless", "wh.result_odd")}
+    system.wait(lambda: len(receiver.processed) == 4, timeout=40, what="four deliveries")
+    results = {task: receiver.processed[f"msg_{job.hex}"]["data"]["result"] for task, job in jobs.items()}
+    assert results == {"wh.result_async": {"n": 5, "path": "async", "attempt": 1},
+                       "wh.result_sync": {"n": 5, "path": "sync"}, "wh.result_sessionless": [5, "sessionless"],
+                       "wh.result_odd": {"unencodable": "object"}}
 
 
 def test_receiver_down_then_up_is_delivered_exactly_once(system: System, allow_loopback: None) -> None:
