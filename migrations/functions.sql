@@ -479,3 +479,37 @@ CREATE OR REPLACE TRIGGER record_job_event AFTER UPDATE OF status ON outbox.jobs
     WHEN (OLD.status IS DISTINCT FROM NEW.status
           AND NEW.status IN ('running', 'retrying', 'succeeded', 'dead', 'discarded', 'expired'))
     EXECUTE FUNCTION outbox.record_job_event();
+
+-- When a job reaches a final outcome and has a completion webhook not yet used (outbox.webhooks),
+-- insert its delivery job (task tierbox.webhook.deliver) and outbox row, in the transaction that
+-- records the outcome. docs/webhooks.md.
+-- Created by 0013; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.enqueue_webhook_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    w outbox.webhooks%ROWTYPE;
+    delivery uuid := gen_random_uuid();
+BEGIN
+    UPDATE outbox.webhooks SET delivery_job_id = delivery, outcome = NEW.status
+    WHERE job_id = NEW.id AND delivery_job_id IS NULL
+    RETURNING * INTO w;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    -- The payload is the job's id only: the body is built at delivery from the ledger, and the
+    -- secret's values are never in the database.
+    INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries, available_at)
+    VALUES (delivery, 'tierbox.webhook.deliver', w.tier, w.priority,
+            jsonb_build_object('args', jsonb_build_array(NEW.id::text), 'kwargs', '{}'::jsonb), '{}'::jsonb,
+            'tierbox.webhook:' || NEW.id::text, w.max_retries, now());
+    INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
+    VALUES (delivery, w.tier, w.weight, w.priority, now());
+    RETURN NULL;
+END $$;
+
+-- The trigger that calls it, once per job row whose status becomes final (evaluated without calling
+-- the function for every other change of status).
+-- Created by 0013; unchanged since.
+CREATE OR REPLACE TRIGGER enqueue_webhook_delivery AFTER UPDATE OF status ON outbox.jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status AND NEW.status IN ('succeeded', 'dead', 'discarded', 'expired'))
+    EXECUTE FUNCTION outbox.enqueue_webhook_delivery();

@@ -40,6 +40,7 @@ from outbox.redrive import discard, redrive, redrive_async
 from outbox.registry import Task, breaker, registry, task
 from outbox.schema import metadata
 from outbox.tiers import Tier
+from outbox.webhooks import Webhook, WebhookError
 
 __all__ = [
     "CapabilityError",
@@ -65,6 +66,8 @@ __all__ = [
     "TopologyMismatchError",
     "UnknownTaskError",
     "UnknownTierError",
+    "Webhook",
+    "WebhookError",
     "breaker",
     "celery_task",
     "celery_tasks_from_routes",

@@ -131,6 +131,9 @@ WITH doomed AS (
 ), events AS (
     -- A job's events go with it (outbox.job_events has no foreign key to cascade: see revision 0012).
     DELETE FROM outbox.job_events e USING doomed WHERE e.job_id = doomed.id
+), hooks AS (
+    -- And its webhook declaration (no foreign key either: revision 0013).
+    DELETE FROM outbox.webhooks w USING doomed WHERE w.job_id = doomed.id
 )
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
 """)

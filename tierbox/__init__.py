@@ -19,6 +19,7 @@ installed name              repository folder    what it holds
 ``tierbox.cli``             ``cli/``             the ``tierbox`` command line
 ``tierbox.migrations``      ``migrations/``      alembic revisions of the ``outbox`` schema
 ``tierbox.celery``          ``celery_bridge/``   the ledger integration a Celery app installs
+``tierbox.webhooks``        ``webhooks/``        completion webhooks' delivery task (signed POSTs)
 ==========================  ===================  ==================================================
 
 ``outbox`` imports nothing from ``tierbox``; ``tierbox`` packages import ``outbox``.

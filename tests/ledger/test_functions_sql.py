@@ -89,8 +89,11 @@ def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
         "outbox.set_failure_group_status(text,text,text,text,text,text)",
         # revision 0012: job events
         "outbox.record_job_event()",
+        # revision 0013: completion webhooks
+        "outbox.enqueue_webhook_delivery()",
     }
-    assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending", "outbox.jobs.record_job_event"}
+    assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending", "outbox.jobs.record_job_event",
+                                                "outbox.jobs.enqueue_webhook_delivery"}
 
 
 def test_a_body_one_space_off_is_named(db_url: str, scratch_db_url: str) -> None:

@@ -22,7 +22,7 @@ import pytest
 from outbox._sql import Statement
 
 QUERY_MODULES = ["outbox._transitions", "outbox._queries", "tierbox.relay.queries", "tierbox.scheduler.queries", "tierbox.workers.queries", "tierbox.flow.queries",
-                 "tierbox.ops.queries"]
+                 "tierbox.ops.queries", "tierbox.webhooks.queries"]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
