@@ -261,14 +261,18 @@ def redis_client() -> redis.Redis:
 # --------------------------------------------------------------------------- processes
 
 
-def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment reproducing ``settings`` in a child process (TIERBOX_* variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERBOX_")}
+def child_env(settings: Settings, extra: dict[str, str] | None = None, root: Path = ROOT) -> dict[str, str]:
+    """The environment reproducing ``settings`` in a child process (TIERBOX_* variables).
+
+    ``TIERBOX_BENCH_*`` switches of the bench's own environment (instrumentation) are passed on;
+    ``root``: the source tree the child imports ``tierbox`` from (an A/B run's baseline tree).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERBOX_") or k.startswith("TIERBOX_BENCH_")}
     for name in settings.__struct_fields__:
         value = getattr(settings, name)
         if value is not None:
             env[f"TIERBOX_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -277,11 +281,11 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
 class Proc:
     """A real child process whose output goes to a temporary log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], name: str, cwd: Path = ROOT) -> None:
         self.name = name
         self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -325,12 +329,15 @@ class Proc:
 class Procs:
     """Every process a benchmark starts; :meth:`stop_all` runs in the caller's ``finally``."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path = ROOT) -> None:
         self.procs: list[Proc] = []
+        #: The source tree ``tierbox`` processes run from (another checkout: an A/B run's baseline).
+        self.root = root
 
     def tierbox(self, settings: Settings, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
         """Start ``tierbox <args>`` (relay, worker) and wait until it says it is ready."""
-        proc = Proc([sys.executable, "-m", "tierbox.cli", *args], child_env(settings, extra_env), args[0])
+        proc = Proc([sys.executable, "-m", "tierbox.cli", *args], child_env(settings, extra_env, self.root), args[0],
+                    self.root)
         self.procs.append(proc)
         proc.wait_for("relay.connected" if args[0] == "relay" else "worker.started")
         return proc
@@ -352,9 +359,9 @@ class Procs:
 
 
 @contextlib.contextmanager
-def processes() -> Iterator[Procs]:
+def processes(root: Path = ROOT) -> Iterator[Procs]:
     """A :class:`Procs` whose processes are all stopped when the block exits, however it exits."""
-    procs = Procs()
+    procs = Procs(root)
     try:
         yield procs
     finally:

@@ -165,6 +165,7 @@ async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, 
             if relay.blocked:  # a broker alarm: claiming would only time out and retry
                 await relay.hold_while_blocked(stop)
                 continue
+            relay.woken_at = wakeup.poked_at
             wakeup.clear()
             handled = await relay.run_once()
             if log_lag and time.monotonic() >= next_lag_log:

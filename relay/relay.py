@@ -63,6 +63,10 @@ log = logging.getLogger("tierbox.relay")
 
 #: Fault-injection seam for the crash tests: seconds the main lane sleeps after confirms, before commit.
 PAUSE_BEFORE_COMMIT_ENV = "TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S"
+#: Benchmark instrumentation (bench/latency.py sets it): one ``relay.hop`` log line per published job with
+#: the wall-clock times of its way through the lane. Off, it costs one boolean test per batch.
+HOPS_ENV = "TIERBOX_BENCH_HOPS"
+HOPS = os.environ.get(HOPS_ENV) == "1"
 #: Least seconds between two re-declarations of the topology after returned publishes.
 REDECLARE_MIN_INTERVAL_S = 1.0
 #: While blocked, how often a lane checks that its connections are still alive, seconds.
@@ -96,6 +100,8 @@ class Relay:
         self.published_total = 0
         self._redeclare_after = 0.0  # monotonic time before which returns do not re-declare again
         self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
+        #: When the lane's wake-up for this batch arrived (set by the lane only while :data:`HOPS`).
+        self.woken_at = 0.0
 
     @classmethod
     async def connect(cls, settings: Settings, *, min_weight: int = 0, lane: str = "", declare: bool = False) -> Relay:
@@ -153,6 +159,7 @@ class Relay:
     async def run_once(self) -> int:
         """Claim, publish and commit one batch; returns how many rows it took off ``pending``."""
         began = time.monotonic()
+        hops = [time.time()] if HOPS else None
         async with self.db.transaction():
             rows = await run_async(self.db, transitions.CLAIM, {"limit": self.settings.relay_batch_size,
                                                             "min_weight": self.min_weight})
@@ -160,17 +167,30 @@ class Relay:
                 return 0
             expired = [r.job_id for r in rows if r.expired]
             live = [r for r in rows if not r.expired]
+            if hops is not None:
+                hops.append(time.time())
             outcome = await self.publish(live)
+            if hops is not None:
+                hops.append(time.time())
             # Main lane only: a test holds a batch in flight and watches the urgent lane go past it.
             if outcome.confirmed and self._pause_before_commit_s and self.min_weight == 0:
                 await asyncio.sleep(self._pause_before_commit_s)
             await self._record(outcome, expired)
+        if hops is not None:
+            self._log_hops(outcome, hops)
         self.published_total += len(outcome.confirmed)
         for tier in outcome.tiers.values():  # counted once committed, not merely confirmed
             metrics.PUBLISHED.labels(tier).inc()
         metrics.EXPIRED.inc(len(expired))
         metrics.BATCH.observe(time.monotonic() - began)
         return len(outcome.confirmed) + len(expired)
+
+    def _log_hops(self, outcome: PublishOutcome, hops: list[float]) -> None:
+        """One ``relay.hop`` line per confirmed job: woken, batch began, claimed, confirmed, committed."""
+        committed = time.time()
+        for job_id in outcome.confirmed:
+            event(log, "relay.hop", job_id=job_id, woken=f"{self.woken_at:.6f}", began=f"{hops[0]:.6f}",
+                  claimed=f"{hops[1]:.6f}", confirmed=f"{hops[2]:.6f}", committed=f"{committed:.6f}")
 
     async def drain(self, max_batches: int = 10_000) -> int:
         """Run batches until nothing is due; returns the rows handled (tests, demo)."""
