@@ -183,7 +183,8 @@ def fresh_system(label: str, **overrides: Any) -> Iterator[Settings]:
     name = f"bench_{label}_{token}"
     with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    settings = Settings(database_url=with_database(ADMIN_DB_URL, name), amqp_url=AMQP_URL, redis_url=REDIS_URL,
+    amqp_url = overrides.pop("amqp_url", AMQP_URL)  # a private node (bench.cpu) instead of the shared one
+    settings = Settings(database_url=with_database(ADMIN_DB_URL, name), amqp_url=amqp_url, redis_url=REDIS_URL,
                         queue_prefix=f"bench-{label}-{token}-", app=TASKS_MODULE, **overrides)
     try:
         migrations.upgrade(settings.database_url)
