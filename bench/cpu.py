@@ -33,7 +33,7 @@ from typing import Any
 
 import outbox
 from bench import tasks  # noqa: F401 - registers the task names enqueue resolves
-from bench.harness import Procs, Report, fresh_system, processes, scalar, wait_until
+from bench.harness import Procs, Report, WalMeter, fresh_system, processes, scalar, wait_until
 from bench.systems import BATCH, Celery, Procrastinate
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -120,6 +120,7 @@ class Meter:
         self.shared["rabbitmq (own node)"] = [beam]
         self.idle: dict[str, float] = {}
         self.result: dict[str, float] = {}
+        self.wal: int | None = 0
 
     def _sum(self, pids: list[int]) -> float:
         return sum(cpu_s(p) for p in pids)
@@ -138,8 +139,11 @@ class Meter:
         sh0 = {n: self._sum(p) for n, p in self.shared.items()}
         me0 = time.process_time()
         t0 = time.perf_counter()
-        work()
+        with WalMeter(self.url) as wal:
+            work()
         wall = time.perf_counter() - t0
+        #: WAL bytes this run's database wrote meanwhile (pg_waldump; None: pg_wal not readable).
+        self.wal = wal.bytes
         self.result = {n: self._sum(p) - py0[n] for n, p in self.python.items()}
         self.result["python: producer (bench process)"] = time.process_time() - me0
         backends1 = backend_pids(self.url)
@@ -151,8 +155,13 @@ class Meter:
 
 
 def per_1000(meter: Meter, n: int) -> dict[str, float]:
-    """Each group's CPU seconds per 1,000 jobs."""
-    return {name: s * 1000 / n for name, s in meter.result.items()}
+    """Each group's CPU seconds per 1,000 jobs (and, apart, ``WAL KiB/job``)."""
+    out = {name: s * 1000 / n for name, s in meter.result.items()}
+    out[WAL_KEY] = meter.wal / 1024 / n if meter.wal is not None else float("nan")
+    return out
+
+
+WAL_KEY = "WAL KiB per job (this run's database, pg_waldump)"
 
 
 def tierbox_run(settings: Any, procs: Procs, k: int, n: int, beam: int) -> tuple[float, dict[str, float]]:
@@ -226,13 +235,15 @@ def run(report: Report, quick: bool) -> None:
               processes() as procs):
             rows["celery"] = celery_run(settings, procs, stack, n, beam)
             rows["procrastinate"] = procrastinate_run(settings, procs, stack, n, beam)
+    wal = {name: by.pop(WAL_KEY) for name, (_, by) in rows.items()}
     groups = sorted({g for _, by in rows.values() for g in by})
     table = []
     for name, (rate, by) in rows.items():
         own = sum(v for g, v in by.items() if "net of idle" not in g)  # our processes and our own broker
         shared = sum(v for g, v in by.items() if "net of idle" in g)
-        table.append([name, f"{rate:,.0f}", f"{own:.2f}", f"{shared:.2f}", f"{own + shared:.2f}"])
-    report.table(["system", "jobs/s", "CPU s / 1k jobs: own processes", "shared services (net)", "total"], table)
+        table.append([name, f"{rate:,.0f}", f"{own:.2f}", f"{shared:.2f}", f"{own + shared:.2f}", f"{wal[name]:.1f}"])
+    report.table(["system", "jobs/s", "CPU s / 1k jobs: own processes", "shared services (net)", "total",
+                  "WAL KiB/job (run's database)"], table)
     report.note("\nBy process group, CPU seconds per 1,000 jobs:\n")
     report.table(["group", *rows], [[g, *(f"{by.get(g, 0.0):.3f}" for _, by in rows.values())] for g in groups])
     base = rows["tierbox, 1 relay + 1 worker"][1]

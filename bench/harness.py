@@ -454,3 +454,70 @@ def _short(frame: str) -> str:
     file = where.split(":")[0].rstrip(")")
     parts = Path(file).parts
     return f"{name} ({'/'.join(parts[-2:])})"
+
+
+# --------------------------------------------------------------------------- WAL of one database
+
+PG_WALDUMP = Path("/usr/lib/postgresql") / "15" / "bin" / "pg_waldump"
+
+
+class WalMeter:
+    """WAL bytes written for one database, from ``pg_waldump`` over the window (Postgres 15 counts WAL
+    only cluster-wide, and the cluster is shared with other test suites).
+
+    A record counts if it names a relation of the database (``rel <tablespace>/<db oid>/...``) or
+    belongs to a transaction that wrote one (its commit record). The WAL is read every
+    ``interval_s`` in a thread, so segments recycled by a checkpoint meanwhile are read before they
+    go. Needs read access to the server's ``pg_wal`` (the benchmark runs as root beside it); if it
+    has none, :attr:`bytes` stays None and the figure is reported as not measured.
+    """
+
+    def __init__(self, url: str, interval_s: float = 3.0) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT oid, current_setting('data_directory') FROM pg_database "
+                               "WHERE datname = current_database()").fetchone()
+        assert row is not None
+        self._oid, self._wal_dir = str(row[0]), Path(row[1]) / "pg_wal"
+        self.bytes: int | None = 0 if PG_WALDUMP.exists() and os.access(self._wal_dir, os.R_OK) else None
+        self._txs: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._last = ""
+
+    def _lsn(self) -> str:
+        return str(scalar(self.url, "SELECT pg_current_wal_lsn()"))
+
+    def __enter__(self) -> WalMeter:
+        self._last = self._lsn()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read(self._lsn())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._read(self._lsn())
+
+    def _read(self, upto: str) -> None:
+        if self.bytes is None or upto == self._last:
+            return
+        out = subprocess.run([str(PG_WALDUMP), "-p", str(self._wal_dir), "-s", self._last, "-e", upto],
+                             capture_output=True, text=True, check=False).stdout
+        self._last = upto
+        mine = f"/{self._oid}/"
+        for line in out.splitlines():
+            try:
+                tot = int(line.split("len (rec/tot):", 1)[1].split("/", 1)[1].split(",", 1)[0])
+                tx = line.split("tx:", 1)[1].split(",", 1)[0].strip()
+            except (IndexError, ValueError):
+                continue
+            if mine in line:
+                self._txs.add(tx)
+                self.bytes += tot
+            elif tx != "0" and tx in self._txs:
+                self.bytes += tot  # the commit record of a transaction that wrote here

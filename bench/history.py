@@ -16,7 +16,7 @@ from statistics import median
 
 import psycopg
 
-from bench.harness import Report, execute, fmt, fresh_system, processes, scalar, wait_until
+from bench.harness import Report, WalMeter, execute, fmt, fresh_system, processes, scalar, wait_until
 from bench.systems import Tierbox
 
 TARGET_HISTORY = 0.9
@@ -116,12 +116,6 @@ def relation_mib(url: str, names: tuple[str, ...]) -> dict[str, float]:
                 for n in names}
 
 
-def wal_lsn(url: str) -> int:
-    """The cluster's current WAL position, bytes (shared with other databases: a difference over a
-    window includes their writes, so it is an upper bound on ours)."""
-    return int(scalar(url, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-
-
 def retention(report: Report, rows: int, n: int = 1_000) -> None:
     """Prune ``rows`` finished jobs (+ one attempt each) with ``outbox._maintenance.prune`` while a
     Tierbox runs no-op jobs; and, beside it, the partition design's cost (a table of the same rows dropped)."""
@@ -140,7 +134,6 @@ def retention(report: Report, rows: int, n: int = 1_000) -> None:
         fill_s = time.perf_counter() - t0
         quiet = [measure(tierbox, url, n) for _ in range(2)]
         size0 = relation_mib(url, tables)
-        lsn0 = wal_lsn(url)
         during: list[float] = []
         result: dict[str, float] = {}
 
@@ -153,11 +146,13 @@ def retention(report: Report, rows: int, n: int = 1_000) -> None:
         import threading
 
         pruner = threading.Thread(target=pruning)
-        pruner.start()
-        while pruner.is_alive():
-            during.append(measure(tierbox, url, n))
-        pruner.join()
-        lsn1 = wal_lsn(url)
+        with WalMeter(url) as prune_wal:  # the concurrent runs' WAL is in it too: counted apart below
+            pruner.start()
+            while pruner.is_alive():
+                during.append(measure(tierbox, url, n))
+            pruner.join()
+        with WalMeter(url) as run_wal:  # the same measurement alone: what the runs wrote per job
+            measure(tierbox, url, n)
         time.sleep(0.6)
         dead = dead_tuples(url)
         size1 = relation_mib(url, tables)
@@ -174,11 +169,13 @@ def retention(report: Report, rows: int, n: int = 1_000) -> None:
                      f"SELECT gen_random_uuid(), 'bench.history', 'normal', 5, '{{}}', 3, 'succeeded', 1, now(), "
                      f"now(), now(), now() FROM generate_series(1, {rows})")
         execute(url, "CREATE INDEX ON outbox.bench_partition (finished_at)")
-        lsn2 = wal_lsn(url)
         t_drop = time.perf_counter()
-        execute(url, "DROP TABLE outbox.bench_partition")
+        with WalMeter(url) as drop_wal_meter:
+            execute(url, "DROP TABLE outbox.bench_partition")
         drop_s = time.perf_counter() - t_drop
-        drop_wal = wal_lsn(url) - lsn2
+        drop_wal = drop_wal_meter.bytes or 0
+    per_job = (run_wal.bytes or 0) / n
+    prune_wal_only = max(0.0, (prune_wal.bytes or 0) - per_job * n * len(during))
     report.note(f"{rows:,} finished jobs + {rows:,} attempts loaded in {fill_s:.0f} s (INSERT ... generate_series), "
                 f"then `outbox._maintenance.prune` (batches of 5,000, one commit each) while a Tierbox ran "
                 f"{n:,}-job no-op measurements back to back. Load average at the end: "
@@ -187,7 +184,10 @@ def retention(report: Report, rows: int, n: int = 1_000) -> None:
         ["jobs deleted", f"{result.get('deleted', 0):,.0f}"],
         ["prune time", f"{result.get('s', 0):.1f} s "
                        f"({result.get('deleted', 0) / max(result.get('s', 1), 1e-9):,.0f} rows/s)"],
-        ["WAL written during the prune (cluster-wide: an upper bound)", f"{(lsn1 - lsn0) / 2**20:,.0f} MiB"],
+        ["WAL of the database during the prune (pg_waldump), and of that the prune's (less the runs', "
+         "at the rate of a run alone)",
+         f"{(prune_wal.bytes or 0) / 2**20:,.0f} MiB; prune ≈ {prune_wal_only / 2**20:,.0f} MiB "
+         f"({prune_wal_only / max(result.get('deleted', 1), 1):,.0f} bytes per job deleted)"],
         ["jobs + attempts before (MiB, heap + indexes)", f"{size0['jobs']:,.0f} + {size0['attempts']:,.0f}"],
         ["after the prune, before VACUUM", f"{size1['jobs']:,.0f} + {size1['attempts']:,.0f}"],
         ["after VACUUM (space reusable, not returned)", f"{size2['jobs']:,.0f} + {size2['attempts']:,.0f} "
