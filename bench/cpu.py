@@ -137,7 +137,7 @@ class Meter:
         py0 = {n: self._sum(p) for n, p in self.python.items()}
         pg0 = {p: cpu_s(p) for p in backends0}
         sh0 = {n: self._sum(p) for n, p in self.shared.items()}
-        me0 = time.process_time()
+        me0 = time.thread_time()  # the producing thread: not the WalMeter thread parsing pg_waldump
         t0 = time.perf_counter()
         with WalMeter(self.url) as wal:
             work()
@@ -145,7 +145,7 @@ class Meter:
         #: WAL bytes this run's database wrote meanwhile (pg_waldump; None: pg_wal not readable).
         self.wal = wal.bytes
         self.result = {n: self._sum(p) - py0[n] for n, p in self.python.items()}
-        self.result["python: producer (bench process)"] = time.process_time() - me0
+        self.result["python: producer (bench process)"] = time.thread_time() - me0
         backends1 = backend_pids(self.url)
         self.result["postgres backends"] = sum(cpu_s(p) - pg0.get(p, 0.0) for p in backends0 | backends1)
         for n, p in self.shared.items():
