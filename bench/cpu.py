@@ -195,6 +195,12 @@ def tierbox_run(settings: Any, procs: Procs, k: int, n: int, beam: int) -> tuple
 
 def celery_run(settings: Any, procs: Procs, stack: Any, n: int, beam: int) -> tuple[float, dict[str, float]]:
     """(jobs/s, CPU s per 1,000 jobs by group) for Celery (threads pool, 8, confirms, acks late)."""
+    from bench import celery_app
+
+    # An earlier benchmark of this process left the app's connection and producer pools open on the
+    # shared broker (kombu keeps them); this run's broker is the private node: start them afresh.
+    celery_app.app.close()
+    celery_app.app.amqp._producer_pool = None
     celery = Celery(settings, procs, stack)
     celery.reset()
     celery.produce(100)

@@ -485,12 +485,15 @@ class WalMeter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._last = ""
+        self._seen = 0
 
     def _lsn(self) -> str:
-        return str(scalar(self.url, "SELECT pg_current_wal_lsn()"))
+        # Flushed, not merely inserted: pg_waldump reads the segment files.
+        return str(scalar(self.url, "SELECT pg_current_wal_flush_lsn()"))
 
     def __enter__(self) -> WalMeter:
         self._last = self._lsn()
+        self._seen = _lsn_int(self._last) - 1
         self._thread.start()
         return self
 
@@ -504,20 +507,33 @@ class WalMeter:
             self._read(self._lsn())
 
     def _read(self, upto: str) -> None:
+        """Count the records from the last one read up to ``upto``. pg_waldump may stop early (a
+        record still being written): the next read starts again at the last record it printed, and
+        records already counted are skipped by their LSN."""
         if self.bytes is None or upto == self._last:
             return
         out = subprocess.run([str(PG_WALDUMP), "-p", str(self._wal_dir), "-s", self._last, "-e", upto],
                              capture_output=True, text=True, check=False).stdout
-        self._last = upto
         mine = f"/{self._oid}/"
         for line in out.splitlines():
             try:
                 tot = int(line.split("len (rec/tot):", 1)[1].split("/", 1)[1].split(",", 1)[0])
                 tx = line.split("tx:", 1)[1].split(",", 1)[0].strip()
+                lsn_text = line.split("lsn:", 1)[1].split(",", 1)[0].strip()
             except (IndexError, ValueError):
                 continue
+            lsn = _lsn_int(lsn_text)
+            if lsn <= self._seen:
+                continue
+            self._seen, self._last = lsn, lsn_text
             if mine in line:
                 self._txs.add(tx)
                 self.bytes += tot
             elif tx != "0" and tx in self._txs:
                 self.bytes += tot  # the commit record of a transaction that wrote here
+
+
+def _lsn_int(text: str) -> int:
+    """``'3/E7A88040'`` as an integer."""
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
