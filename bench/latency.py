@@ -178,8 +178,10 @@ def run(report: Report, quick: bool) -> None:
                                                 Procrastinate(settings, procs, stack)]
         for system in systems:
             latencies_ms(system, 20, RATE_PER_S)  # warm-up: connections, prepared statements
-        for _ in range(reps):
-            for system in systems:
+        for rep in range(reps):
+            # A/B: the two trees swap places every repetition, so neither always follows the peers' runs.
+            order = [systems[1], systems[0], *systems[2:]] if ab_tree and rep % 2 else systems
+            for system in order:
                 times = probe_times(system, n, RATE_PER_S)
                 lat = [(h - c) * 1000 for c, h in times.values()]
                 p50.setdefault(system.name, []).append(percentile(lat, 50))
