@@ -15,7 +15,7 @@ import traceback
 from bench.harness import Report, machine_description
 
 #: Benchmark modules in the order they run (the issue's priority order).
-BENCHMARKS = ("enqueue", "relay", "latency", "e2e", "urgency", "memory", "history")
+BENCHMARKS = ("enqueue", "relay", "latency", "e2e", "cpu", "urgency", "memory", "history")
 
 
 def main(argv: list[str] | None = None) -> int:

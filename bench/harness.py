@@ -183,7 +183,8 @@ def fresh_system(label: str, **overrides: Any) -> Iterator[Settings]:
     name = f"bench_{label}_{token}"
     with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    settings = Settings(database_url=with_database(ADMIN_DB_URL, name), amqp_url=AMQP_URL, redis_url=REDIS_URL,
+    amqp_url = overrides.pop("amqp_url", AMQP_URL)  # a private node (bench.cpu) instead of the shared one
+    settings = Settings(database_url=with_database(ADMIN_DB_URL, name), amqp_url=amqp_url, redis_url=REDIS_URL,
                         queue_prefix=f"bench-{label}-{token}-", app=TASKS_MODULE, **overrides)
     try:
         migrations.upgrade(settings.database_url)
@@ -261,14 +262,18 @@ def redis_client() -> redis.Redis:
 # --------------------------------------------------------------------------- processes
 
 
-def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment reproducing ``settings`` in a child process (TIERBOX_* variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERBOX_")}
+def child_env(settings: Settings, extra: dict[str, str] | None = None, root: Path = ROOT) -> dict[str, str]:
+    """The environment reproducing ``settings`` in a child process (TIERBOX_* variables).
+
+    ``TIERBOX_BENCH_*`` switches of the bench's own environment (instrumentation) are passed on;
+    ``root``: the source tree the child imports ``tierbox`` from (an A/B run's baseline tree).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERBOX_") or k.startswith("TIERBOX_BENCH_")}
     for name in settings.__struct_fields__:
         value = getattr(settings, name)
         if value is not None:
             env[f"TIERBOX_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
@@ -277,11 +282,11 @@ def child_env(settings: Settings, extra: dict[str, str] | None = None) -> dict[s
 class Proc:
     """A real child process whose output goes to a temporary log file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], name: str) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], name: str, cwd: Path = ROOT) -> None:
         self.name = name
         self._log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.log_path = Path(self._log.name)
-        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
@@ -325,12 +330,15 @@ class Proc:
 class Procs:
     """Every process a benchmark starts; :meth:`stop_all` runs in the caller's ``finally``."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path = ROOT) -> None:
         self.procs: list[Proc] = []
+        #: The source tree ``tierbox`` processes run from (another checkout: an A/B run's baseline).
+        self.root = root
 
     def tierbox(self, settings: Settings, *args: str, extra_env: dict[str, str] | None = None) -> Proc:
         """Start ``tierbox <args>`` (relay, worker) and wait until it says it is ready."""
-        proc = Proc([sys.executable, "-m", "tierbox.cli", *args], child_env(settings, extra_env), args[0])
+        proc = Proc([sys.executable, "-m", "tierbox.cli", *args], child_env(settings, extra_env, self.root), args[0],
+                    self.root)
         self.procs.append(proc)
         proc.wait_for("relay.connected" if args[0] == "relay" else "worker.started")
         return proc
@@ -352,9 +360,9 @@ class Procs:
 
 
 @contextlib.contextmanager
-def processes() -> Iterator[Procs]:
+def processes(root: Path = ROOT) -> Iterator[Procs]:
     """A :class:`Procs` whose processes are all stopped when the block exits, however it exits."""
-    procs = Procs()
+    procs = Procs(root)
     try:
         yield procs
     finally:
@@ -446,3 +454,86 @@ def _short(frame: str) -> str:
     file = where.split(":")[0].rstrip(")")
     parts = Path(file).parts
     return f"{name} ({'/'.join(parts[-2:])})"
+
+
+# --------------------------------------------------------------------------- WAL of one database
+
+PG_WALDUMP = Path("/usr/lib/postgresql") / "15" / "bin" / "pg_waldump"
+
+
+class WalMeter:
+    """WAL bytes written for one database, from ``pg_waldump`` over the window (Postgres 15 counts WAL
+    only cluster-wide, and the cluster is shared with other test suites).
+
+    A record counts if it names a relation of the database (``rel <tablespace>/<db oid>/...``) or
+    belongs to a transaction that wrote one (its commit record). The WAL is read every
+    ``interval_s`` in a thread, so segments recycled by a checkpoint meanwhile are read before they
+    go. Needs read access to the server's ``pg_wal`` (the benchmark runs as root beside it); if it
+    has none, :attr:`bytes` stays None and the figure is reported as not measured.
+    """
+
+    def __init__(self, url: str, interval_s: float = 3.0) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT oid, current_setting('data_directory') FROM pg_database "
+                               "WHERE datname = current_database()").fetchone()
+        assert row is not None
+        self._oid, self._wal_dir = str(row[0]), Path(row[1]) / "pg_wal"
+        self.bytes: int | None = 0 if PG_WALDUMP.exists() and os.access(self._wal_dir, os.R_OK) else None
+        self._txs: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._last = ""
+        self._seen = 0
+
+    def _lsn(self) -> str:
+        # Flushed, not merely inserted: pg_waldump reads the segment files.
+        return str(scalar(self.url, "SELECT pg_current_wal_flush_lsn()"))
+
+    def __enter__(self) -> WalMeter:
+        self._last = self._lsn()
+        self._seen = _lsn_int(self._last) - 1
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read(self._lsn())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._read(self._lsn())
+
+    def _read(self, upto: str) -> None:
+        """Count the records from the last one read up to ``upto``. pg_waldump may stop early (a
+        record still being written): the next read starts again at the last record it printed, and
+        records already counted are skipped by their LSN."""
+        if self.bytes is None or upto == self._last:
+            return
+        out = subprocess.run([str(PG_WALDUMP), "-p", str(self._wal_dir), "-s", self._last, "-e", upto],
+                             capture_output=True, text=True, check=False).stdout
+        mine = f"/{self._oid}/"
+        for line in out.splitlines():
+            try:
+                tot = int(line.split("len (rec/tot):", 1)[1].split("/", 1)[1].split(",", 1)[0])
+                tx = line.split("tx:", 1)[1].split(",", 1)[0].strip()
+                lsn_text = line.split("lsn:", 1)[1].split(",", 1)[0].strip()
+            except (IndexError, ValueError):
+                continue
+            lsn = _lsn_int(lsn_text)
+            if lsn <= self._seen:
+                continue
+            self._seen, self._last = lsn, lsn_text
+            if mine in line:
+                self._txs.add(tx)
+                self.bytes += tot
+            elif tx != "0" and tx in self._txs:
+                self.bytes += tot  # the commit record of a transaction that wrote here
+
+
+def _lsn_int(text: str) -> int:
+    """``'3/E7A88040'`` as an integer."""
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import time
+from statistics import median
 
 import psycopg
 
-from bench.harness import Report, execute, fmt, fresh_system, processes, scalar, wait_until
+from bench.harness import Report, WalMeter, execute, fmt, fresh_system, processes, scalar, wait_until
 from bench.systems import Tierbox
 
 TARGET_HISTORY = 0.9
@@ -103,3 +104,112 @@ def run(report: Report, quick: bool) -> None:
                     f"≥ {TARGET_HISTORY}x", sorted(ratio_history)[len(ratio_history) // 2] >= TARGET_HISTORY)
     report.headline("throughput with vacuum held back vs undisturbed", ratio_held, f"≥ {TARGET_HELD}x",
                     sorted(ratio_held)[len(ratio_held) // 2] >= TARGET_HELD)
+    retention(report, 200_000 if quick else 10_000_000)
+
+
+# --------------------------------------------------------------------------- retention at scale
+
+def relation_mib(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """pg_total_relation_size (heap + indexes + TOAST) of outbox tables, MiB."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {n: conn.execute("SELECT pg_total_relation_size(%s)", (f"outbox.{n}",)).fetchone()[0] / 2**20  # type: ignore[index]
+                for n in names}
+
+
+def retention(report: Report, rows: int, n: int = 1_000) -> None:
+    """Prune ``rows`` finished jobs (+ one attempt each) with ``outbox._maintenance.prune`` while a
+    Tierbox runs no-op jobs; and, beside it, the partition design's cost (a table of the same rows dropped)."""
+    from outbox._maintenance import prune
+
+    report.section(f"6b. Retention at scale: pruning {rows:,} finished jobs")
+    tables = ("jobs", "attempts")
+    with fresh_system("retention") as settings, contextlib.ExitStack() as stack, processes() as procs:
+        url = settings.psycopg_url
+        tierbox = Tierbox(settings, procs, stack)
+        tierbox.produce(200)
+        t0 = time.perf_counter()
+        execute(url, FILL_HISTORY % rows)
+        execute(url, "VACUUM ANALYZE outbox.jobs")
+        execute(url, "VACUUM ANALYZE outbox.attempts")
+        fill_s = time.perf_counter() - t0
+        quiet = [measure(tierbox, url, n) for _ in range(2)]
+        size0 = relation_mib(url, tables)
+        during: list[float] = []
+        result: dict[str, float] = {}
+
+        def pruning() -> None:
+            with psycopg.connect(url) as conn:
+                began = time.perf_counter()
+                result["deleted"] = prune(conn, succeeded_days=1, dead_days=1)
+                result["s"] = time.perf_counter() - began
+
+        import threading
+
+        pruner = threading.Thread(target=pruning)
+        with WalMeter(url) as prune_wal:  # the concurrent runs' WAL is in it too: counted apart below
+            pruner.start()
+            while pruner.is_alive():
+                during.append(measure(tierbox, url, n))
+            pruner.join()
+        with WalMeter(url) as run_wal:  # the same measurement alone: what the runs wrote per job
+            measure(tierbox, url, n)
+        time.sleep(0.6)
+        dead = dead_tuples(url)
+        size1 = relation_mib(url, tables)
+        t_vac = time.perf_counter()
+        execute(url, "VACUUM outbox.jobs")
+        execute(url, "VACUUM outbox.attempts")
+        vac_s = time.perf_counter() - t_vac
+        size2 = relation_mib(url, tables)
+        after = [measure(tierbox, url, n) for _ in range(2)]
+        # The partition design's retention: the same rows in a table of their own, dropped.
+        execute(url, "CREATE TABLE outbox.bench_partition AS SELECT * FROM outbox.jobs WHERE false")
+        execute(url, f"INSERT INTO outbox.bench_partition (id, task, tier, priority, payload, max_retries, status, "
+                     f"attempts, enqueued_at, published_at, started_at, finished_at) "
+                     f"SELECT gen_random_uuid(), 'bench.history', 'normal', 5, '{{}}', 3, 'succeeded', 1, now(), "
+                     f"now(), now(), now() FROM generate_series(1, {rows})")
+        execute(url, "CREATE INDEX ON outbox.bench_partition (finished_at)")
+        t_drop = time.perf_counter()
+        with WalMeter(url) as drop_wal_meter:
+            execute(url, "DROP TABLE outbox.bench_partition")
+        drop_s = time.perf_counter() - t_drop
+        drop_wal = drop_wal_meter.bytes or 0
+    per_job = (run_wal.bytes or 0) / n
+    prune_wal_only = max(0.0, (prune_wal.bytes or 0) - per_job * n * len(during))
+    report.note(f"{rows:,} finished jobs + {rows:,} attempts loaded in {fill_s:.0f} s (INSERT ... generate_series), "
+                f"then `outbox._maintenance.prune` (batches of 5,000, one commit each) while a Tierbox ran "
+                f"{n:,}-job no-op measurements back to back. Load average at the end: "
+                f"{open('/proc/loadavg').read().split()[0]}.")
+    report.table(["figure", "value"], [
+        ["jobs deleted", f"{result.get('deleted', 0):,.0f}"],
+        ["prune time", f"{result.get('s', 0):.1f} s "
+                       f"({result.get('deleted', 0) / max(result.get('s', 1), 1e-9):,.0f} rows/s)"],
+        ["WAL of the database during the prune (pg_waldump), and of that the prune's (less the runs', "
+         "at the rate of a run alone)",
+         f"{(prune_wal.bytes or 0) / 2**20:,.0f} MiB; prune ≈ {prune_wal_only / 2**20:,.0f} MiB "
+         f"({prune_wal_only / max(result.get('deleted', 1), 1):,.0f} bytes per job deleted)"],
+        ["jobs + attempts before (MiB, heap + indexes)", f"{size0['jobs']:,.0f} + {size0['attempts']:,.0f}"],
+        ["after the prune, before VACUUM", f"{size1['jobs']:,.0f} + {size1['attempts']:,.0f}"],
+        ["after VACUUM (space reusable, not returned)", f"{size2['jobs']:,.0f} + {size2['attempts']:,.0f} "
+                                                         f"(VACUUM {vac_s:.1f} s)"],
+        ["dead tuples right after the prune", dead],
+        ["throughput before / during / after the prune (jobs/s)", f"{fmt(quiet)} / {fmt(during)} / {fmt(after)}"],
+        [f"partition design: DROP of a {rows:,}-row table with one index", f"{drop_s * 1000:.0f} ms, "
+                                                                           f"{drop_wal / 1024:,.0f} KiB WAL"],
+    ])
+    if quiet and during:
+        report.headline("throughput while pruning vs before", [median(during) / median(quiet)], "report only", None)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.harness import machine_description
+
+    parser = argparse.ArgumentParser(prog="python -m bench.history", description="retention at scale only")
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    args = parser.parse_args()
+    print(machine_description(False, ["--rows", str(args.rows)]))
+    out = Report(quick=False)
+    retention(out, args.rows)
+    print(f"results appended to {out.save(machine_description(False, ['bench.history', '--rows', str(args.rows)]))}")

@@ -126,15 +126,16 @@ async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Ev
                 urgent_weight: int | None) -> None:
     """Run this process's lanes until stop or an error."""
     if lane == "urgent" or urgent_weight is None:  # the one lane listens for every NOTIFY itself
-        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=lane != "urgent")
+        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=lane != "urgent",
+                    notified=urgent_weight is not None)  # without urgent tiers no row notifies
         return
     if lane == "main":  # NOTIFYs come only from urgent rows, which the urgent process takes
-        await _lane(relay, Wakeup(), waker, settings, stop, log_lag=True)
+        await _lane(relay, Wakeup(), waker, settings, stop, log_lag=True, notified=False)
         return
     urgent = await relay.lane(urgent_weight)
     try:
         # The main lane polls: NOTIFYs come only from urgent rows, which the urgent lane takes.
-        await _first_error(_lane(relay, Wakeup(), waker, settings, stop, log_lag=True),
+        await _first_error(_lane(relay, Wakeup(), waker, settings, stop, log_lag=True, notified=False),
                            _lane(urgent, waker.subscribe(), waker, settings, stop, log_lag=False))
     finally:
         await urgent.close()
@@ -155,7 +156,7 @@ async def _first_error(*lanes: Coroutine[Any, Any, None]) -> None:
 
 
 async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, stop: asyncio.Event,
-                log_lag: bool) -> None:
+                log_lag: bool, notified: bool = True) -> None:
     next_lag_log = time.monotonic()
     stopper = asyncio.create_task(_poke_on_stop(stop, wakeup))
     try:
@@ -165,14 +166,19 @@ async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, 
             if relay.blocked:  # a broker alarm: claiming would only time out and retry
                 await relay.hold_while_blocked(stop)
                 continue
+            relay.woken_at = wakeup.poked_at
             wakeup.clear()
             handled = await relay.run_once()
             if log_lag and time.monotonic() >= next_lag_log:
                 await _log_lag(relay)
                 next_lag_log = time.monotonic() + LAG_LOG_INTERVAL_S
-            if handled:
+            # After a batch that was not full, a lane woken by NOTIFY (every row it claims notifies)
+            # has claimed all that was due: a row committed since has woken it again, so it waits
+            # instead of claiming again for nothing (measured: that empty claim delayed the next
+            # wake-up's claim by 2 ms at the median at 200 jobs/s). A polling lane claims again at once.
+            if handled and (relay.full or not (notified and waker.listening)):
                 continue
-            due_in = await relay.next_due_in()
+            due_in = relay.next_due_s  # read in the batch's own transaction: no round trip of its own
             if due_in is None:
                 timeout = settings.relay_poll_interval_s
             elif due_in <= 0:  # due rows, none claimable: another lane or relay holds them mid-batch

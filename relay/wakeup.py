@@ -16,12 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 
 import psycopg
 
 from outbox._logs import event
 
 CHANNEL = "tierbox_pending"
+#: Benchmark instrumentation (see ``relay.relay.HOPS``): each wake-up notes when it arrived.
+_STAMP = os.environ.get("TIERBOX_BENCH_HOPS") == "1"
 log = logging.getLogger("tierbox.relay")
 
 
@@ -30,13 +34,18 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        #: Wall-clock time of the first wake-up since :meth:`clear` (noted only for the benchmark).
+        self.poked_at = 0.0
 
     def clear(self) -> None:
         """Forget wake-ups seen so far (call before scanning)."""
         self._event.clear()
+        self.poked_at = 0.0
 
     def poke(self) -> None:
         """Wake the waiter now (shutdown, tests)."""
+        if _STAMP and not self._event.is_set():
+            self.poked_at = time.time()
         self._event.set()
 
     async def wait(self, timeout_s: float) -> bool:

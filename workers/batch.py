@@ -133,6 +133,8 @@ class StartBatcher:
         self.ledger = ledger
         self.group: GroupCommit[StartRequest, StartResult] = GroupCommit(
             ledger.engine, self._record, name="tierbox-start-batch", failure=_as_is)
+        #: Starts that found their job row held elsewhere and were started alone (waiting for the row).
+        self.busy = 0
 
     async def start(self, job_id: uuid.UUID, acked_early: bool, token: uuid.UUID | None = None) -> StartResult:
         """Count the attempt and take the lease (committed when this returns), or learn why not.
@@ -144,6 +146,7 @@ class StartBatcher:
             return result
         # Its job row is held elsewhere (or is not in the ledger): start it alone, waiting for the
         # row as a lone start always did, without holding up the deliveries batched with it.
+        self.busy += 1
         return await self.ledger.start(job_id, acked_early, token=token)
 
     async def orphans(self) -> list[tuple[uuid.UUID, StartResult]]:

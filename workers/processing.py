@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable
@@ -46,6 +47,10 @@ from tierbox.workers.outcomes import (
 )
 
 log = logging.getLogger("tierbox.worker")
+
+#: Benchmark instrumentation (bench/latency.py sets it): one ``worker.hop`` log line per started job,
+#: when a slot took its delivery and when its start had committed. Off, one boolean test per delivery.
+HOPS = os.environ.get("TIERBOX_BENCH_HOPS") == "1"
 
 #: Back-off after a Postgres failure before the message is handed back to the broker.
 INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -102,6 +107,7 @@ class Processor:
             await delivery.release()  # a no-op once finished; a cancelled delivery (shutdown) frees its hold
 
     async def _handle(self, d: Delivery) -> None:
+        taken = time.time() if HOPS else 0.0
         error = d.decode()
         if error is not None:
             await d.finish(Undeliverable("undecodable", ErrorInfo(type(error).__name__, str(error)[:2000])))
@@ -123,6 +129,9 @@ class Processor:
             return
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
         d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
+        if HOPS:
+            event(log, "worker.hop", job_id=d.env.id, taken=f"{taken:.6f}", started=f"{time.time():.6f}",
+                  decision=d.start.decision, busy_starts=self.starts.busy)
         await self._started(d)
 
     async def _admitted(self, d: Delivery) -> bool:
