@@ -496,11 +496,13 @@ BEGIN
         RETURN NULL;
     END IF;
     -- The payload is the job's id only: the body is built at delivery from the ledger, and the
-    -- secret's values are never in the database.
+    -- secret's values are never in the database. max_retries + 50: attempts that found the
+    -- receiver's breaker open do not count against the declared retries (tierbox.webhooks.deliver
+    -- counts its contacts; outbox.webhooks.BREAKER_SKIPS_ALLOWED).
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries, available_at)
     VALUES (delivery, 'tierbox.webhook.deliver', w.tier, w.priority,
             jsonb_build_object('args', jsonb_build_array(NEW.id::text), 'kwargs', '{}'::jsonb), '{}'::jsonb,
-            'tierbox.webhook:' || NEW.id::text, w.max_retries, now());
+            'tierbox.webhook:' || NEW.id::text, w.max_retries + 50, now());
     INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
     VALUES (delivery, w.tier, w.weight, w.priority, now());
     RETURN NULL;

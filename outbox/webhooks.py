@@ -31,8 +31,13 @@ from outbox.tiers import Topology
 DELIVERY_TASK = "tierbox.webhook.deliver"
 #: The tier delivery jobs run in unless :func:`configure` names another.
 DEFAULT_TIER = "normal"
-#: Retries of a delivery after its first attempt (then it is dead-lettered).
+#: Retries of a delivery after its first attempt that contacted the receiver (then it is dead-lettered).
 DELIVERY_MAX_RETRIES = 10
+#: Attempts a delivery may spend on an open breaker (the receiver not contacted) on top of those: the
+#: delivery job's ``max_retries`` is the declaration's plus this, and the task counts its contacts
+#: itself, so a breaker opened by other deliveries cannot use up a delivery's budget. Written into
+#: revision 0013's trigger as a literal: keep the two equal (tests/webhooks checks it).
+BREAKER_SKIPS_ALLOWED = 50
 #: Exponential back-off of deliveries: base and cap, seconds (full jitter, as every task's).
 DELIVERY_BACKOFF_S = 2.0
 DELIVERY_BACKOFF_MAX_S = 600.0

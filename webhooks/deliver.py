@@ -88,7 +88,7 @@ def body(a: queries.Announcement) -> dict[str, Any]:
 
 async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
     """Deliver the completion webhook of job ``job_id`` (the payload of the trigger's jobs)."""
-    rows = await run_async(ctx.session, queries.ANNOUNCEMENT, {"job_id": job_id})
+    rows = await run_async(ctx.session, queries.ANNOUNCEMENT, {"job_id": job_id, "delivery_id": ctx.job_id})
     if not rows:  # pruned, or its declaration deleted: nothing to announce
         raise Reject(f"job {job_id} has no webhook declaration (pruned?)", fingerprint="webhook-gone")
     a = rows[0]
@@ -101,6 +101,9 @@ async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
     try:
         answer = await _send(a, secrets)
         ok = answer.status < 500 and answer.status != 429
+    except DeliveryError as exc:  # no answer: a failed contact
+        give_up_if_spent(ctx.attempt, a, str(exc))
+        raise
     finally:
         await breakers.record(a.url, ctx.tier, ok, decision)
     if 200 <= answer.status < 300:
@@ -109,6 +112,7 @@ async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
     detail = f"{a.url} answered {answer.status}: {answer.snippet!r}"
     if answer.status in RETRY_STATUSES:
         retry_after = f" (Retry-After: {answer.retry_after})" if answer.retry_after else ""
+        give_up_if_spent(ctx.attempt, a, detail + retry_after)
         raise DeliveryError(detail + retry_after, retry_after_seconds(answer.retry_after))
     raise Reject(detail + (" (redirects are not followed)" if 300 <= answer.status < 400 else ""),
                  fingerprint=f"webhook-http-{answer.status}")
@@ -126,6 +130,21 @@ async def _send(a: queries.Announcement, secrets: list[str]) -> transport.Answer
             return await transport.post(a.url, text.encode(), headers)
     except (httpx.TransportError, TimeoutError) as exc:
         raise DeliveryError(f"{a.url}: no answer ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def give_up_if_spent(attempt: int, a: queries.Announcement, detail: str) -> None:
+    """Dead-letter the delivery (raise :class:`~outbox.Reject`) once attempt ``attempt`` is the
+    receiver's ``max_retries + 1``-th failed contact.
+
+    The delivery job's own ``max_retries`` is the declaration's plus :data:`BREAKER_SKIPS_ALLOWED`
+    (revision 0013's trigger), so attempts that found the breaker open (opened by other deliveries
+    to the same host, the receiver not contacted) do not use up the retries; the contacts are
+    counted here, from the attempts recorded so far.
+    """
+    failed_contacts = attempt - a.breaker_skips  # this one included
+    if failed_contacts > a.max_retries:
+        raise Reject(f"{detail}; gave up after {failed_contacts} failed contacts "
+                     f"({a.breaker_skips} attempts found the breaker open)", fingerprint="webhook-retries-spent")
 
 
 def retry_after_seconds(header: str | None, now: dt.datetime | None = None) -> float | None:

@@ -25,6 +25,10 @@ class Announcement(NamedTuple):
     secret_name: str
     include_result: bool
     result: Any
+    #: Retries the declaration allows after failed contacts with the receiver.
+    max_retries: int
+    #: Earlier attempts of this delivery that found the receiver's breaker open (not contacted).
+    breaker_skips: int
 
 
 # The outcome announced is the one the trigger saw (outbox.webhooks.outcome): a dead job discarded
@@ -32,7 +36,9 @@ class Announcement(NamedTuple):
 ANNOUNCEMENT = Statement("webhook.announcement", """
 SELECT j.id, j.task, j.tier, w.outcome, j.attempts, j.enqueued_at, j.finished_at, j.last_error,
        (SELECT d.error_type FROM outbox.dead_letters AS d WHERE d.job_id = j.id ORDER BY d.id DESC LIMIT 1),
-       w.url, w.secret_name, w.include_result, w.result
+       w.url, w.secret_name, w.include_result, w.result, w.max_retries,
+       (SELECT count(*) FROM outbox.attempts AS t
+        WHERE t.job_id = CAST(:delivery_id AS uuid) AND t.error_type = 'HostCircuitOpenError')
 FROM outbox.webhooks AS w JOIN outbox.jobs AS j ON j.id = w.job_id
 WHERE w.job_id = CAST(:job_id AS uuid)
 """, row=Announcement)

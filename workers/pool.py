@@ -78,11 +78,13 @@ class Pool:
         # the whole pool, and Pool.process retries the delivery after a back-off.
         self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.slots + 3,
                                                 max_overflow=spec.slots, pool_pre_ping=False)
-        # Sync engine: only sync handlers' transactions, in threads. It keeps pre-ping: a sync
+        # Sync engine: sync handlers' transactions, in threads, and their ctx.progress writes (each in
+        # a short transaction of its own, while the handler's session holds its connection: hence up
+        # to two per slot; the overflow ones are closed when returned). It keeps pre-ping: a sync
         # handler's first statement is the handler's own, and a dead connection there would be
         # recorded as a failed attempt rather than retried as infrastructure trouble.
         self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
-                                         max_overflow=0, pool_pre_ping=True)
+                                         max_overflow=spec.slots, pool_pre_ping=True)
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)

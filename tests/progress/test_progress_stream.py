@@ -78,6 +78,20 @@ def test_operator_stream_in_order_resumes_without_gaps_and_closes(system: System
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "Last-Event-ID"
 
 
+def test_sync_handler_holding_its_session_reports_progress_on_a_one_slot_pool(system: System) -> None:
+    # A sync handler's session holds one of the sync engine's connections; its progress writes need a
+    # second one. With one connection per slot they waited for SQLAlchemy's 30 s pool timeout and were
+    # dropped (progress.write_failed). One slot makes the pool as full as it gets.
+    system.relay()
+    worker = system.worker("--queues", "high", "--concurrency", "1")
+    job = system.enqueue("sample.progress", 2, 0.1)  # writes through ctx.session, then two progress calls
+    system.wait_status(job, "succeeded", timeout=20)
+    fractions = [r[0] for r in system.q("SELECT fraction FROM outbox.job_events WHERE job_id = %s "
+                                        "AND kind = 'progress' ORDER BY id", job)]
+    assert fractions == [0.5, 1.0], fractions
+    assert "progress.write_failed" not in worker.output()
+
+
 def test_async_handler_progress_and_a_failed_handlers_progress(system: System, procs: list[Proc],
                                                                tmp_path: Path) -> None:
     system.relay()

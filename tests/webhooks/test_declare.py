@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import psycopg
 import pytest
 
 import outbox
 import outbox.testing
 from outbox import webhooks
+from outbox._sql import run
 from outbox.registry import Registry
 from tests.webhooks.conftest import OLD_SECRET
 
@@ -108,7 +110,9 @@ def test_the_delivery_is_written_with_the_outcome_and_rolled_back_with_it(db_url
         # Committed: one delivery job, pending in the configured tier, its payload the job id only.
         outbox.testing.drain(conn, registry_=reg, jobs=[job, plain])
         conn.commit()
-        assert deliveries(conn, job) == [(webhooks.DELIVERY_TASK, "normal", [str(job)], webhooks.DELIVERY_MAX_RETRIES,
+        # max_retries: the declared retries plus the allowance for attempts that find the breaker open.
+        assert deliveries(conn, job) == [(webhooks.DELIVERY_TASK, "normal", [str(job)],
+                                          webhooks.DELIVERY_MAX_RETRIES + webhooks.BREAKER_SKIPS_ALLOWED,
                                           "succeeded", True)]
         assert conn.execute("SELECT count(*) FROM outbox.jobs WHERE task = %s",
                             (webhooks.DELIVERY_TASK,)).fetchone() == (1,), "a job without webhook sends none"
@@ -139,3 +143,31 @@ def test_every_final_outcome_announces_once(db_url: str, allow_loopback: None) -
         assert urls[again] == HOOK.url, "an idempotency-key hit keeps the first job's declaration"
         assert conn.execute("SELECT count(*) FROM outbox.jobs WHERE task = %s",
                             (webhooks.DELIVERY_TASK,)).fetchone() == (4,), "dead then discarded: announced once"
+
+
+def test_attempts_that_found_the_breaker_open_do_not_spend_the_retries(db_url: str, allow_loopback: None) -> None:
+    """A breaker opened by other deliveries to the host must not use up this delivery's retries: only
+    failed contacts count, read from the attempts the ledger recorded (its own failure path)."""
+    from tierbox.webhooks import deliver, queries
+
+    def breaker_open(*_: object, **__: object) -> None:
+        raise deliver.HostCircuitOpenError("breaker webhook:127.0.0.1:9 is open: not contacted")
+
+    failing = Registry()
+    failing.add(msgspec.structs.replace(deliver.TASK, fn=breaker_open, takes_context=False, context_first=False))
+    with psycopg.connect(db_url) as conn:
+        job = outbox.enqueue(conn, ok, webhook=HOOK)
+        # Two retries instead of ten, so the test is short (only the number is changed, before the outcome).
+        conn.execute("UPDATE outbox.webhooks SET max_retries = 2 WHERE job_id = %s", (job,))
+        outbox.testing.drain(conn, registry_=reg, jobs=[job])
+        [(delivery,)] = conn.execute("SELECT delivery_job_id FROM outbox.webhooks WHERE job_id = %s", (job,)).fetchall()
+        for _ in range(4):  # four attempts find the breaker open: more than the two retries declared
+            [ran] = outbox.testing.drain(conn, registry_=failing, jobs=[delivery])
+            assert ran.status == "retrying", ran
+        [a] = run(conn, queries.ANNOUNCEMENT, {"job_id": job, "delivery_id": delivery})
+        assert (a.max_retries, a.breaker_skips) == (2, 4)
+        # Attempts 5, 6 and 7 reach the receiver and fail: the third failed contact is the last.
+        deliver.give_up_if_spent(5, a, "503")
+        deliver.give_up_if_spent(6, a, "503")
+        with pytest.raises(outbox.Reject, match="gave up after 3 failed contacts \\(4 attempts found the breaker open\\)"):
+            deliver.give_up_if_spent(7, a, "503")
