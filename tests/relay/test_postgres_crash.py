@@ -1,0 +1,196 @@
+"""The relay's asynchronous batch commit against a real Postgres crash: nothing stranded, nothing run twice.
+
+The relay commits each batch with ``synchronous_commit = off`` (``tierbox.relay.relay.ASYNC_COMMIT``):
+after RabbitMQ confirmed a batch, the commit that deletes its ``outbox.pending`` rows and marks its
+jobs ``published`` returns before its WAL is flushed. The claim in the code is that losing such a
+commit loses nothing: the rows are pending again, the state of a relay killed between confirm and
+commit, so the jobs are published again and the ledger absorbs the copies.
+
+The fault that matters is a crash of the Postgres server: ``pg_ctl stop -m immediate`` (SIGQUIT to
+the postmaster). Every backend exits at once, no checkpoint is written, and shared memory, with the
+WAL buffers not yet written out, is gone; on restart the server runs crash recovery from the WAL on
+disk. An asynchronous commit whose commit record was still in those buffers is lost although other
+sessions already saw it (an asynchronous commit is visible before it is flushed), which is exactly
+the case the argument has to survive. (An OS crash or power loss would also lose WAL written to the
+kernel but not yet fsynced; asynchronous commit does not change the order in which WAL reaches disk,
+so that loses a suffix of the same log, the same kind of state, and needs no other test. With
+``synchronous_commit = on`` none of this can happen to a commit that returned: it waits for its flush.)
+
+The private server runs with ``wal_writer_delay = 10s`` (its maximum) and a huge
+``wal_writer_flush_after``, so asynchronous commits stay in the WAL buffers up to ten seconds
+instead of the default 200 ms: that widens the window the crash has to hit (the production window
+is the same fault, only narrower), and is what lets the first test insist that the crash really
+lost relay commits: a crash that lost none proved nothing. Autovacuum is off for the same reason:
+its commits are synchronous and flush every earlier asynchronous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import aiormq
+import psycopg
+import pytest
+
+import outbox
+from outbox.config import Settings
+from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+from tests.helpers import Proc, wait_until
+from tests.private_postgres import PrivatePostgres, private_postgres, unavailable
+from tests.system import System
+from tierbox import migrations
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+#: Server settings of the private instance (fsync stays on, the default: the crash must be a real one).
+CRASH_SETTINGS = {
+    # Asynchronous commits wait for the WAL writer's round; at its maximum (10 s) the crash below finds
+    # them still unflushed. This widens the window the test exercises; it does not create it.
+    "wal_writer_delay": "10s",
+    # Otherwise the WAL writer also flushes once 1 MB of WAL is pending.
+    "wal_writer_flush_after": "1GB",
+    # An autovacuum or auto-analyze commits synchronously, flushing every asynchronous commit before it.
+    "autovacuum": "off",
+    # Nor a timed checkpoint within the test.
+    "checkpoint_timeout": "1h",
+}
+JOBS = 200
+TASK = "sample.normal_effect"  # records one effect in the job's own success transaction
+TIER = "normal"
+
+
+@pytest.fixture
+def pg() -> Iterator[PrivatePostgres]:
+    """A private server (never the shared one on 5432) with :data:`CRASH_SETTINGS`; deleted afterwards."""
+    why = unavailable()
+    if why:
+        pytest.skip(f"no private PostgreSQL: {why}")
+    with private_postgres(**CRASH_SETTINGS) as server:
+        yield server
+
+
+@pytest.fixture
+def crash_settings(pg: PrivatePostgres, prefix: str, service_urls: dict[str, str]) -> Settings:
+    """A migrated database on the private server; the test's own queue prefix on the shared broker.
+
+    Batches of 50: the crash then catches several asynchronous batch commits, not a single one.
+
+    ``reconcile_interval_s = 0``: the relay's reconciler is a second writer whose synchronous commits
+    would flush the batch commits before the crash (and it republishes by its own rules; the
+    scenarios here are about the batch commit alone).
+    """
+    url = pg.create_database("crash")
+    migrations.upgrade(url)
+    return Settings(
+        database_url=url, amqp_url=service_urls["rabbitmq"], redis_url=service_urls["redis"],
+        queue_prefix=prefix, relay_poll_interval_s=0.2, relay_retry_delay_s=0.2, lease_s=2.0,
+        reaper_interval_s=0.5, shutdown_grace_s=5.0, app="sample_tasks", reconcile_interval_s=0,
+        relay_batch_size=50,  # several batch commits in flight, not one
+    )
+
+
+def count(url: str, sql: str, *params: object) -> int:
+    """The one integer ``sql`` returns, on a connection of its own."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def queue_depth(settings: Settings, tier: str) -> int:
+    """Messages ready in ``tier``'s queue (a passive declare on the shared broker)."""
+    async def depth() -> int:
+        conn = await aio_pika.connect(settings.amqp_url)
+        async with conn:
+            ch = await conn.channel()
+            try:
+                q = await ch.declare_queue(settings.queue_name(tier), passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
+            return int(q.declaration_result.message_count or 0)
+    return asyncio.run(depth())
+
+
+def status_counts(url: str) -> dict[str, int]:
+    """Jobs per status."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {s: int(n) for s, n in conn.execute("SELECT status, count(*) FROM outbox.jobs GROUP BY status")}
+
+
+def absorbed(logs: str) -> int:
+    """``worker.duplicate_absorbed`` lines (the worker logs them at DEBUG)."""
+    return len(re.findall(r"action=worker\.duplicate_absorbed\b", logs))
+
+
+def assert_each_succeeded_once(system: System, ids: list[uuid.UUID]) -> None:
+    """Every job ``succeeded`` with exactly one effect and one attempt; no other status, no dead letter."""
+    url = system.settings.database_url
+    assert status_counts(url) == {"succeeded": len(ids)}, status_counts(url)
+    effects = dict(system.q("SELECT job_id, count(*) FROM public.test_effects GROUP BY job_id"))
+    assert set(effects) == set(ids), f"{len(set(ids) - set(effects))} jobs without an effect"
+    assert [j for j, n in effects.items() if n != 1] == [], "a job's effect recorded twice"
+    attempts = dict(system.q("SELECT job_id, count(*) FROM outbox.attempts GROUP BY job_id"))
+    assert [j for j in ids if attempts.get(j) != 1] == [], "a job attempted twice or never"
+    assert count(url, "SELECT count(*) FROM outbox.pending") == 0
+    assert count(url, "SELECT count(*) FROM outbox.dead_letters") == 0
+
+
+def test_batch_commits_lost_in_a_crash_are_republished_and_run_once(
+        pg: PrivatePostgres, crash_settings: Settings, procs: list[Proc], tmp_path: Path) -> None:
+    system = System(crash_settings, procs, tmp_path)
+    url = crash_settings.database_url
+    relay = system.start("relay", env={"TIERBOX_LOG_LEVEL": "DEBUG"})  # DEBUG: one line per batch published
+    system.wait(lambda: "relay.connected" in relay.output(), what="relay connected")
+    with psycopg.connect(url) as conn:  # the producer: one durable commit (synchronous_commit on)
+        ids = outbox.enqueue_many(conn, [outbox.job(TASK, args=[f"n{i}"]) for i in range(JOBS)])
+
+    # Published, as another session sees it; the crash follows at once, before a WAL writer round.
+    # This connection only reads: no WAL of its own, no flush.
+    with psycopg.connect(url, autocommit=True) as watch:
+        wait_until(lambda: watch.execute("SELECT count(*) FROM outbox.pending").fetchone() == (0,),
+                   timeout=60, interval=0.01, what="the relay publishes every job")
+        pg.crash()
+    relay.kill(signal.SIGKILL)  # the server is down: the relay cannot write anything any more
+    relay.wait()
+    batches = re.findall(r"action=relay\.batch_published count=(\d+)", relay.output())
+    published_before = queue_depth(crash_settings, TIER)
+    assert published_before == JOBS, f"{published_before} messages confirmed before the crash"
+
+    began = time.monotonic()
+    pg.start()  # crash recovery
+    recovery_s = time.monotonic() - began
+    assert "database system was interrupted" in pg.log() or "redo starts" in pg.log(), pg.log()[-2000:]
+    lost = count(url, "SELECT count(*) FROM outbox.pending")
+    statuses = status_counts(url)
+    print(f"{len(batches)} batch commits {batches} before the crash; after crash recovery ({recovery_s:.1f} s) "
+          f"{lost} of {JOBS} jobs pending again, statuses {statuses}")
+    # The producer's commit was durable: every job survived.
+    assert sum(statuses.values()) == JOBS
+    # The crash must have lost relay commits, or it proved nothing.
+    assert lost > 0, "the crash lost no relay commit: the test proved nothing (WAL flushed before the crash?)"
+    # A lost batch commit is lost whole: its rows are pending and its jobs are as they were.
+    assert statuses.get("pending", 0) == lost and statuses.get("published", 0) == JOBS - lost, statuses
+    assert count(url, "SELECT count(*) FROM outbox.pending p JOIN outbox.jobs j ON j.id = p.job_id "
+                      "WHERE j.status = 'pending' AND j.published_at IS NULL") == lost
+
+    system.relay()
+    wait_until(lambda: count(url, "SELECT count(*) FROM outbox.pending") == 0, timeout=60,
+               what="the second relay republishes the lost batch")
+    duplicates = queue_depth(crash_settings, TIER) - JOBS
+    assert duplicates == lost, f"{duplicates} messages republished for {lost} lost commits"
+
+    worker = system.worker("--pool", TIER, env={"TIERBOX_LOG_LEVEL": "DEBUG"})
+    system.wait(lambda: status_counts(url) == {"succeeded": JOBS}, timeout=90, what="every job succeeded")
+    system.wait(lambda: queue_depth(crash_settings, TIER) == 0, timeout=30, what="every copy consumed")
+    assert_each_succeeded_once(system, ids)
+    skipped = absorbed(worker.output())
+    print(f"{lost} jobs' release lost by the crash, {duplicates} jobs published twice, "
+          f"{skipped} copies absorbed by the ledger, {JOBS} jobs run once each")
+    assert skipped == duplicates, f"{skipped} duplicates absorbed of {duplicates} published"
