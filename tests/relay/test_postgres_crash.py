@@ -161,6 +161,9 @@ def assert_each_succeeded_once(system: System, ids: list[uuid.UUID], *, one_atte
         attempts = dict(system.q("SELECT job_id, count(*) FROM outbox.attempts GROUP BY job_id"))
         odd = [j for j in ids if attempts.get(j) != 1]
         assert not odd, f"{len(odd)} jobs not attempted exactly once; {trace(system, odd[0])}"
+        runs = dict(system.q("SELECT job_id, count(*) FROM public.test_runs GROUP BY job_id"))
+        rerun = [j for j in ids if runs.get(j) != 1]  # the handler itself, not only its committed effect
+        assert not rerun, f"{len(rerun)} jobs whose handler did not run exactly once; {trace(system, rerun[0])}"
     assert count(url, "SELECT count(*) FROM outbox.pending") == 0, "rows left pending"
     assert count(url, "SELECT count(*) FROM outbox.dead_letters") == 0, "dead letters"
 
@@ -309,6 +312,8 @@ def test_crash_mid_stream_strands_nothing_and_runs_nothing_twice(
     assert_each_succeeded_once(system, ids, one_attempt=False)
     reruns = count(url, "SELECT count(*) FROM (SELECT job_id FROM outbox.attempts GROUP BY job_id "
                         "HAVING count(*) > 1) x")
+    handler_reruns = count(url, "SELECT count(*) FROM (SELECT job_id FROM public.test_runs GROUP BY job_id "
+                                "HAVING count(*) > 1) x")
     skipped = absorbed(system.logs())
     copies = sum(int(n) for n in re.findall(r"action=relay\.batch_published count=(\d+)", relay.output()))
     assert relay.alive() and worker.alive(), "the relay or the worker did not survive the Postgres crash"
@@ -317,4 +322,5 @@ def test_crash_mid_stream_strands_nothing_and_runs_nothing_twice(
     print(f"{len(ids)} jobs committed ({len(unknown_committed)} of {len(producer.unknown)} commits cut by the "
           f"crash did happen, {producer.failed} enqueues failed while the server was down); "
           f"{succeeded_before} succeeded before the crash; "
-          f"{reruns} jobs attempted more than once; every job one effect")
+          f"{reruns} jobs attempted more than once, {handler_reruns} whose handler ran more than once "
+          f"(a run whose success the crash lost); every job one effect")
