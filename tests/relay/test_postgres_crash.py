@@ -170,6 +170,12 @@ def assert_each_succeeded_once(system: System, ids: list[uuid.UUID], *, one_atte
 
 def test_batch_commits_lost_in_a_crash_are_republished_and_run_once(
         pg: PrivatePostgres, crash_settings: Settings, procs: list[Proc], tmp_path: Path) -> None:
+    """A relay alone publishes 200 jobs; the server is crashed the moment they all look published.
+
+    The crash must lose batch commits (jobs back in ``pending``, their batch whole); a second relay
+    publishes them again and a worker then runs every job's handler exactly once, each copy of a job
+    published twice absorbed by the ledger.
+    """
     system = System(crash_settings, procs, tmp_path)
     url = crash_settings.database_url
     relay = start(system, "relay", ready="relay.connected")
@@ -205,7 +211,8 @@ def test_batch_commits_lost_in_a_crash_are_republished_and_run_once(
     # The producer's commit was durable: every job survived.
     assert sum(statuses.values()) == JOBS
     # The crash must have lost relay commits, or it proved nothing.
-    assert lost > 0, "the crash lost no relay commit: the test proved nothing (WAL flushed before the crash?)"
+    assert lost > 0, (f"the crash lost no relay commit: the test proved nothing (at the crash {unwritten} bytes "
+                      f"of WAL were unwritten; a flush before it?)")
     # A lost batch commit is lost whole: its rows are pending and its jobs are as they were.
     assert statuses.get("pending", 0) == lost and statuses.get("published", 0) == JOBS - lost, statuses
     assert count(url, "SELECT count(*) FROM outbox.pending p JOIN outbox.jobs j ON j.id = p.job_id "
