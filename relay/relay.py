@@ -75,6 +75,9 @@ HOPS = os.environ.get(HOPS_ENV) == "1"
 #: republished, the copy absorbed by the ledger; tests/relay test_relay_killed_between_confirm_and_commit),
 #: and any later durable commit that saw it (a worker's start) flushes it first (the WAL is written in
 #: order). ``TIERBOX_BENCH_RELAY_SYNC_COMMIT=1`` turns it off (the benchmark's A/B only).
+#: Crash-tested: tests/relay/test_postgres_crash.py crashes a private Postgres (SIGQUIT, as ``pg_ctl stop -m
+#: immediate``) right after a batch's asynchronous commit is visible, checks that commits were lost (rows
+#: pending again), then that every job still runs exactly once; and crashes it under a running relay + worker.
 ASYNC_COMMIT = os.environ.get("TIERBOX_BENCH_RELAY_SYNC_COMMIT") != "1"
 _SYNC_COMMIT_OFF = "SET LOCAL synchronous_commit = off"
 #: Least seconds between two re-declarations of the topology after returned publishes.
