@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The repository folders of the installed packages (pyproject.toml maps them into `tierbox`).
-PACKAGES := outbox tierbox api cli flow migrations ops relay scheduler workers
+PACKAGES := outbox tierbox api cli flow migrations ops relay scheduler workers webhooks
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: help demo test lint typecheck docs bench chaos clean

@@ -38,6 +38,7 @@ def settings(**overrides: Any) -> Settings:
 
 def load_app(**overrides: Any) -> Settings:
     """Settings, with the app's task modules imported and enqueue configured for its topology."""
+    from outbox import webhooks
     from outbox.enqueue import configure
     from outbox.registry import import_app
 
@@ -46,6 +47,7 @@ def load_app(**overrides: Any) -> Settings:
     if failures:
         raise TierboxError("; ".join(failures))
     configure(topology=loaded.topology, max_payload_bytes=loaded.max_payload_bytes)
+    webhooks.configure(allow=loaded.webhook_allow, tier=loaded.webhook_tier)  # the scheduler's runs may declare one
     return loaded
 
 

@@ -88,7 +88,11 @@ def worker(pool: str | None, queues: str | None, concurrency: int | None, prefet
     failures = import_app(settings.app_modules())
     if failures:
         raise TierboxError("; ".join(failures))
+    import tierbox.webhooks.deliver  # noqa: F401 - registers the built-in task tierbox.webhook.deliver
+    from outbox import webhooks
+
     configure(topology=settings.topology, max_payload_bytes=settings.max_payload_bytes)
+    webhooks.configure(allow=settings.webhook_allow, tier=settings.webhook_tier)
     sys.exit(main(settings, name, spec, registry, metrics_port, burst=burst))
 
 

@@ -39,6 +39,7 @@ from outbox.redrive import discard, redrive, redrive_async
 from outbox.registry import Task, breaker, registry, task
 from outbox.schema import metadata
 from outbox.tiers import Tier
+from outbox.webhooks import Webhook, WebhookError
 
 __all__ = [
     "CapabilityError",
@@ -64,6 +65,8 @@ __all__ = [
     "TopologyMismatchError",
     "UnknownTaskError",
     "UnknownTierError",
+    "Webhook",
+    "WebhookError",
     "breaker",
     "configure",
     "cron",

@@ -131,8 +131,28 @@ WITH doomed AS (
 ), events AS (
     -- A job's events go with it (outbox.job_events has no foreign key to cascade: see revision 0012).
     DELETE FROM outbox.job_events e USING doomed WHERE e.job_id = doomed.id
+), hooks AS (
+    -- And its webhook declaration (no foreign key either: revision 0013).
+    DELETE FROM outbox.webhooks w USING doomed WHERE w.job_id = doomed.id
 )
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
+""")
+
+# The handler's return value, for a task with webhook_result=True (docs/webhooks.md): written in the
+# attempt's transaction before its success, so the value announced is the succeeding attempt's.
+RECORD_RESULT = Statement("webhook.record_result", """
+UPDATE outbox.webhooks SET result = CAST(:result AS jsonb) WHERE job_id = :job_id AND include_result
+""")
+
+# Completion webhooks of jobs just enqueued (outbox/webhooks.py), in the caller's transaction; a job
+# that already existed (idempotency key) keeps its first declaration. The trigger of revision 0013
+# enqueues the delivery when the job's outcome is recorded.
+DECLARE_WEBHOOKS = Statement("enqueue.webhooks", """
+INSERT INTO outbox.webhooks (job_id, url, secret_name, tier, weight, priority, max_retries, include_result)
+SELECT * FROM unnest(CAST(:job_ids AS uuid[]), CAST(:urls AS text[]), CAST(:secrets AS text[]),
+                     CAST(:tiers AS text[]), CAST(:weights AS smallint[]), CAST(:priorities AS smallint[]),
+                     CAST(:max_retries AS integer[]), CAST(:include_result AS boolean[]))
+ON CONFLICT (job_id) DO NOTHING
 """)
 
 # Delete dead letters past retention that are settled (redriven or discarded) or name no job (garbage).

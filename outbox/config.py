@@ -77,6 +77,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Log lines as ``text`` (``key=value``) or ``json`` (one object per line, with the trace id).
     #: Defaults to ``text``.
     log_format: str = "text"
+    #: Addresses completion webhooks may reach although they are loopback, private, link-local or
+    #: metadata addresses: CIDRs, addresses or host names, comma- or space-separated (docs/webhooks.md).
+    #: Defaults to none.
+    webhook_allow: str = ""
+    #: Tier of the jobs that deliver completion webhooks (checked against the topology at enqueue).
+    #: Defaults to ``normal``.
+    webhook_tier: str = "normal"
 
     def __post_init__(self) -> None:
         for field, scheme in (

@@ -21,6 +21,7 @@ from typing_extensions import Unpack
 from outbox import _queries as queries
 from outbox import _tracing as tracing
 from outbox import _transitions as transitions
+from outbox import webhooks
 from outbox._encoding import encode_headers, encode_payload
 from outbox._sql import AsyncSessionLike, Statement, SyncSession, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
@@ -86,6 +87,8 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True):
     expires_s: float | None
     #: The caller named the tier: a tier override (outbox.tier_overrides) does not apply.
     explicit_tier: bool = False
+    #: Its completion webhook (``webhook=`` or the task's ``on_complete``), checked; docs/webhooks.md.
+    webhook: webhooks.Declared | None = None
 
 
 class JobOptions(TypedDict, total=False):
@@ -113,6 +116,8 @@ class JobOptions(TypedDict, total=False):
     priority: int | None
     #: Retries after the first attempt; defaults to the task's ``max_retries``.
     max_retries: int | None
+    #: POST a signed document to this URL at the job's final outcome; defaults to the task's ``on_complete``.
+    webhook: webhooks.Webhook | None
 
 
 _OPTION_NAMES = frozenset(JobOptions.__annotations__)
@@ -141,6 +146,7 @@ def job(task: Task | str, tier: Tier | str | None = None, **options: Unpack[JobO
         headers=encode_headers(options.get("headers")), idempotency_key=_key(options.get("idempotency_key")),
         max_retries=_max_retries(options.get("max_retries"), t), run_at=run_at, delay_s=delay_s,
         expires_at=expires_at, expires_s=expires_s, explicit_tier=tier is not None,
+        webhook=webhooks.declare(options.get("webhook"), t.on_complete, t.webhook_result, _options.topology),
     )
 
 
@@ -183,7 +189,10 @@ def _write(session: SyncSession, specs: list[JobSpec]) -> list[uuid.UUID]:
     rows = run(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)
     found = _by_key(run(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
-    return _ids(specs, rows, alias, found)
+    ids = _ids(specs, rows, alias, found)
+    if declared := _webhooks(specs, ids):
+        run(session, transitions.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
+    return ids
 
 
 async def enqueue_many_async(session: AsyncSessionLike, jobs: Iterable[JobSpec]) -> list[uuid.UUID]:
@@ -204,7 +213,17 @@ async def _write_async(session: AsyncSessionLike, specs: list[JobSpec]) -> list[
     rows = await run_async(session, stmt, params)
     missing = _missing_keys(specs, rows, alias)
     found = _by_key(await run_async(session, queries.JOB_IDS_BY_KEY, {"keys": missing})) if missing else {}
-    return _ids(specs, rows, alias, found)
+    ids = _ids(specs, rows, alias, found)
+    if declared := _webhooks(specs, ids):
+        await run_async(session, transitions.DECLARE_WEBHOOKS, webhooks.declaration_params(declared))
+    return ids
+
+
+def _webhooks(specs: list[JobSpec], ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, webhooks.Declared]]:
+    """The webhooks of the jobs this call created: a job found by its idempotency key (another id) keeps
+    what it was enqueued with."""
+    return [(s.id, s.webhook) for s, job_id in zip(specs, ids, strict=True)
+            if s.webhook is not None and job_id == s.id]
 
 
 def _statement(specs: list[JobSpec]) -> tuple[Statement[tuple[Any, ...]], dict[str, Any], dict[int, int]]:

@@ -18,6 +18,7 @@ import msgspec
 from outbox.errors import RegistryError, Reject
 from outbox.flow import BreakerPolicy, RateLimit, Schedule, breaker_policy, parse_rate
 from outbox.tiers import Tier, Topology
+from outbox.webhooks import Webhook, check_declaration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +54,10 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     breaker: str | None = None
     takes_context: bool = False
     context_first: bool = False
+    #: Webhook of every job of this task unless its enqueue names one (docs/webhooks.md).
+    on_complete: Webhook | None = None
+    #: The handler's return value is sent in the webhook's body (``data.result``).
+    webhook_result: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -176,6 +181,8 @@ def task(
     rate_key: str | None = None,
     concurrency: int | None = None,
     breaker: str | None = None,
+    on_complete: Webhook | None = None,
+    webhook_result: bool = False,
     registry_: Registry | None = None,
 ) -> Any:
     """Register a handler as a task. Use as ``@task(tier=Tier.HIGH)``.
@@ -193,6 +200,9 @@ def task(
     jobs running at once cluster-wide; ``breaker="stripe"`` names a circuit
     breaker shared by every task that names it. Jobs held back by a limit,
     an open breaker or a pause are deferred through the outbox, never failed.
+    ``on_complete=outbox.Webhook(url=..., secret="name")`` announces each
+    job's final outcome with a signed POST (an enqueue's ``webhook=`` wins);
+    ``webhook_result=True`` puts the handler's JSON return value in it.
 
     A handler that declares a parameter named ``ctx`` receives a
     :class:`outbox.context.TaskContext`: as the first positional argument
@@ -213,12 +223,18 @@ def task(
         if rate_key is not None and rate_limit is None:
             raise RegistryError(f"task {name or f.__qualname__!r}: rate_key needs a rate_limit")
         _validate_policy(task_name, max_retries, retry_backoff_s, retry_backoff_max_s, timeout_s, priority)
+        if on_complete is not None:  # its address is resolved and checked at each enqueue (DNS changes)
+            try:
+                check_declaration(on_complete, "on_complete")
+            except ValueError as exc:
+                raise RegistryError(f"task {task_name!r}: {exc}") from exc
         t = Task(
             name=task_name, fn=f, tier=tier_name, max_retries=max_retries, retry_backoff_s=retry_backoff_s,
             retry_backoff_max_s=retry_backoff_max_s, timeout_s=timeout_s, priority=priority,
             retry_on=tuple(retry_on), no_retry_on=tuple(no_retry_on), long=long, expires_s=lifetime,
             schedule=schedule, rate_limit=parse_rate(rate_limit) if rate_limit is not None else None,
-            rate_key=rate_key, concurrency=concurrency, breaker=breaker,
+            rate_key=rate_key, concurrency=concurrency, breaker=breaker, on_complete=on_complete,
+            webhook_result=bool(webhook_result),
             takes_context="ctx" in params,
             context_first=bool(params) and params[0] == "ctx",
         )

@@ -430,3 +430,32 @@ job_watchers = Table(
     comment="Jobs whose event stream is being read: only their events NOTIFY (renewed by the streams).",
     prefixes=["UNLOGGED"],  # ephemeral: lost in a crash, rebuilt by the streams' next renewal
 )
+
+
+# --- Completion webhooks (revision 0013) -------------------------------------------------------------
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    # No foreign key, as job_events: PRUNE_BATCH deletes a job's declaration with the job.
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
+    Column("url", Text, nullable=False),
+    # The secret's NAME; its values live in the workers' configuration only (docs/webhooks.md).
+    Column("secret_name", Text, nullable=False),
+    # Where and how the delivery job runs, resolved at enqueue (the trigger copies them).
+    Column("tier", Text, nullable=False),
+    Column("weight", SmallInteger, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("max_retries", Integer, nullable=False),
+    Column("include_result", Boolean, nullable=False, server_default=text("false")),
+    Column("result", JSONB, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # Set once by the trigger enqueue_webhook_delivery, in the transaction that records the outcome.
+    Column("outcome", Text, nullable=True),
+    Column("delivery_job_id", UUID(as_uuid=True), nullable=True),
+    # Set by the delivery's success, in its own transaction.
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("response_status", Integer, nullable=True),
+    CheckConstraint("secret_name ~ '^[A-Za-z0-9_]{1,64}$'", name="secret_name"),
+    comment="Completion webhooks of jobs: URL, secret name, and the delivery job once the outcome is recorded.",
+)

@@ -46,6 +46,7 @@ from outbox._progress import BufferedProgress
 from outbox._sql import run, savepoint
 from outbox.context import TaskContext
 from outbox.registry import Registry, Task, registry
+from outbox.webhooks import result_params
 
 TESTING_WORKER_ID = "outbox.testing"
 
@@ -132,7 +133,9 @@ def _run_one(session: Any, reg: Registry, job_id: uuid.UUID, task_name: str, tie
         if task is None:
             raise LookupError(f"no handler registered as {task_name!r}")
         with savepoint(session):
-            _call(task, decode_payload(payload.encode()), ctx)
+            value = _call(task, decode_payload(payload.encode()), ctx)
+            if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
+                run(session, transitions.RECORD_RESULT, result_params(job_id, value))
             progress.flush_to(session)  # before the success: the last progress precedes the outcome
             run(session, transitions.SUCCEED, {"job_id": job_id, "attempt": attempt})
         return DrainedJob(job_id, task_name, "succeeded")
@@ -157,8 +160,9 @@ def _fail(session: Any, task: Task | None, job_id: uuid.UUID, task_name: str, at
     return DrainedJob(job_id, task_name, "dead", f"{type(exc).__name__}: {exc}")
 
 
-def _call(task: Task, payload: Any, ctx: TaskContext) -> None:
+def _call(task: Task, payload: Any, ctx: TaskContext) -> Any:
     args, kwargs = task.arguments(payload.args, payload.kwargs, ctx)
     result = task.fn(*args, **kwargs)
     if asyncio.iscoroutine(result):
-        asyncio.run(result)
+        return asyncio.run(result)
+    return result

@@ -18,6 +18,7 @@ installed name              repository folder    what it holds
 ``tierbox.api``             ``api/``             the Litestar admin HTTP app
 ``tierbox.cli``             ``cli/``             the ``tierbox`` command line
 ``tierbox.migrations``      ``migrations/``      alembic revisions of the ``outbox`` schema
+``tierbox.webhooks``        ``webhooks/``        completion webhooks' delivery task (signed POSTs)
 ==========================  ===================  ==================================================
 
 ``outbox`` imports nothing from ``tierbox``; ``tierbox`` packages import ``outbox``.

@@ -37,6 +37,7 @@ from outbox._progress import EngineProgress
 from outbox._sql import run, run_async
 from outbox.context import TaskContext
 from outbox.registry import Task
+from outbox.webhooks import result_params
 from tierbox.workers.batch import SuccessBatcher
 
 
@@ -83,7 +84,9 @@ class Executor:
         session = AsyncSession(bind=conn)
         ctx.session = session
         try:
-            await _call_in_time(task, payload, ctx)
+            value = await _call_in_time(task, payload, ctx)
+            if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
+                await run_async(session, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
             rows = await run_async(session, transitions.SUCCEED, {"job_id": ctx.job_id, "attempt": ctx.attempt})
             if rows[0].jobs != 1:
                 await session.rollback()
@@ -103,7 +106,10 @@ class Executor:
         # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
         # for the success to commit with: it is recorded autocommitted, batched with the others that
         # finish meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.
-        await _call_in_time(task, payload, ctx)
+        value = await _call_in_time(task, payload, ctx)
+        if task.webhook_result:  # no session to commit with: its own short transaction, before the success
+            async with self.async_engine.begin() as conn:
+                await run_async(conn, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
         return Result.SUCCEEDED if await self.successes.succeed(ctx.job_id, ctx.attempt) else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
@@ -136,7 +142,9 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
                   abandoned: threading.Event) -> Result:
     with Session(engine) as session:
         ctx.session = session
-        _call_sync(task, payload, ctx)
+        value = _call_sync(task, payload, ctx)
+        if task.webhook_result:  # sent in its completion webhook (docs/webhooks.md)
+            run(session, transitions.RECORD_RESULT, result_params(ctx.job_id, value))
         if abandoned.is_set():
             session.rollback()
             return Result.ABANDONED
@@ -148,10 +156,10 @@ def _sync_attempt(engine: Engine, task: Task, payload: Payload, ctx: TaskContext
         return Result.SUCCEEDED
 
 
-async def _call_in_time(task: Task, payload: Payload, ctx: TaskContext) -> None:
-    """Await an async handler, cancelled at the task's time limit (raised as AttemptTimeout)."""
+async def _call_in_time(task: Task, payload: Payload, ctx: TaskContext) -> Any:
+    """Await an async handler, cancelled at the task's time limit (raised as AttemptTimeout); its return value."""
     try:
-        await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
+        return await asyncio.wait_for(_call(task, payload, ctx), task.timeout_s)
     except TimeoutError as exc:
         raise AttemptTimeout(f"{task.name} exceeded its timeout of {task.timeout_s}s") from exc
     finally:  # the handler's last progress is written before its outcome (outbox._progress)

@@ -94,10 +94,20 @@ Outcome: TypeAlias = (Undeliverable | Deferred | Duplicate | UnknownTask | Ran |
                       | Released)
 
 
-def retry_delay_s(task: Task, attempt: int) -> float:
-    """Exponential back-off with full jitter: uniform(0, min(cap, base * 2**(attempt-1)))."""
+#: A handler's exception may carry, in this attribute, the earliest retry that can help (seconds): the
+#: webhook delivery sets it from a receiver's ``Retry-After`` and from an open breaker's remaining time.
+RETRY_AFTER_ATTR = "__tierbox_retry_after__"
+
+
+def retry_delay_s(task: Task, attempt: int, exc: BaseException | None = None) -> float:
+    """Exponential back-off with full jitter: uniform(0, min(cap, base * 2**(attempt-1))); no less than
+    the exception's retry-after hint, which is itself capped at the task's ``retry_backoff_max_s``."""
     ceiling = min(task.retry_backoff_max_s, task.retry_backoff_s * (2 ** max(attempt - 1, 0)))
-    return random.uniform(0, ceiling)
+    delay = random.uniform(0, ceiling)
+    hint = getattr(exc, RETRY_AFTER_ATTR, None)
+    if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > 0:
+        delay = max(delay, min(float(hint), task.retry_backoff_max_s))
+    return delay
 
 
 class Recorder:
@@ -174,7 +184,7 @@ class Recorder:
         error = ErrorInfo.of(exc)
         retryable = task.retryable(exc) if outcome == "failed" else True
         if retryable and attempts_left(start.attempt, start.max_retries) > 0:
-            delay = retry_delay_s(task, start.attempt)
+            delay = retry_delay_s(task, start.attempt, exc)
             await self.ledger.retry(job_id, start.attempt, delay, outcome, error)
             self.count("retried")
             event(log, "worker.retry_scheduled", job_id=job_id, attempt=start.attempt, delay_s=round(delay, 3),

@@ -15,7 +15,7 @@ per second; the view had p50 and p95 only and no start count. Two columns append
 past its SLO is breaching it, which the p95 hid. The oldest-due-row half is unchanged.
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-01
 """
 
@@ -24,7 +24,7 @@ import importlib
 from alembic import op
 
 revision = "0016"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""Completion webhooks' delivery: the built-in task ``tierbox.webhook.deliver`` (docs/webhooks.md)."""
