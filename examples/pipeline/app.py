@@ -117,8 +117,9 @@ def read_meeting(state: State, meeting_id: uuid.UUID) -> MeetingView:
     """The meeting's stored results, and its job's status in the ledger."""
     engine: Engine = state.engine
     with engine.connect() as conn:
-        row = conn.execute(text(f"SELECT m.status, j.status AS job_status, m.summary, m.degraded FROM {tasks.MEETINGS} m "
-                                "JOIN outbox.jobs j ON j.id = m.job_id WHERE m.id = :id"), {"id": meeting_id}).first()
+        row = conn.execute(text(f"SELECT m.status, j.status AS job_status, m.summary, m.degraded "
+                                f"FROM {tasks.MEETINGS} m JOIN outbox.jobs j ON j.id = m.job_id WHERE m.id = :id"),
+                           {"id": meeting_id}).first()
     if row is None:
         raise RequestError(404, f"no meeting {meeting_id}")
     status = "failed" if row.job_status in ("dead", "discarded", "expired") else row.status

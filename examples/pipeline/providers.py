@@ -8,7 +8,9 @@ WAV file (it does not start with ``RIFF``): a permanent failure, as an unreadabl
 
 Served by uvicorn as its own process: ``python -m uvicorn examples.pipeline.providers:app``.
 ``PROVIDER_LATENCY_MS`` (default 200) and ``PROVIDER_FAILURE_RATES`` (``step=rate`` pairs, comma
-separated, e.g. ``summary=0.5,transcribe=0.05``; steps not named never fail) set it up.
+separated, e.g. ``summary=0.5,transcribe=0.05``; steps not named never fail) set it up, and
+``PROVIDER_FLAKY_EVERY`` (default 0: off): the first two transcription requests of every n-th
+meeting it sees answer 503, a deterministic transient failure whose retries a run can count.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def parse_rates(raw: str) -> dict[str, float]:
 
 
 FAILURE_RATES = parse_rates(os.environ.get("PROVIDER_FAILURE_RATES", ""))
+FLAKY_EVERY = int(os.environ.get("PROVIDER_FLAKY_EVERY", "0"))
 REQUESTS: Counter[str] = Counter()
+_TRANSCRIBED: Counter[str] = Counter()  # transcription requests per meeting
+_MEETINGS: dict[str, int] = {}  # meeting -> the order it was first seen in
 FAILURES: Counter[str] = Counter()
 
 
@@ -71,6 +76,12 @@ async def transcribe(data: StepRequest) -> Response[dict[str, object]]:
         REQUESTS["transcribe"] += 1
         FAILURES["transcribe_unreadable"] += 1
         return Response({"error": "audio track unreadable"}, status_code=422)
+    _TRANSCRIBED[data.meeting_id] += 1
+    order = _MEETINGS.setdefault(data.meeting_id, len(_MEETINGS) + 1)
+    if FLAKY_EVERY and order % FLAKY_EVERY == 0 and _TRANSCRIBED[data.meeting_id] <= 2:
+        REQUESTS["transcribe"] += 1
+        FAILURES["transcribe_flaky"] += 1
+        return Response({"error": "transcribe: provider overloaded"}, status_code=503)
     failed = _fails("transcribe")
     if failed:
         return failed  # type: ignore[return-value]

@@ -5,10 +5,11 @@ Tierbox signs with), not hand-written HMAC code. A delivery whose signature or t
 verify is answered 400 and counted. Deliveries are at least once, so a ``webhook-id`` already
 processed is answered 2xx again and counted as a duplicate, not processed twice.
 
-To exercise the sender's retries it misbehaves on purpose, as receivers do: ``RECEIVER_DOWN_RATE``
-(default 0.1) of first deliveries are answered 503 before anything is processed (the sender must
-retry), and ``RECEIVER_LOST_ACK_RATE`` (default 0.1) of first deliveries are processed and then
-answered 500, as if the 2xx had been lost (the sender retries; the receiver must absorb the copy).
+To exercise the sender's retries it misbehaves on purpose, as receivers do, and deterministically so
+that a run's counts can be checked: the first delivery of every ``RECEIVER_DOWN_EVERY``-th new
+``webhook-id`` (default 4) is answered 503 before anything is processed (the sender must retry),
+and every ``RECEIVER_LOST_ACK_EVERY``-th id processed (default 5) is answered 500 after processing,
+as if the 2xx had been lost (the sender retries; the receiver must absorb the copy). 0 turns either off.
 
 Served by uvicorn: ``python -m uvicorn examples.pipeline.receiver:app``; ``PIPELINE_CMS_SECRET``
 holds the shared secret (``whsec_...``). ``GET /stats`` returns what it received.
@@ -17,7 +18,6 @@ holds the shared secret (``whsec_...``). ``GET /stats`` returns what it received
 from __future__ import annotations
 
 import os
-import random
 from collections import Counter
 from typing import Any
 
@@ -26,13 +26,13 @@ from litestar import Litestar, Request, Response, get, post
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
-DOWN_RATE = float(os.environ.get("RECEIVER_DOWN_RATE", "0.1"))
-LOST_ACK_RATE = float(os.environ.get("RECEIVER_LOST_ACK_RATE", "0.1"))
+DOWN_EVERY = int(os.environ.get("RECEIVER_DOWN_EVERY", "4"))
+LOST_ACK_EVERY = int(os.environ.get("RECEIVER_LOST_ACK_EVERY", "5"))
 
 #: webhook-id -> the event processed for it (the first verified delivery).
 PROCESSED: dict[str, dict[str, Any]] = {}
 COUNTS: Counter[str] = Counter()
-_SEEN_ONCE: set[str] = set()  # ids whose first delivery met the injected misbehaviour already
+_SEEN_ONCE: set[str] = set()  # every webhook-id delivered at least once
 
 
 def _verifier() -> Verifier:
@@ -46,10 +46,11 @@ async def receive(request: Request[Any, Any, Any]) -> Response[None]:
     headers = {k.lower(): v for k, v in request.headers.items()}
     COUNTS["deliveries"] += 1
     webhook_id = headers.get("webhook-id", "")
-    if webhook_id not in PROCESSED and webhook_id not in _SEEN_ONCE and random.random() < DOWN_RATE:
+    if webhook_id not in PROCESSED and webhook_id not in _SEEN_ONCE:
         _SEEN_ONCE.add(webhook_id)
-        COUNTS["answered_503"] += 1
-        return Response(None, status_code=503)
+        if DOWN_EVERY and len(_SEEN_ONCE) % DOWN_EVERY == 0:
+            COUNTS["answered_503"] += 1
+            return Response(None, status_code=503)
     try:
         event = _verifier().verify(raw, headers)
     except WebhookVerificationError:
@@ -60,8 +61,7 @@ async def receive(request: Request[Any, Any, Any]) -> Response[None]:
         COUNTS["duplicates_absorbed"] += 1
         return Response(None, status_code=204)
     PROCESSED[webhook_id] = event
-    if webhook_id not in _SEEN_ONCE and random.random() < LOST_ACK_RATE:
-        _SEEN_ONCE.add(webhook_id)
+    if LOST_ACK_EVERY and len(PROCESSED) % LOST_ACK_EVERY == 0:
         COUNTS["answered_500_after_processing"] += 1
         return Response(None, status_code=500)
     return Response(None, status_code=204)

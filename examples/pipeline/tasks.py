@@ -60,7 +60,7 @@ PROVIDERS_URL = os.environ.get("PIPELINE_PROVIDERS_URL", "http://127.0.0.1:8766"
 _client = httpx.Client(base_url=PROVIDERS_URL, timeout=30)
 
 
-class TranscriptionFailed(Exception):
+class TranscriptionError(Exception):
     """The speech-to-text provider answered with an error: the attempt fails and is retried."""
 
 
@@ -73,10 +73,10 @@ def _transcribe(meeting_id: str, audio: bytes) -> str:
         raise outbox.Reject(f"transcription refused the audio of meeting {meeting_id}: "
                             f"{response.json().get('error')}")
     if response.status_code != 200:
-        raise TranscriptionFailed(f"transcription answered {response.status_code}")
+        raise TranscriptionError(f"transcription answered {response.status_code}")
     transcript = str(response.json()["transcript"])
     if len(transcript.strip()) < 10:
-        raise TranscriptionFailed("transcription produced insufficient content")
+        raise TranscriptionError("transcription produced insufficient content")
     return transcript
 
 
@@ -103,9 +103,11 @@ def process_meeting(ctx: outbox.TaskContext, *, meeting_id: str) -> dict[str, An
             degraded.append(step)
         ctx.progress(0.4 + 0.1 * i, f"{step}: {'skipped' if step in degraded else 'done'}",
                      {"step": step, "ok": step not in degraded})
-    # The last progress is reported before the first statement on ctx.session: a sync handler holding
-    # its session's connection while reporting progress can wait for the worker's sync pool (see README).
-    ctx.progress(0.9, "storing", {"degraded": degraded})
+    # The last progress is reported with fraction 1.0 (never held back by the 0.5 s throttle, so written
+    # now) and before the first statement on ctx.session: a progress write made while the handler's
+    # session holds a connection can wait 30 s for the worker's sync pool and be dropped (README,
+    # "What this found").
+    ctx.progress(1.0, "storing", {"degraded": degraded})
     ctx.session.execute(text(
         f"UPDATE {MEETINGS} SET status = 'completed', transcript = :t, speakers = CAST(:s AS jsonb), "
         "summary = :sum, action_items = CAST(:a AS jsonb), decisions = CAST(:d AS jsonb), degraded = :deg, "
