@@ -45,7 +45,8 @@ def test_the_meeting_pipeline_completes_every_job_with_partial_results_and_one_w
     lost = table["none is lost (late ack; a worker SIGKILLed mid-run)"][1]
     assert f"{MEETINGS + 1} uploads, {MEETINGS + 1} terminal jobs, lost 0;" in lost and "1 SIGKILL" in lost, out
     backoff = table["transient provider failures are retried with exponential back-off"][1]
-    assert f"{MEETINGS // 5} jobs succeeded on a later attempt" in backoff and "after attempt 2:" in backoff, out
+    assert number(r"(\d+) jobs succeeded after failed attempts", backoff) >= MEETINGS // 5, out  # every 5th: 2
+    assert "after attempt 1:" in backoff and "after attempt 2:" in backoff, out
     hooks = table["every completion webhook is delivered, signed, exactly once to the receiver"][1]
     assert f"{MEETINGS + 1} distinct webhook-ids for {MEETINGS + 1} jobs, all ours: True" in hooks, out
     assert "0 signatures rejected" in hooks and "3 answered 503 and retried" in hooks, out  # every 4th of 13
