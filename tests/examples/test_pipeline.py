@@ -11,20 +11,24 @@ saw its progress in order and then its outcome.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from outbox.config import Settings
 from tests.examples.claims import claims, number
 from tests.helpers import ROOT, settings_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
+pytestmark = [pytest.mark.timeout(450)]
 
 MEETINGS = 12
 
 
+@pytest.mark.slow
 def test_the_meeting_pipeline_completes_every_job_with_partial_results_and_one_webhook_each(
         settings: Settings) -> None:
     env = settings_env(settings)
@@ -53,3 +57,32 @@ def test_the_meeting_pipeline_completes_every_job_with_partial_results_and_one_w
     assert "2 2xx lost (500 after processing) and 2 re-deliveries absorbed" in hooks, out  # every 5th of 13
     sse = table["the browser sees the job's progress over SSE, then its outcome"][1]
     assert sse.startswith("3/3 streams"), out
+
+
+def test_an_upload_refused_names_its_field_and_writes_nothing(settings: Settings, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from litestar.testing import TestClient
+
+    from examples.pipeline import app, tasks
+
+    for name, value in settings_env(settings).items():
+        if name.startswith("TIERBOX_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PIPELINE_EVENTS_SECRET", "s" * 32)
+    monkeypatch.setattr(tasks, "UPLOAD_DIR", tmp_path)
+    with psycopg.connect(settings.psycopg_url, autocommit=True) as conn:
+        conn.execute(tasks.SCHEMA)  # type: ignore[arg-type]
+    good = {"title": "weekly sync", "audio_b64": base64.b64encode(b"RIFF....WAVE").decode(),
+            "webhook_url": "https://169.254.169.254/latest"}
+    with TestClient(app.create_app()) as client:
+        refused = [(client.post("/meetings", json={**good, **change}), field) for change, field in [
+            ({}, "webhook_url"),  # the cloud metadata address: the SSRF guard refuses it
+            ({"audio_b64": "not base64!"}, "audio_b64"),
+            ({"title": ""}, "title"),
+        ]]
+    for answer, field in refused:
+        assert answer.status_code == 422 and answer.json()["error"]["field"] == field, answer.text
+    with psycopg.connect(settings.psycopg_url) as conn:
+        written = conn.execute(f"SELECT (SELECT count(*) FROM {tasks.MEETINGS}), "  # type: ignore[arg-type]
+                               "(SELECT count(*) FROM outbox.jobs)").fetchone()
+    assert written == (0, 0) and not list(tmp_path.iterdir())
