@@ -215,8 +215,13 @@ def run(meetings: int, sample: int, kill: bool, label: str, rates: str) -> int:
         procs.start("providers", ["examples.pipeline.providers:app", "--port", str(providers_port), *uvicorn],
                     module="uvicorn", extra_env={"PROVIDER_FAILURE_RATES": rates,
                                                  "PROVIDER_FLAKY_EVERY": str(FLAKY_EVERY)})
+        # The receiver's deliberate failures, spread so that fewer than 5 fall in any minute at the full
+        # size: more would open the per-host breaker (5 failures in 60 s) and hold every delivery back.
+        down_every, lost_every = max(4, meetings // 4), max(5, meetings // 4 + 1)
         procs.start("receiver", ["examples.pipeline.receiver:app", "--port", str(receiver_port), *uvicorn],
-                    module="uvicorn", extra_env={"PIPELINE_CMS_SECRET": cms_secret})
+                    module="uvicorn", extra_env={"PIPELINE_CMS_SECRET": cms_secret,
+                                                 "RECEIVER_DOWN_EVERY": str(down_every),
+                                                 "RECEIVER_LOST_ACK_EVERY": str(lost_every)})
         procs.start("api", ["--factory", "examples.pipeline.app:create_app", "--port", str(api_port), *uvicorn],
                     module="uvicorn", extra_env={"PIPELINE_EVENTS_SECRET": secrets.token_urlsafe(32),
                                                  "PIPELINE_UPLOAD_DIR": str(uploads_dir)})
@@ -303,7 +308,8 @@ def _report(conn: psycopg.Connection[Any], r: Run, label: str, meetings: int, jo
                               (job_ids,)):  # type: ignore[arg-type]
         gaps.setdefault(attempt, []).append(float(gap))
     backoff = "; ".join(f"after attempt {a}: {len(g)} waits, {min(g):.2f}-{max(g):.2f} s (jitter under "
-                        f"{2 ** (a - 1):.0f} s, plus the relay's hand-off)" for a, g in sorted(gaps.items()))
+                        f"{2 ** (a - 1):.0f} s; the rest is the wait behind the queued jobs)"
+                        for a, g in sorted(gaps.items()))
     processed: dict[str, dict[str, Any]] = got["processed"]
     counts: dict[str, int] = got["counts"]
     expected_ids = {f"msg_{j.hex}" for j in job_ids}
