@@ -197,7 +197,8 @@ def _rows(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> l
     return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
 
 
-def run(meetings: int, sample: int, kill: bool, label: str, rates: str) -> int:
+def run(meetings: int, sample: int, kill: bool, label: str, rates: str,
+        receiver_every: tuple[int, int] | None = None) -> int:
     """One run; returns 0 when every behaviour claim held."""
     settings = example_settings("examples.pipeline.tasks", "pipe", lease_s=5.0, reaper_interval_s=1.0,
                                 topology_file=str(TOPOLOGY), webhook_allow="127.0.0.1")
@@ -217,7 +218,7 @@ def run(meetings: int, sample: int, kill: bool, label: str, rates: str) -> int:
                                                  "PROVIDER_FLAKY_EVERY": str(FLAKY_EVERY)})
         # The receiver's deliberate failures, spread so that fewer than 5 fall in any minute at the full
         # size: more would open the per-host breaker (5 failures in 60 s) and hold every delivery back.
-        down_every, lost_every = max(4, meetings // 4), max(5, meetings // 4 + 1)
+        down_every, lost_every = receiver_every or (max(4, meetings // 4), max(5, meetings // 4 + 1))
         procs.start("receiver", ["examples.pipeline.receiver:app", "--port", str(receiver_port), *uvicorn],
                     module="uvicorn", extra_env={"PIPELINE_CMS_SECRET": cms_secret,
                                                  "RECEIVER_DOWN_EVERY": str(down_every),
@@ -386,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"two deterministic ones of every {FLAKY_EVERY}th meeting)")
     parser.add_argument("--sample", type=int, default=5, help="jobs followed over SSE")
     parser.add_argument("--no-kill", action="store_true", help="do not SIGKILL a worker during the run")
+    parser.add_argument("--receiver-every", type=int, nargs=2, metavar=("DOWN", "LOST_ACK"),
+                        help="the receiver answers 503 to the first delivery of every DOWN-th id and 500 after "
+                             "processing every LOST_ACK-th (default: spread to a few over the run)")
     args = parser.parse_args(argv)
     meetings = args.meetings or SIZES[args.size]
     rates = f"summary={args.summary_failure_rate},transcribe={args.transcribe_failure_rate}"
     label = f"{meetings:,} meetings" if args.meetings else f"size {args.size}, {meetings:,} meetings"
-    return run(meetings, args.sample, not args.no_kill, label, rates)
+    every = (args.receiver_every[0], args.receiver_every[1]) if args.receiver_every else None
+    return run(meetings, args.sample, not args.no_kill, label, rates, every)
