@@ -103,10 +103,8 @@ def process_meeting(ctx: outbox.TaskContext, *, meeting_id: str) -> dict[str, An
             degraded.append(step)
         ctx.progress(0.4 + 0.1 * i, f"{step}: {'skipped' if step in degraded else 'done'}",
                      {"step": step, "ok": step not in degraded})
-    # The last progress is reported with fraction 1.0 (never held back by the 0.5 s throttle, so written
-    # now) and before the first statement on ctx.session: a progress write made while the handler's
-    # session holds a connection can wait 30 s for the worker's sync pool and be dropped (README,
-    # "What this found").
+    # The last progress is reported with fraction 1.0 (never held back by the 0.5 s throttle, so
+    # written now), before the storage statement on ctx.session.
     ctx.progress(1.0, "storing", {"degraded": degraded})
     ctx.session.execute(text(
         f"UPDATE {MEETINGS} SET status = 'completed', transcript = :t, speakers = CAST(:s AS jsonb), "
