@@ -61,8 +61,11 @@ async def test_unacked_counts_what_the_pools_report_holding(settings: Settings) 
     snapshot = TierSnapshot(engine, settings, broker, max_age_s=0.0)
     # Two pools' reporters, as a pool's delivery loop drives them: three messages held in high, one in low.
     pools = [InflightReporter(settings, f"pool-{n}", ["high", "low"]) for n in range(2)]
-    for tier, pool in (("high", 0), ("high", 0), ("high", 1), ("low", 1)):
-        pools[pool].hold(tier, _Delivery(str(uuid.uuid4())))
+    # Kept alive: a reporter keys what it holds by id(message), as a pool holds its message objects.
+    held = [(tier, pool, _Delivery(str(uuid.uuid4()))) for tier, pool in (("high", 0), ("high", 0), ("high", 1),
+                                                                          ("low", 1))]
+    for tier, pool, message in held:
+        pools[pool].hold(tier, message)
     try:
         for reporter in pools:
             await reporter.publish()

@@ -48,7 +48,7 @@ def announcement(outcome: str, **kw: object) -> queries.Announcement:
     base: dict[str, object] = dict(
         job_id=uuid.UUID(int=7), task="t.x", tier="high", outcome=outcome, attempts=2, enqueued_at=NOW,
         finished_at=NOW + dt.timedelta(seconds=3), last_error=None, error_type=None, url="https://h/x",
-        secret_name="crm", include_result=False, result=None)
+        secret_name="crm", include_result=False, result=None, max_retries=10, breaker_skips=0)
     base.update(kw)
     return queries.Announcement(**base)  # type: ignore[arg-type]
 
