@@ -18,15 +18,16 @@ from bench.tasks import stamp_now
 
 QUEUE = os.environ.get("BENCH_CELERY_QUEUE", "bench-celery")
 app = Celery("bench", broker=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"))
-app.conf.update(
-    broker_transport_options={"confirm_publish": True},
-    task_acks_late=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    task_default_queue=QUEUE,
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-)
+#: The issue's Celery settings, shared with ``bench/celery_bridge_app.py``: both sides measured alike.
+BENCH_CONF = {
+    "broker_transport_options": {"confirm_publish": True},
+    "task_acks_late": True,
+    "worker_prefetch_multiplier": 1,
+    "task_ignore_result": True,
+    "worker_hijack_root_logger": False,
+    "broker_connection_retry_on_startup": True,
+}
+app.conf.update(BENCH_CONF, task_default_queue=QUEUE)
 _redis = redis.Redis.from_url(os.environ.get("TIERBOX_REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
