@@ -104,6 +104,23 @@ class Processes:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+def conclude(procs: Processes, code: int) -> int:
+    """Return a run's exit code: its process logs are deleted when every claim held, kept (and their
+    directory printed) when one did not."""
+    if code == 0:
+        procs.discard_logs()
+    else:
+        print(f"process logs kept in {procs.log_dir}", file=sys.stderr)
+    return code
+
+
+def tear_down(settings: Settings, procs: Processes) -> None:
+    """Stop every process of a run, then delete its queues, exchanges and Redis keys."""
+    procs.stop_all()
+    delete_broker_objects(settings)
+    delete_redis_keys(settings)
+
+
 def wait_for_consumers(settings: Settings, tiers: Iterable[str], timeout_s: float = 90.0) -> None:
     """Block until each of ``tiers``' queues has a consumer (its pool is up); raise after ``timeout_s``."""
     import aio_pika

@@ -30,11 +30,11 @@ from examples.support import (
     Claim,
     Processes,
     child_env,
-    delete_broker_objects,
-    delete_redis_keys,
+    conclude,
     example_settings,
     percentile,
     print_claims,
+    tear_down,
     wait_for,
     wait_for_consumers,
 )
@@ -204,16 +204,9 @@ def run(size: Size, label: str) -> int:
     migrations.upgrade(settings.database_url)
     procs = Processes(settings)
     try:
-        code = _scenario(settings, procs, node, size, label)
-        if code == 0:
-            procs.discard_logs()
-        else:
-            print(f"process logs kept in {procs.log_dir}", file=sys.stderr)
-        return code
+        return conclude(procs, _scenario(settings, procs, node, size, label))
     finally:
-        procs.stop_all()
-        delete_broker_objects(settings)
-        delete_redis_keys(settings)
+        tear_down(settings, procs)
         node.stop()
 
 

@@ -27,11 +27,11 @@ import psycopg
 from examples.support import (
     Claim,
     Processes,
-    delete_broker_objects,
-    delete_redis_keys,
+    conclude,
     example_settings,
     percentile,
     print_claims,
+    tear_down,
     wait_for,
     wait_for_consumers,
 )
@@ -166,16 +166,9 @@ def run(jobs: int, concurrency: int, label: str) -> int:
         wait_for_consumers(settings, ["normal"])
         wait_for(lambda: _answers(f"{r.api}/dead-letters") and _answers(f"{r.downstream}/stats"), 60,
                  "the API and the downstream")
-        code = _scenario(r, jobs, concurrency, label)
-        if code == 0:
-            procs.discard_logs()
-        else:
-            print(f"process logs kept in {procs.log_dir}", file=sys.stderr)
-        return code
+        return conclude(procs, _scenario(r, jobs, concurrency, label))
     finally:
-        procs.stop_all()
-        delete_broker_objects(settings)
-        delete_redis_keys(settings)
+        tear_down(settings, procs)
 
 
 def _answers(url: str) -> bool:

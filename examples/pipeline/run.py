@@ -33,10 +33,10 @@ from examples.pipeline import tasks
 from examples.support import (
     Claim,
     Processes,
-    delete_broker_objects,
-    delete_redis_keys,
+    conclude,
     example_settings,
     print_claims,
+    tear_down,
     wait_for,
     wait_for_consumers,
 )
@@ -232,16 +232,9 @@ def run(meetings: int, sample: int, kill: bool, label: str, rates: str,
         wait_for_consumers(settings, ["normal"])
         wait_for(lambda: _answers(f"{r.providers}/stats") and _answers(f"{r.receiver}/stats")
                  and _answers(f"{r.api}/meetings/{uuid.uuid4()}"), 60, "the API, the providers and the receiver")
-        code = _scenario(r, meetings, sample, kill, label, rates)
-        if code == 0:
-            procs.discard_logs()
-        else:
-            print(f"process logs kept in {procs.log_dir}", file=sys.stderr)
-        return code
+        return conclude(procs, _scenario(r, meetings, sample, kill, label, rates))
     finally:
-        procs.stop_all()
-        delete_broker_objects(settings)
-        delete_redis_keys(settings)
+        tear_down(settings, procs)
 
 
 def _scenario(r: Run, meetings: int, sample: int, kill: bool, label: str, rates: str) -> int:

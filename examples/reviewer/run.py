@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -26,10 +25,10 @@ import psycopg
 from examples.support import (
     Claim,
     Processes,
-    delete_broker_objects,
-    delete_redis_keys,
+    conclude,
     example_settings,
     print_claims,
+    tear_down,
     wait_for,
     wait_for_consumers,
 )
@@ -101,16 +100,9 @@ def run(labs: int) -> int:
     output = Path(tempfile.mkdtemp(prefix="reviewer-output-"))
     procs = Processes(settings)
     try:
-        code = _scenario(settings, procs, output, labs)
-        if code == 0:
-            procs.discard_logs()
-        else:
-            print(f"process logs kept in {procs.log_dir}", file=sys.stderr)
-        return code
+        return conclude(procs, _scenario(settings, procs, output, labs))
     finally:
-        procs.stop_all()
-        delete_broker_objects(settings)
-        delete_redis_keys(settings)
+        tear_down(settings, procs)
         shutil.rmtree(output, ignore_errors=True)
         shutil.rmtree(output.with_name(output.name + ".unmounted"), ignore_errors=True)
 
