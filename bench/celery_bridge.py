@@ -48,6 +48,7 @@ from bench.harness import (
     scalar,
     wait_until,
 )
+from bench.latency import paced
 from bench.peers import celery_env, celery_queue
 from bench.systems import CONCURRENCY, Celery, Tierbox
 from outbox.config import Settings
@@ -152,18 +153,8 @@ def latencies_ms(system: Any, n: int) -> list[float]:
     """commit (``.delay()``: the call) -> handler start, ms, for ``n`` probes at :data:`PROBE_RATE_PER_S`."""
     r = redis_client()
     key = f"bench:{uuid.uuid4().hex}"
-    committed: dict[str, float] = {}
     try:
-        t0 = time.perf_counter()
-        for i in range(n):
-            delay = t0 + i / PROBE_RATE_PER_S - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            token = uuid.uuid4().hex[:12]
-            before = time.time()
-            system.probe(key, token)
-            # Celery's worker may start the task before the confirm returns: its clock starts at the call.
-            committed[token] = before if system.name == "celery" else time.time()
+        committed = paced(system, n, PROBE_RATE_PER_S, key)
         wait_until(lambda: r.llen(key) >= n, 120, 0.05, f"{system.name} ran {n} probes")
         started = dict(item.decode().split() for item in r.lrange(key, 0, -1))
         return [(float(started[t]) - c) * 1000 for t, c in committed.items() if t in started]
