@@ -11,6 +11,7 @@ very often has. Before the re-house, ``tierbox worker`` there failed with
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,9 @@ import pytest
 
 from tests.helpers import ROOT, wait_until
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the whole module: the module-scoped build then happens once, not once per
+# worker (two builds at once in one tree was a CI failure: one removed the other's release folder).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
 
 #: The only top-level names the wheel may install (besides its .dist-info).
 ALLOWED_TOP_LEVEL = {"outbox", "tierbox"}
@@ -38,9 +41,19 @@ def _run(args: list[str | Path], **kwargs: object) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """sdist and wheel built from a copy of the tracked files (the wheel from the sdist)."""
+    """sdist and wheel built from a copy of the tracked files (the wheel from the sdist).
+
+    The copy keeps setuptools' scratch folders (``tierbox-0.1.0/``, ``build/``, the egg-info) out of
+    the checkout, where another build or a developer's editable install would race them.
+    """
+    source = tmp_path_factory.mktemp("source")
+    listed = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT)
+    for name in filter(None, listed.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT])
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, source])
     _run([sys.executable, "-m", "twine", "check", "--strict", *sorted(out.iterdir())])
     return out
 
