@@ -2,7 +2,8 @@
 
 Run it with ``tierbox api`` (see ``api.cli_ops``). State shared by handlers
 lives on ``app.state``: ``settings``, ``config``, ``tokens``, ``engine``,
-``broker``, ``auth_disabled``, ``snapshot`` (shared tier health, :mod:`tierbox.ops.snapshot`),
+``broker``, ``auth_disabled``, ``redis`` (the process's Redis client), ``snapshot`` (shared tier
+health, :mod:`tierbox.ops.snapshot`),
 ``ui_sessions`` (the dashboard's cookie signer, :mod:`tierbox.api.ui`), ``job_events`` (the job event
 streams, :mod:`tierbox.api.job_events`).
 """
@@ -10,6 +11,7 @@ streams, :mod:`tierbox.api.job_events`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
@@ -30,6 +32,7 @@ from tierbox.api.routes_reconcile import reconcile
 from tierbox.api.routes_tiers import TierController, healthz, readyz, scrape
 from tierbox.api.routes_triage import FailureGroupController
 from tierbox.api.ui.session import SessionCodec, signing_key
+from tierbox.flow.gate import connect as connect_redis
 from tierbox.ops import db, queries
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.snapshot import TierSnapshot
@@ -53,8 +56,11 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
     """The admin API for ``settings`` (database, broker, topology) and ``config`` (tokens, limits)."""
     engine = engine or db.create_engine(settings)
     broker = BrokerProbe(settings.amqp_url, config.broker_timeout_s)
+    # One Redis client (a connection pool) for the process: /metrics, the breakers and the dashboard
+    # reuse its connections instead of opening and closing their own per request.
+    redis = connect_redis(settings, name=f"tierbox-api:{os.getpid()}")
     # One tier-health read per second for /admin/tiers and every open dashboard together.
-    snapshot = TierSnapshot(engine, settings, broker)
+    snapshot = TierSnapshot(engine, settings, broker, redis=redis)
 
     # Operators' job event streams (/admin/jobs/{id}/events): one listening connection for the process.
     job_events = JobEvents(settings.database_url, engine=engine)
@@ -62,6 +68,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
     async def close() -> None:
         await job_events.close()
         await snapshot.close()
+        await redis.aclose()
         await broker.close()
         await engine.dispose()
 
@@ -76,7 +83,7 @@ def create_app(settings: Settings, config: ApiConfig, *, engine: AsyncEngine | N
         openapi_config=openapi.config(VERSION),
         state=State({"settings": settings, "config": config, "tokens": TokenStore(config.tokens),
                      "engine": engine, "broker": broker, "auth_disabled": config.auth_disabled,
-                     "snapshot": snapshot, "ui_sessions": SessionCodec(signing_key()),
+                     "snapshot": snapshot, "redis": redis, "ui_sessions": SessionCodec(signing_key()),
                      "job_events": job_events}),
         on_shutdown=[close],
         debug=False,

@@ -49,8 +49,9 @@ class Snapshot(msgspec.Struct, kw_only=True):
     scheduler_leader: bool | None = None
 
 
-async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe) -> Snapshot:
-    """Read every number in one read-only transaction (plus the broker)."""
+async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe, redis: Any = None) -> Snapshot:
+    """Read every number in one read-only transaction (plus the broker); ``redis``: the app's client (else
+    one is opened per read)."""
     async with engine.connect() as conn:
         health = await tiers.health(conn, settings, broker)
         dlq = {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
@@ -60,8 +61,8 @@ async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe)
     breakers: dict[str, str] | None = None
     leader: bool | None = None
     try:
-        breakers = {name: str(b["state"]) for name, b in (await control.breakers(settings)).items()}
-        leader = (await control.scheduler_leader(settings))[0] is not None
+        breakers = {name: str(b["state"]) for name, b in (await control.breakers(settings, redis)).items()}
+        leader = (await control.scheduler_leader(settings, redis))[0] is not None
     except Exception:  # noqa: BLE001 - Redis down: tierbox_redis_up 0, the flow gauges absent
         breakers = leader = None
     return Snapshot(tiers=health, dlq_open=dlq, tables=tables, oldest_xmin_age=int(xmin.xmin_age),

@@ -127,7 +127,7 @@ async def list_overrides(db: params.Db) -> list[control.Override]:
 async def list_breakers(state: State) -> dict[str, dict[str, Any]]:
     """Circuit-breaker states shared by every worker (history: ``outbox.breaker_events``)."""
     try:
-        return await control.breakers(state.settings)
+        return await control.breakers(state.settings, state.redis)
     except FlowStateUnavailableError as exc:  # an outage is reported, never answered as "no breakers"
         raise RequestError(503, f"Redis unreachable: {exc}", code="unavailable") from exc
 

@@ -35,7 +35,7 @@ class TierController(Controller):
 @get("/metrics", guards=[require("read")], tags=["health"], responses=ERRORS, media_type=metrics.CONTENT_TYPE)
 async def scrape(state: State) -> Response[bytes]:
     """Prometheus metrics, read from Postgres and RabbitMQ at scrape time."""
-    snap = await metrics.snapshot(state.engine, state.settings, state.broker)
+    snap = await metrics.snapshot(state.engine, state.settings, state.broker, state.redis)
     return Response(metrics.render(snap), media_type=metrics.CONTENT_TYPE)
 
 

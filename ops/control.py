@@ -99,32 +99,38 @@ async def overrides(conn: Any) -> list[Override]:
             for r in await run_async(conn, queries.OVERRIDES)]
 
 
-async def breakers(settings: Any) -> dict[str, dict[str, Any]]:
-    """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable."""
+async def breakers(settings: Any, redis: Any = None) -> dict[str, dict[str, Any]]:
+    """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable.
+
+    ``redis``: the caller's long-lived client (the API's), else one is opened and closed for this call."""
     from outbox.registry import registry
     from tierbox.flow.gate import Gate, connect
 
     # Failures are counted over the window the workers recorded with (kept in Redis); the policies
     # this process imported only fill in for a breaker no worker has recorded since that change.
-    gate = Gate(settings, connect(settings), None, policies=registry.breakers)
+    gate = Gate(settings, redis if redis is not None else connect(settings), None, policies=registry.breakers)
     try:
         return await gate.breaker_states()
     finally:
-        await gate.redis.aclose()
+        if redis is None:
+            await gate.redis.aclose()
 
 
-async def scheduler_leader(settings: Any) -> tuple[str | None, float]:
-    """Who holds the scheduler's leader lock in Redis (None: nobody) and its seconds left; raises if Redis is down."""
+async def scheduler_leader(settings: Any, redis: Any = None) -> tuple[str | None, float]:
+    """Who holds the scheduler's leader lock in Redis (None: nobody) and its seconds left; raises if Redis is down.
+
+    ``redis``: the caller's long-lived client (the API's), else one is opened and closed for this call."""
     from tierbox.flow.gate import connect
     from tierbox.scheduler.scheduler import leader_key
 
-    redis = connect(settings)
+    client = redis if redis is not None else connect(settings)
     key = leader_key(settings.queue_prefix)
     try:
-        holder = await redis.get(key)
-        ttl_ms = await redis.pttl(key)
+        holder = await client.get(key)
+        ttl_ms = await client.pttl(key)
     finally:
-        await redis.aclose()
+        if redis is None:
+            await client.aclose()
     return (holder.decode() if isinstance(holder, bytes) else holder), max(int(ttl_ms), 0) / 1000
 
 

@@ -34,7 +34,7 @@ class TierSnapshot:
     """Tier health read at most once per ``max_age_s``; concurrent readers share one refresh."""
 
     def __init__(self, engine: AsyncEngine, settings: Settings, broker: BrokerProbe,
-                 max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
+                 max_age_s: float = DEFAULT_MAX_AGE_S, redis: aioredis.Redis | None = None) -> None:
         self._engine = engine
         self._settings = settings
         self._broker = broker
@@ -42,7 +42,9 @@ class TierSnapshot:
         self._value: list[TierHealth] | None = None
         self._read_at = 0.0
         self._refresh: asyncio.Task[list[TierHealth]] | None = None
-        self._redis: aioredis.Redis | None = None
+        #: The app's shared client when given (the app closes it), else one of the snapshot's own.
+        self._redis: aioredis.Redis | None = redis
+        self._owns_redis = redis is None
         #: Refreshes done (each one query and one broker round): what a benchmark or test counts.
         self.refreshes = 0
 
@@ -71,7 +73,7 @@ class TierSnapshot:
         return value
 
     async def close(self) -> None:
-        """Close the Redis client (the engine and the broker probe belong to the app)."""
-        if self._redis is not None:
+        """Close the Redis client if it is the snapshot's own (the engine and the broker probe belong to the app)."""
+        if self._redis is not None and self._owns_redis:
             await self._redis.aclose()
             self._redis = None

@@ -46,8 +46,9 @@ async def health(conn: Any, settings: Settings, broker: BrokerProbe,
 async def _unacked(redis: aioredis.Redis, settings: Settings, tiers: list[TierHealth]) -> None:
     """Fill ``unacked`` from the pools' in-flight reports; left None (and logged) if Redis does not answer."""
     try:
+        held = await inflight.read_held_by_tier(redis, settings.queue_prefix)
         for t in tiers:
-            t.unacked = len(await inflight.read_held(redis, settings.queue_prefix, t.tier))
+            t.unacked = len(held.get(t.tier, ()))
     except Exception as exc:  # noqa: BLE001 - the rest of the view is still worth showing
         for t in tiers:
             t.unacked = None

@@ -34,6 +34,7 @@ Why these shapes:
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +46,11 @@ QueueType = Literal["classic", "quorum"]
 
 #: A tier whose SLO is at most this many seconds is urgent: NOTIFY wake-up and the relay's urgent lane.
 URGENT_SLO_S = 30.0
+
+#: What a tier's name may hold. The name is written into queue names, Redis keys (``...:inflight:<tier>:
+#: <worker>``, read back by splitting at ``:``), SQL rows and metric labels: no ``:``, no glob or
+#: whitespace characters, so a tier's keys can never be mistaken for another's.
+TIER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 #: How long RabbitMQ keeps a message in a ``<tier>.dlq`` queue (30 days).
 DLQ_MESSAGE_TTL_MS = 30 * 24 * 3600 * 1000
@@ -124,6 +130,8 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
         """Every inconsistency in the topology, as readable sentences."""
         out: list[str] = []
         for name, spec in self.tiers.items():
+            if not TIER_NAME.fullmatch(name):
+                out.append(f"tier {name!r}: a name is 1-64 letters, digits, '_', '.' or '-'")
             if spec.weight < 0 or spec.weight > 255:
                 out.append(f"tier {name!r}: weight {spec.weight} is outside 0..255")
             if spec.pool not in self.pools:

@@ -60,6 +60,21 @@ async def read_held(redis: aioredis.Redis, prefix: str, tier: str) -> list[str]:
     return [i for v in values if v for i in split_ids(v)]
 
 
+async def read_held_by_tier(redis: aioredis.Redis, prefix: str) -> dict[str, list[str]]:
+    """:func:`read_held` for every tier at once: one ``SCAN`` over the deployment's in-flight keys (the
+    dashboard's unacked counts each refresh), not one per tier. A tier's name never holds ``:``
+    (:data:`outbox.tiers.TIER_NAME`), so the key's part after ``inflight:`` up to the next ``:`` is it."""
+    head = key(prefix, "", "")[:-1]  # "tierbox:<prefix>:inflight:"
+    keys = [k.decode() if isinstance(k, bytes) else k
+            async for k in redis.scan_iter(match=_glob_escape(head) + "*", count=1000)]
+    values = await redis.mget(keys) if keys else []
+    held: dict[str, list[str]] = {}
+    for name, value in zip(keys, values, strict=True):
+        if value:
+            held.setdefault(name[len(head):].split(":", 1)[0], []).extend(split_ids(value))
+    return held
+
+
 def split_ids(value: bytes | str) -> list[str]:
     """The job ids joined in one Redis value (valid UUIDs only)."""
     text = value.decode() if isinstance(value, bytes) else value

@@ -180,7 +180,7 @@ async def _control(state: State, db: Any) -> dict[str, Any]:
     breakers: dict[str, dict[str, Any]] | None = None
     breaker_error = None
     try:
-        breakers = await control.breakers(state.settings)
+        breakers = await control.breakers(state.settings, state.redis)
     except FlowStateUnavailableError as exc:
         breaker_error = str(exc)
     schedules = await run_async(db, scheduler_queries.LIST_SCHEDULES)
@@ -206,7 +206,7 @@ def _next_run(cron: str, tz: str) -> dt.datetime | None:
 async def _leader(state: State) -> dict[str, Any]:
     """Who holds the scheduler's leader lock in Redis and for how much longer."""
     try:
-        holder, ttl_s = await control.scheduler_leader(state.settings)
+        holder, ttl_s = await control.scheduler_leader(state.settings, state.redis)
     except Exception as exc:  # noqa: BLE001 - shown on the screen, never "no leader" during an outage
         return {"error": f"Redis did not answer: {type(exc).__name__}"}
     return {"holder": holder, "ttl_s": ttl_s}

@@ -479,3 +479,26 @@ def test_metrics_report_breakers_and_the_scheduler_leader_from_redis(db_url: str
     down = scrape(msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     assert "tierbox_redis_up 0.0" in down
     assert "tierbox_scheduler_leader " not in down and 'tierbox_breaker_open{' not in down
+
+
+def test_scrapes_reuse_the_apps_redis_connection(db_url: str, service_urls: dict[str, str]) -> None:
+    """/metrics reads breakers and the leader lock over the app's one Redis client: every scrape finds
+    the same named connection, where each used to open and close two of its own."""
+    import os
+
+    import redis as redis_lib
+
+    settings = Settings(database_url=db_url, queue_prefix=f"t{uuid.uuid4().hex[:8]}.",
+                        redis_url=service_urls["redis"])
+    name = f"tierbox-api:{os.getpid()}"
+    direct = redis_lib.Redis.from_url(service_urls["redis"])
+    seen: list[set[int]] = []
+    try:
+        with TestClient(create_app(settings, ApiConfig(tokens=TOKENS))) as c:
+            for _ in range(10):
+                assert "tierbox_redis_up 1.0" in c.get("/metrics", headers=READ).text
+                seen.append({int(x["id"]) for x in direct.client_list() if x.get("name") == name})
+        assert seen[0] and all(ids == seen[0] for ids in seen), seen
+        assert not [x for x in direct.client_list() if x.get("name") == name]  # closed with the app
+    finally:
+        direct.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -74,6 +75,17 @@ def test_bad_reserved_slots_are_refused_with_the_pool_named(tmp_path: Path, pool
     path = tmp_path / "topology.json"
     path.write_text(json.dumps({"pools": {"urgent": pool}}))
     with pytest.raises(outbox.ConfigError, match=f"pool 'urgent': {message}"):
+        _ = Settings(topology_file=str(path)).topology
+
+
+@pytest.mark.parametrize("name", ["eu:critical", "crit*", "two words", "", "x" * 65])
+def test_a_tier_name_that_would_collide_in_redis_keys_is_refused(tmp_path: Path, name: str) -> None:
+    # ':' separates the parts of the pools' in-flight keys and '*' is a SCAN glob: "eu:critical" would
+    # read as tier "eu" of worker "critical:..." (tierbox.workers.inflight).
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps({"tiers": {name: {"weight": 1, "slo_s": None, "queue_type": "quorum",
+                                                 "pool": "deferred"}}}))
+    with pytest.raises(outbox.ConfigError, match=re.escape(f"tier {name!r}: a name is 1-64 letters")):
         _ = Settings(topology_file=str(path)).topology
 
 

@@ -60,7 +60,8 @@ async def test_unacked_counts_what_the_pools_report_holding(settings: Settings) 
     broker = BrokerProbe(settings.amqp_url, 3.0)
     snapshot = TierSnapshot(engine, settings, broker, max_age_s=0.0)
     # Two pools' reporters, as a pool's delivery loop drives them: three messages held in high, one in low.
-    pools = [InflightReporter(settings, f"pool-{n}", ["high", "low"]) for n in range(2)]
+    # Worker ids hold ':' as real ones do (host:pid:hex): the tier is read from the key up to the first.
+    pools = [InflightReporter(settings, f"host:{n}:pool", ["high", "low"]) for n in range(2)]
     # Kept alive: a reporter keys what it holds by id(message), as a pool holds its message objects.
     held = [(tier, pool, _Delivery(str(uuid.uuid4()))) for tier, pool in (("high", 0), ("high", 0), ("high", 1),
                                                                           ("low", 1))]
