@@ -12,8 +12,9 @@ urgent pool.
 Per hop: the Tierbox processes run with ``TIERBOX_BENCH_HOPS=1``, so the relay logs one
 ``relay.hop`` line per published job (when its wake-up arrived, when the batch began, when the
 claim returned, when the confirms were in, when the batch committed) and the worker one
-``worker.hop`` line per start (when a slot took the delivery, when its start had committed); the
-handler's Redis stamp is the last. The table gives the median and p99 of each hop over every probe.
+``worker.hop`` line per start (when the pool's receiver got the message, when a slot took the
+delivery, when its start had committed); the handler's Redis stamp is the last. The table gives
+the median and p99 of each hop over every probe.
 
 A/B: with ``BENCH_AB_TREE=<dir>`` (a checkout of another commit, e.g. ``git archive <commit> |
 tar -x -C <dir>``) a second Tierbox, run from that tree on its own database and queues, takes
@@ -47,12 +48,16 @@ AB_TREE_ENV = "BENCH_AB_TREE"
 #: (label, from event, to event): the hops of the table, in path order. Events: commit (producer),
 #: woken (the relay's NOTIFY arrived), began (the lane's batch began), claimed (CLAIM returned),
 #: confirmed (every confirm of the batch in), committed (the relay's commit returned: the outbox row
-#: released), taken (a worker slot took the delivery), started (the start committed), handler.
+#: released), received (the pool's receiver got the message: it waits in the pool's buffer for a
+#: free slot from then on), taken (a worker slot took the delivery), started (the start committed),
+#: handler. A tree without the ``received`` stamp shows its two hops with 0 probes.
 HOPS = (
     ("commit -> relay woken (NOTIFY)", "commit", "woken"),
     ("relay woken -> batch began", "woken", "began"),
     ("batch began -> claimed (BEGIN + CLAIM)", "began", "claimed"),
     ("claimed -> delivered to a worker slot", "claimed", "taken"),
+    ("  of which: claimed -> received by the pool", "claimed", "received"),
+    ("  of which: received -> taken by a slot", "received", "taken"),
     ("delivered -> start committed", "taken", "started"),
     ("start committed -> handler running", "started", "handler"),
     ("commit -> handler running (total)", "commit", "handler"),

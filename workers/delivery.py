@@ -60,6 +60,7 @@ class Delivery:
         "envelope",
         "handler_ran",
         "message",
+        "received",
         "start",
         "task",
         "tier",
@@ -80,6 +81,8 @@ class Delivery:
         self.start: StartResult | None = None
         #: The connection the attempt runs on (async handlers taking ``ctx``), while it is checked out.
         self.conn: AsyncConnection | None = None
+        #: When the pool's receiver got the message (wall clock; benchmark hops only, else 0).
+        self.received = 0.0
         self._finished = self._released = self._acked = False
 
     @property

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -41,7 +42,7 @@ from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
 from tierbox.workers.execute import Executor
 from tierbox.workers.inflight import PUBLISH_INTERVAL_S, InflightReporter
 from tierbox.workers.ledger import Ledger
-from tierbox.workers.processing import Processor
+from tierbox.workers.processing import HOPS, Processor
 
 log = logging.getLogger("tierbox.worker")
 
@@ -176,6 +177,8 @@ class Pool:
 
     def _receiver(self, tier: str) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
+            if HOPS:  # benchmark instrumentation: the hop "received -> taken by a slot" starts here
+                self.processor.received[id(message)] = time.time()
             self._received += 1
             self.inflight.hold(tier, message)
             await self.buffer.put(tier, message.priority or 0, message)

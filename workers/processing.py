@@ -49,7 +49,8 @@ from tierbox.workers.outcomes import (
 log = logging.getLogger("tierbox.worker")
 
 #: Benchmark instrumentation (bench/latency.py sets it): one ``worker.hop`` log line per started job,
-#: when a slot took its delivery and when its start had committed. Off, one boolean test per delivery.
+#: when the pool's receiver got its message (``received``), when a slot took the delivery (``taken``)
+#: and when its start had committed (``started``). Off, one boolean test per delivery.
 HOPS = os.environ.get("TIERBOX_BENCH_HOPS") == "1"
 
 #: Back-off after a Postgres failure before the message is handed back to the broker.
@@ -72,6 +73,8 @@ class Processor:
         self.traced = tracing.enabled()
         self.recorder = (TracingRecorder if self.traced else Recorder)(ledger, pool)
         self.running: dict[uuid.UUID, Delivery] = {}
+        #: id(message) -> when the pool's receiver got it (only while :data:`HOPS`; taken by the delivery).
+        self.received: dict[int, float] = {}
         #: Set at shutdown: a delivery in trouble is handed back at once instead of backing off.
         self.stopping = False
 
@@ -88,6 +91,8 @@ class Processor:
 
     async def _process(self, tier: str, message: AbstractIncomingMessage) -> None:
         delivery = Delivery(tier, message, self.recorder, self.admission)
+        if HOPS:
+            delivery.received = self.received.pop(id(message), 0.0)
         try:
             for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
                 try:
@@ -130,7 +135,8 @@ class Processor:
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
         d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
         if HOPS:
-            event(log, "worker.hop", job_id=d.env.id, taken=f"{taken:.6f}", started=f"{time.time():.6f}",
+            event(log, "worker.hop", job_id=d.env.id, received=f"{d.received:.6f}", taken=f"{taken:.6f}",
+                  started=f"{time.time():.6f}",
                   decision=d.start.decision, busy_starts=self.starts.busy)
         await self._started(d)
 
