@@ -144,6 +144,20 @@ def hop_table(samples: list[dict[str, float]]) -> list[list[str]]:
     return rows
 
 
+def qos_window(samples: list[dict[str, float]]) -> str:
+    """How full the pool's QoS window was when the probes arrived (``held`` of ``qos`` in ``worker.hop``):
+    a probe that arrived with ``qos - 1`` held came in the moment the window opened, so it may have
+    waited in the broker for it. Empty for a tree without these fields."""
+    held = [(s["held"], s["qos"]) for s in samples if s.get("qos")]
+    if not held:
+        return ""
+    full = sum(1 for h, q in held if h >= q - 1)
+    counts = sorted(h for h, _ in held)
+    return (f"Unacked messages of the tier the pool held when a probe arrived (QoS {int(held[0][1])}): "
+            f"p50 {percentile(counts, 50):.0f}, p99 {percentile(counts, 99):.0f}, max {counts[-1]:.0f}; "
+            f"arrived as the window opened (held = QoS - 1): {full} of {len(held)} probes.")
+
+
 @contextlib.contextmanager
 def hops_on() -> Iterator[None]:
     """Start the Tierbox processes of the block with the hop lines on."""
@@ -204,6 +218,9 @@ def run(report: Report, quick: bool) -> None:
     for name, rows in samples.items():
         report.note(f"\nPer hop, {name} ({len(rows)} probes over all repetitions; ms):\n")
         report.table(["hop", "p50", "p99", "probes"], hop_table(rows))
+        window = qos_window(rows)
+        if window:
+            report.note(window)
     report.headline("Tierbox latency p50 (ms)", p50["tierbox"], f"≤ {TARGET_P50_MS} ms",
                     median(p50["tierbox"]) <= TARGET_P50_MS, 1)
     report.headline("Tierbox latency p99 (ms)", p99["tierbox"], f"≤ {TARGET_P99_MS} ms",

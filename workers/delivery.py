@@ -85,8 +85,9 @@ class Delivery:
         self.conn: AsyncConnection | None = None
         #: The finishing stage's task that finishes it, once its handler returned and it was handed there.
         self.finishing: asyncio.Task[None] | None = None
-        #: When the pool's receiver got the message (wall clock; benchmark hops only, else 0).
-        self.received = 0.0
+        #: When the pool's receiver got the message (wall clock), the tier's messages the pool held unacked
+        #: then, and the tier's QoS (benchmark hops only, workers.processing.HOPS; else zeros).
+        self.received: tuple[float, int, int] = (0.0, 0, 0)
         self._finished = self._released = self._acked = False
 
     @property

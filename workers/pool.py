@@ -184,8 +184,9 @@ class Pool:
 
     def _receiver(self, tier: str) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
-            if HOPS:  # benchmark instrumentation: the hop "received -> taken by a slot" starts here
-                self.processor.received[id(message)] = time.time()
+            if HOPS:  # benchmark instrumentation: the hop "received -> taken by a slot" starts here, and
+                # how many of the tier's messages the pool held unacked then says whether the QoS window was full
+                self.processor.received[id(message)] = (time.time(), len(self.inflight.held(tier)), self._qos(tier))
             self._received += 1
             self.inflight.hold(tier, message)
             await self.buffer.put(tier, message.priority or 0, message)

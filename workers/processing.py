@@ -56,8 +56,9 @@ from tierbox.workers.outcomes import (
 log = logging.getLogger("tierbox.worker")
 
 #: Benchmark instrumentation (bench/latency.py sets it): one ``worker.hop`` log line per started job,
-#: when the pool's receiver got its message (``received``), when a slot took the delivery (``taken``)
-#: and when its start had committed (``started``). Off, one boolean test per delivery.
+#: when the pool's receiver got its message (``received``; ``held``: the tier's messages the pool held
+#: unacked then, of ``qos``), when a slot took the delivery (``taken``) and when its start had
+#: committed (``started``). Off, one boolean test per delivery.
 HOPS = os.environ.get("TIERBOX_BENCH_HOPS") == "1"
 
 #: Back-off after a Postgres failure before the message is handed back to the broker.
@@ -83,8 +84,9 @@ class Processor:
         self.running: dict[uuid.UUID, Delivery] = {}
         #: Deliveries whose handler returned, finished outside their slots (:mod:`workers.finishing`).
         self.finishing = Finishing(finishing_bound)
-        #: id(message) -> when the pool's receiver got it (only while :data:`HOPS`; taken by the delivery).
-        self.received: dict[int, float] = {}
+        #: id(message) -> when the pool's receiver got it, the tier's messages the pool held unacked then,
+        #: and the tier's QoS (only while :data:`HOPS`; taken by the delivery).
+        self.received: dict[int, tuple[float, int, int]] = {}
         #: Set at shutdown: a delivery in trouble is handed back at once instead of backing off.
         self.stopping = False
 
@@ -92,7 +94,7 @@ class Processor:
         """A new delivery of ``message``, for :meth:`take`."""
         d = Delivery(tier, message, self.recorder, self.admission)
         if HOPS:
-            d.received = self.received.pop(id(message), 0.0)
+            d.received = self.received.pop(id(message), (0.0, 0, 0))
         return d
 
     async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
@@ -179,8 +181,9 @@ class Processor:
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
         d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
         if HOPS:
-            event(log, "worker.hop", job_id=d.env.id, received=f"{d.received:.6f}", taken=f"{taken:.6f}",
-                  started=f"{time.time():.6f}",
+            received, held, qos = d.received
+            event(log, "worker.hop", job_id=d.env.id, received=f"{received:.6f}", taken=f"{taken:.6f}",
+                  started=f"{time.time():.6f}", held=held, qos=qos,
                   decision=d.start.decision, busy_starts=self.starts.busy)
         await self._started(d)
 
