@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -316,6 +317,32 @@ def test_sigterm_with_in_flight_work_loses_nothing(system: System) -> None:
     for j in jobs:
         system.wait_status(j, "succeeded", timeout=40)
     assert all(len(system.effects(j)) == 1 for j in jobs)
+
+
+def test_sigterm_waits_for_outcomes_in_the_finishing_stage_before_closing(system: System) -> None:
+    """Handlers returned, their successes held back by a row lock: a SIGTERM stops the worker only
+    once they are recorded and acked (not released as crashed, not left to the lease)."""
+    system.relay()
+    worker = system.worker("--pool", "urgent", "--concurrency", "2")
+    with psycopg.connect(system.settings.database_url) as conn:
+        jobs = outbox.enqueue_many(conn, [outbox.job("sample.async_nap", args=[1.0, i]) for i in range(2)])
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(2,)],
+                what="both handlers started")
+    with psycopg.connect(system.settings.database_url) as lock:
+        lock.execute("SELECT id FROM outbox.jobs WHERE id = ANY(%s) FOR NO KEY UPDATE", (jobs,))
+        system.wait(lambda: system.q("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND wait_event_type = 'Lock'") >= [(1,)], what="the successes wait for the lock")
+        worker.kill(signal.SIGTERM)
+        time.sleep(2)
+        assert worker.alive()  # still recording its outcomes
+        lock.rollback()
+    assert worker.wait(30) == 0
+    out = worker.output()
+    assert "worker.stopped" in out and "worker.released" not in out, out[-2000:]
+    assert "released=0" in out and "finished_outside_slots=2" in out, out[-2000:]
+    for job in jobs:
+        assert system.status(job) == "succeeded" and system.outcomes(job) == ["succeeded"]
+    assert system.q("SELECT count(*) FROM outbox.leases") == [(0,)]
 
 
 def test_grace_period_over_releases_job_back_to_outbox(system: System) -> None:
