@@ -173,7 +173,10 @@ class Pool:
             delay = RECONNECT_FIRST_S
             await wait_any(stop, lost)
             if not stop.is_set():
-                dropped = self.inflight.forget(self.buffer.drain())
+                buffered = self.buffer.drain()
+                for _, message in buffered:  # benchmark stamps (HOPS) of messages no slot will take
+                    self.processor.received.pop(id(message), None)
+                dropped = self.inflight.forget(buffered)
                 event(log, "worker.disconnected", logging.WARNING, buffered_dropped=dropped)
                 await self._close_connection()
 
