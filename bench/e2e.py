@@ -6,16 +6,23 @@ before the first job is produced and stops when the last one is counted:
 for Tierbox and procrastinate, its success committed in Postgres; for Celery
 (which records nothing), its handler having run. Producing is part of the
 figure (it is part of the user's cost); its share is shown separately.
+
+A/B: with ``BENCH_AB_TREE=<dir>`` (as in :mod:`bench.latency`) a second Tierbox, run from that
+tree on its own database and queues, takes its turn in every repetition (``tierbox@base``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import threading
 import time
+from pathlib import Path
 from statistics import median
 
 from bench.harness import RESULTS_DIR, Report, fmt, fresh_system, processes, profile, wait_until
+from bench.latency import AB_TREE_ENV
 from bench.relay import report_profile
 from bench.systems import Celery, Procrastinate, System, Tierbox
 
@@ -55,11 +62,24 @@ def run(report: Report, quick: bool) -> None:
                 "(Tierbox: relay + urgent pool, async no-op handler; Celery: threads pool; procrastinate: async).")
     rates: dict[str, list[float]] = {}
     produce_s: dict[str, list[float]] = {}
+    ab_tree = os.environ.get(AB_TREE_ENV)
+    if ab_tree:
+        report.note(f"A/B: `tierbox@base` runs from {ab_tree} (relay + urgent pool, its own database and queues).")
     with fresh_system("e2e") as settings, contextlib.ExitStack() as stack, processes() as procs:
-        systems: list[System] = [Tierbox(settings, procs, stack), Celery(settings, procs, stack),
-                                 Procrastinate(settings, procs, stack)]
-        for _ in range(reps):
-            for system in systems:
+        systems: list[System] = [Tierbox(settings, procs, stack)]
+        if ab_tree:
+            base_settings = stack.enter_context(fresh_system("e2e_base"))
+            base = Tierbox(base_settings, stack.enter_context(processes(Path(ab_tree))), stack)
+            base.name = "tierbox@base"
+            systems.append(base)
+        systems.append(Celery(settings, procs, stack))
+        if importlib.util.find_spec("procrastinate") is not None:
+            systems.append(Procrastinate(settings, procs, stack))
+        else:  # a venv without the bench extra: the Tierbox and Celery figures still stand
+            report.note("procrastinate is not installed (`pip install -e .[bench]`): left out of this run.")
+        for rep in range(reps):
+            # A/B: the two trees swap places every repetition, so neither always runs first.
+            for system in ([systems[1], systems[0], *systems[2:]] if ab_tree and rep % 2 else systems):
                 rate, produced = one_run(system, n)
                 rates.setdefault(system.name, []).append(rate)
                 produce_s.setdefault(system.name, []).append(produced)
@@ -69,5 +89,11 @@ def run(report: Report, quick: bool) -> None:
     report.table(["system", "jobs/s end to end", "of which producing (s)"],
                  [[name, fmt(rates[name]), fmt(produce_s[name], 2)] for name in rates])
     for peer, target in TARGETS.items():
+        if peer not in rates:
+            continue
         ratio = [t / p for t, p in zip(rates["tierbox"], rates[peer], strict=True)]
         report.headline(f"end-to-end throughput vs {peer}", ratio, f"≥ {target}x", median(ratio) >= target)
+    if "tierbox@base" in rates:
+        report.headline("A/B: end-to-end throughput / tierbox@base",
+                        [a / b for a, b in zip(rates["tierbox"], rates["tierbox@base"], strict=True)],
+                        "report only (> 1: this tree is faster)", None)

@@ -12,8 +12,9 @@ urgent pool.
 Per hop: the Tierbox processes run with ``TIERBOX_BENCH_HOPS=1``, so the relay logs one
 ``relay.hop`` line per published job (when its wake-up arrived, when the batch began, when the
 claim returned, when the confirms were in, when the batch committed) and the worker one
-``worker.hop`` line per start (when a slot took the delivery, when its start had committed); the
-handler's Redis stamp is the last. The table gives the median and p99 of each hop over every probe.
+``worker.hop`` line per start (when the pool's receiver got the message, when a slot took the
+delivery, when its start had committed); the handler's Redis stamp is the last. The table gives
+the median and p99 of each hop over every probe.
 
 A/B: with ``BENCH_AB_TREE=<dir>`` (a checkout of another commit, e.g. ``git archive <commit> |
 tar -x -C <dir>``) a second Tierbox, run from that tree on its own database and queues, takes
@@ -23,6 +24,7 @@ part in every repetition beside this one (``tierbox@base``): same moment, same l
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import time
@@ -47,12 +49,16 @@ AB_TREE_ENV = "BENCH_AB_TREE"
 #: (label, from event, to event): the hops of the table, in path order. Events: commit (producer),
 #: woken (the relay's NOTIFY arrived), began (the lane's batch began), claimed (CLAIM returned),
 #: confirmed (every confirm of the batch in), committed (the relay's commit returned: the outbox row
-#: released), taken (a worker slot took the delivery), started (the start committed), handler.
+#: released), received (the pool's receiver got the message: it waits in the pool's buffer for a
+#: free slot from then on), taken (a worker slot took the delivery), started (the start committed),
+#: handler. A tree without the ``received`` stamp shows its two hops with 0 probes.
 HOPS = (
     ("commit -> relay woken (NOTIFY)", "commit", "woken"),
     ("relay woken -> batch began", "woken", "began"),
     ("batch began -> claimed (BEGIN + CLAIM)", "began", "claimed"),
     ("claimed -> delivered to a worker slot", "claimed", "taken"),
+    ("  of which: claimed -> received by the pool", "claimed", "received"),
+    ("  of which: received -> taken by a slot", "received", "taken"),
     ("delivered -> start committed", "taken", "started"),
     ("start committed -> handler running", "started", "handler"),
     ("commit -> handler running (total)", "commit", "handler"),
@@ -138,6 +144,20 @@ def hop_table(samples: list[dict[str, float]]) -> list[list[str]]:
     return rows
 
 
+def qos_window(samples: list[dict[str, float]]) -> str:
+    """How full the pool's QoS window was when the probes arrived (``held`` of ``qos`` in ``worker.hop``):
+    a probe that arrived with ``qos - 1`` held came in the moment the window opened, so it may have
+    waited in the broker for it. Empty for a tree without these fields."""
+    held = [(s["held"], s["qos"]) for s in samples if s.get("qos")]
+    if not held:
+        return ""
+    full = sum(1 for h, q in held if h >= q - 1)
+    counts = sorted(h for h, _ in held)
+    return (f"Unacked messages of the tier the pool held when a probe arrived (QoS {int(held[0][1])}): "
+            f"p50 {percentile(counts, 50):.0f}, p99 {percentile(counts, 99):.0f}, max {counts[-1]:.0f}; "
+            f"arrived as the window opened (held = QoS - 1): {full} of {len(held)} probes.")
+
+
 @contextlib.contextmanager
 def hops_on() -> Iterator[None]:
     """Start the Tierbox processes of the block with the hop lines on."""
@@ -174,8 +194,11 @@ def run(report: Report, quick: bool) -> None:
                 base_settings = stack.enter_context(fresh_system("latency_base"))
                 base_procs = stack.enter_context(processes(Path(ab_tree)))
                 probes.append(TierboxProbe(Tierbox(base_settings, base_procs, stack), "tierbox@base"))
-        systems: list[System | TierboxProbe] = [*probes, Celery(settings, procs, stack),
-                                                Procrastinate(settings, procs, stack)]
+        systems: list[System | TierboxProbe] = [*probes, Celery(settings, procs, stack)]
+        if importlib.util.find_spec("procrastinate") is not None:
+            systems.append(Procrastinate(settings, procs, stack))
+        else:  # a venv without the bench extra: the Tierbox and Celery figures still stand
+            report.note("procrastinate is not installed (`pip install -e .[bench]`): left out of this run.")
         for system in systems:
             latencies_ms(system, 20, RATE_PER_S)  # warm-up: connections, prepared statements
         for rep in range(reps):
@@ -195,6 +218,9 @@ def run(report: Report, quick: bool) -> None:
     for name, rows in samples.items():
         report.note(f"\nPer hop, {name} ({len(rows)} probes over all repetitions; ms):\n")
         report.table(["hop", "p50", "p99", "probes"], hop_table(rows))
+        window = qos_window(rows)
+        if window:
+            report.note(window)
     report.headline("Tierbox latency p50 (ms)", p50["tierbox"], f"≤ {TARGET_P50_MS} ms",
                     median(p50["tierbox"]) <= TARGET_P50_MS, 1)
     report.headline("Tierbox latency p99 (ms)", p99["tierbox"], f"≤ {TARGET_P99_MS} ms",
@@ -202,8 +228,10 @@ def run(report: Report, quick: bool) -> None:
     for which, values, target in (("p50", p50, TARGET_P50_VS_CELERY), ("p99", p99, TARGET_P99_VS_CELERY)):
         ratio = [a / b for a, b in zip(values["tierbox"], values["celery"], strict=True)]
         report.headline(f"Tierbox {which} / celery {which}", ratio, f"≤ {target}x", median(ratio) <= target)
-    report.headline("Tierbox p50 / procrastinate p50",
-                    [a / b for a, b in zip(p50["tierbox"], p50["procrastinate"], strict=True)], "report only", None)
+    if "procrastinate" in p50:
+        report.headline("Tierbox p50 / procrastinate p50",
+                        [a / b for a, b in zip(p50["tierbox"], p50["procrastinate"], strict=True)], "report only",
+                        None)
     if "tierbox@base" in p50:
         for which, values in (("p50", p50), ("p99", p99)):
             report.headline(f"A/B: Tierbox {which} / tierbox@base {which}",

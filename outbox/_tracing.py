@@ -217,10 +217,11 @@ def unconfirmed(span: Span, what: str) -> None:
 
 @contextmanager
 def processing(job_id: str | None, tier: str, headers: Mapping[str, Any], exchange: str | None,
-               delivery_tag: int | None) -> Iterator[Span]:
+               delivery_tag: int | None, end_on_exit: bool = True) -> Iterator[Span]:
     """The ``process`` span of one delivery, current while it runs (so the handler's own spans,
     and instrumented libraries', nest under it): a child of the creation context for the first
-    attempt of a job due at once, else a root linked to it (retries, delayed, scheduled, redriven)."""
+    attempt of a job due at once, else a root linked to it (retries, delayed, scheduled, redriven).
+    ``end_on_exit=False``: the caller ends it (the worker's finishing stage outlives the block)."""
     from opentelemetry import trace
     from opentelemetry.trace import Link, SpanKind
 
@@ -237,7 +238,7 @@ def processing(job_id: str | None, tier: str, headers: Mapping[str, Any], exchan
         "messaging.rabbitmq.message.delivery_tag": delivery_tag})
     with _get_tracer().start_as_current_span(
         f"process {tier}", context=created if child else None, kind=SpanKind.CONSUMER, links=links,
-        attributes=attrs, record_exception=True, set_status_on_exception=True,
+        attributes=attrs, record_exception=True, set_status_on_exception=True, end_on_exit=end_on_exit,
     ) as span:
         yield span
 

@@ -81,6 +81,14 @@ async def async_nap(seconds: float, n: int = 0) -> None:
     await asyncio.sleep(seconds)
 
 
+@outbox.task(tier=Tier.HIGH, name="sample.nap_then_fail", max_retries=1, retry_backoff_s=0.1,
+             retry_backoff_max_s=0.2)
+async def nap_then_fail(seconds: float, n: int = 0) -> None:
+    """Async, without ctx: take a while, then fail (a retry, then a dead letter, recorded after it returns)."""
+    await asyncio.sleep(seconds)
+    raise RuntimeError(f"nap {n} failed")
+
+
 @outbox.task(tier=Tier.NORMAL, name="sample.normal_effect")
 def normal_effect(ctx: outbox.TaskContext, note: str = "") -> None:
     """:func:`effect` in the normal tier (the relay's main lane)."""

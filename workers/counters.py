@@ -16,7 +16,10 @@ EVENTS = Counter("tierbox_worker_events_total", "Deliveries by what happened to 
                  ["pool", "event"])
 WAIT = Histogram("tierbox_job_wait_seconds", "Commit (enqueue) to first start of a job", ["tier"], buckets=BUCKETS_S)
 DURATION = Histogram("tierbox_job_duration_seconds", "Handler run time of one attempt", ["tier"], buckets=BUCKETS_S)
-RUNNING = Gauge("tierbox_worker_running", "Jobs running in this process", ["pool"])
+# A job counts from its start until its outcome is recorded and its message acked: its handler
+# running, or (workers.finishing) its outcome being recorded after its slot was freed.
+RUNNING = Gauge("tierbox_worker_running", "Jobs started and not yet finished (outcome recorded) in this process",
+                ["pool"])
 BUFFERED = Gauge("tierbox_worker_buffered", "Messages waiting in this process's priority buffer", ["pool"])
 
 

@@ -15,6 +15,7 @@ from then on, and ``finish`` then records and releases without acking twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -58,8 +59,10 @@ class Delivery:
         "admitted",
         "conn",
         "envelope",
+        "finishing",
         "handler_ran",
         "message",
+        "received",
         "start",
         "task",
         "tier",
@@ -80,6 +83,11 @@ class Delivery:
         self.start: StartResult | None = None
         #: The connection the attempt runs on (async handlers taking ``ctx``), while it is checked out.
         self.conn: AsyncConnection | None = None
+        #: The finishing stage's task that finishes it, once its handler returned and it was handed there.
+        self.finishing: asyncio.Task[None] | None = None
+        #: When the pool's receiver got the message (wall clock), the tier's messages the pool held unacked
+        #: then, and the tier's QoS (benchmark hops only, workers.processing.HOPS; else zeros).
+        self.received: tuple[float, int, int] = (0.0, 0, 0)
         self._finished = self._released = self._acked = False
 
     @property

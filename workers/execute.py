@@ -23,7 +23,9 @@ import contextlib
 import contextvars
 import enum
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -50,6 +52,14 @@ class Result(enum.Enum):
     ABANDONED = "abandoned"  # a sync handler finished after its timeout: rolled back
 
 
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """An async handler without ``ctx`` returned ``value``; its success is not recorded yet
+    (:meth:`Executor.succeed` records it)."""
+
+    value: Any
+
+
 class AttemptTimeout(Exception):  # noqa: N818 - reads as the outcome it records
     """The attempt exceeded the task's ``timeout_s``."""
 
@@ -66,15 +76,24 @@ class Executor:
         self.traced = tracing.enabled()
 
     async def run(self, task: Task, payload: Payload, ctx: TaskContext, conn: AsyncConnection | None = None) -> Result:
-        """Run one attempt; raises the handler's exception or :class:`AttemptTimeout`.
+        """Run one attempt and record its success; raises the handler's exception or :class:`AttemptTimeout`.
 
         ``conn``: for async handlers that take ``ctx``, a checked-out connection not in a
         transaction to open the attempt's transaction on (default: one from the engine's pool).
         """
+        done = await self.attempt(task, payload, ctx, conn)
+        if isinstance(done, Returned):
+            return await self.succeed(task, ctx.job_id, ctx.attempt, done.value)
+        return done
+
+    async def attempt(self, task: Task, payload: Payload, ctx: TaskContext,
+                      conn: AsyncConnection | None = None) -> Result | Returned:
+        """Run one attempt as :meth:`run` does, except that an async handler without ``ctx`` returns
+        :class:`Returned`: its success is recorded by :meth:`succeed`, later (the pool's finishing stage)."""
         if not task.is_async:
             return await self._run_sync(task, payload, ctx)
         if not task.takes_context:  # no session to open: no connection held while the handler runs
-            return await self._run_async_sessionless(task, payload, ctx)
+            return Returned(await _call_in_time(task, payload, ctx))
         if conn is None:
             async with self.async_engine.connect() as own:
                 return await self._run_async(task, payload, ctx, own)
@@ -103,15 +122,18 @@ class Executor:
                 with contextlib.suppress(Exception):
                     await conn.invalidate()
 
-    async def _run_async_sessionless(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
-        # A handler without ``ctx`` cannot write through the attempt's session, so there is nothing
-        # for the success to commit with: it is recorded autocommitted, batched with the others that
-        # finish meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.
-        value = await _call_in_time(task, payload, ctx)
+    async def succeed(self, task: Task, job_id: uuid.UUID, attempt: int, value: Any) -> Result:
+        """Record the success of an async handler without ``ctx`` that returned ``value``.
+
+        Such a handler cannot write through the attempt's session, so there is nothing for the
+        success to commit with: it is recorded autocommitted, batched with the others that finish
+        meanwhile (workers.batch), instead of BEGIN + SUCCEED + COMMIT and an AsyncSession.
+        Raises :class:`OutcomeNotRecorded` when Postgres keeps refusing it.
+        """
         if task.webhook_result:  # no session to commit with: its own short transaction, before the success
             async with self.async_engine.begin() as conn:
-                await run_async(conn, queries.RECORD_RESULT, result_params(ctx.job_id, value))
-        return Result.SUCCEEDED if await self.successes.succeed(ctx.job_id, ctx.attempt) else Result.FENCED
+                await run_async(conn, queries.RECORD_RESULT, result_params(job_id, value))
+        return Result.SUCCEEDED if await self.successes.succeed(job_id, attempt) else Result.FENCED
 
     async def _run_sync(self, task: Task, payload: Payload, ctx: TaskContext) -> Result:
         abandoned = threading.Event()

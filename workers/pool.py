@@ -5,6 +5,8 @@ its outcome recorded in Postgres, its admission released, then the message acked
 before the outcome is committed leaves it unacked, so RabbitMQ redelivers it; ``long=True``
 tasks are acked once their lease is committed). A delivery's way through the pool is
 :mod:`workers.processing`; this module holds the pool's life: connections, slots, chores, shutdown.
+A slot is free once its handler has returned: the outcome is recorded and the message acked in
+the finishing stage (:mod:`workers.finishing`), which drain and shutdown wait for like the slots.
 
 Ordering between the pool's queues is decided by :mod:`workers.buffer`.
 Leases are renewed by a heartbeat every ``lease_s / 3``; any worker's reaper
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -36,12 +39,13 @@ from outbox.tiers import PoolSpec
 from tierbox.flow.admission import PAUSE_REFRESH_S, Admission
 from tierbox.workers.buffer import PriorityBuffer
 from tierbox.workers.consumers import watch_cancel
+from tierbox.workers.delivery import Delivery
 from tierbox.workers.dlq_sweeper import DlqSweeper
 from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
 from tierbox.workers.execute import Executor
 from tierbox.workers.inflight import PUBLISH_INTERVAL_S, InflightReporter
 from tierbox.workers.ledger import Ledger
-from tierbox.workers.processing import Processor
+from tierbox.workers.processing import HOPS, Processor
 
 log = logging.getLogger("tierbox.worker")
 
@@ -88,10 +92,13 @@ class Pool:
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)
-        self.processor = Processor(name, registry, self.ledger, self.admission, self.executor, self.buffer)
+        # The finishing stage holds only deliveries with an unacked message: the channels' QoS bounds it.
+        self.processor = Processor(name, registry, self.ledger, self.admission, self.executor, self.buffer,
+                                   finishing_bound=sum(self._qos(t) for t in spec.tiers))
+        self.processor.finishing.done = self._let_go
         #: The job ids this pool holds, published to Redis for the relay's reconciler.
         self.inflight = InflightReporter(settings, self.worker_id, spec.tiers)
-        #: Handles one delivery end to end (:meth:`Processor.process`).
+        #: Handles one delivery end to end, its finishing included (:meth:`Processor.process`).
         self.process = self.processor.process
         self.starts = self.processor.starts
         self.recorder = self.processor.recorder
@@ -102,7 +109,8 @@ class Pool:
         self.sweeper: DlqSweeper | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._received = 0
-        self._busy = 0
+        #: Deliveries taken from the buffer and not done with: in a slot, or in the finishing stage.
+        self._in_hand = 0
         self._idle = asyncio.Event()
         self._stopping = False
         self._chores_stop = asyncio.Event()
@@ -165,7 +173,10 @@ class Pool:
             delay = RECONNECT_FIRST_S
             await wait_any(stop, lost)
             if not stop.is_set():
-                dropped = self.inflight.forget(self.buffer.drain())
+                buffered = self.buffer.drain()
+                for _, message in buffered:  # benchmark stamps (HOPS) of messages no slot will take
+                    self.processor.received.pop(id(message), None)
+                dropped = self.inflight.forget(buffered)
                 event(log, "worker.disconnected", logging.WARNING, buffered_dropped=dropped)
                 await self._close_connection()
 
@@ -176,6 +187,9 @@ class Pool:
 
     def _receiver(self, tier: str) -> Any:
         async def receive(message: AbstractIncomingMessage) -> None:
+            if HOPS:  # benchmark instrumentation: the hop "received -> taken by a slot" starts here, and
+                # how many of the tier's messages the pool held unacked then says whether the QoS window was full
+                self.processor.received[id(message)] = (time.time(), len(self.inflight.held(tier)), self._qos(tier))
             self._received += 1
             self.inflight.hold(tier, message)
             await self.buffer.put(tier, message.priority or 0, message)
@@ -227,7 +241,7 @@ class Pool:
 
     async def _empty(self, settle_s: float) -> bool:
         """One check of :mod:`workers.drain`'s conditions (False while the pool is not consuming)."""
-        if self.connection is None or self.connection.is_closed or not self._consumers or self._busy or self.buffer:
+        if self.connection is None or self.connection.is_closed or not self._consumers or self._in_hand or self.buffer:
             return False
         tiers = list(self.spec.tiers)
         try:
@@ -236,22 +250,30 @@ class Pool:
         except Exception as exc:  # noqa: BLE001 - not known to be empty: look again at the next check
             event(log, "worker.drain_check_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
             return False
-        return not (ready or due or self._busy or self.buffer)
+        return not (ready or due or self._in_hand or self.buffer)
 
     async def _slot(self, only: str | None = None) -> None:
+        # A slot is busy until its delivery's handler has returned; the finishing stage records the
+        # outcome and acks (workers.finishing) while the slot takes the next delivery.
         while not self._stopping:
             tier, message = await self.buffer.get(only)
-            self._busy += 1
+            self._in_hand += 1
             self._idle.clear()
+            d = self.processor.delivery(tier, message)
             try:
-                await self.process(tier, message)
+                await self.processor.take(d)
             except Exception as exc:  # noqa: BLE001 - a bug (DeliveryFinishedError): loud, but the slot lives on
                 event(log, "worker.slot_failed", logging.ERROR, tier=tier, error=f"{type(exc).__name__}: {exc}")
             finally:
-                self.inflight.drop(message)
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
+                if d.finishing is None:  # else the finishing stage lets go of it when done
+                    self._let_go(d)
+
+    def _let_go(self, d: Delivery) -> None:
+        """The pool is done with ``d`` (acked, handed back, or left unacked at a stop)."""
+        self.inflight.drop(d.message)
+        self._in_hand -= 1
+        if not self._in_hand:
+            self._idle.set()
 
     async def shutdown(self, slots: list[asyncio.Task[None]], chores: list[asyncio.Task[None]]) -> None:
         """Stop consuming, let in-flight jobs finish within the grace period, release the rest."""
@@ -261,13 +283,20 @@ class Pool:
         if self.sweeper is not None:
             await _bounded(self.sweeper.stop(), "dlq_sweeper")
         idle = [s for s in slots if not s.done()]
-        if self._busy:
+        if self._in_hand:  # handlers running, and outcomes being recorded in the finishing stage
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
-        unfinished = list(self._running.values())
+        # Handlers still running (not in the finishing stage: their handler returned, their outcome is
+        # known and is recorded below, not released as crashed).
+        unfinished = [d for d in self._running.values() if d.finishing is None]
         for s in idle:
             s.cancel()
         await asyncio.gather(*idle, return_exceptions=True)
+        # Outcomes still being recorded: waited for (while stopping, a finish in trouble hands its message
+        # back at once instead of backing off), then cancelled past the bound: unacked, their messages go
+        # back to their queues when the connection closes below, and their leases decide.
+        await _bounded(self.processor.finishing.wait(), "finishing")
+        await self.processor.finishing.cancel()
         # A slot cancelled while its start was in a batch statement: the statement may still commit
         # the lease of a job nobody will run. Wait for it, and hand such jobs back like the rest.
         orphans = await self.starts.orphans()
@@ -283,6 +312,7 @@ class Pool:
         await _bounded(self.async_engine.dispose(), "postgres")
         self.sync_engine.dispose()
         event(log, "worker.stopped", pool=self.name, released=len(unfinished) + len(orphans), **self.counts,
+              finished_outside_slots=self.processor.finishing.handed,
               starts=self.starts.group.recorded, start_statements=self.starts.group.flushes,
               sessionless_successes=self.executor.successes.group.recorded,
               success_statements=self.executor.successes.group.flushes)

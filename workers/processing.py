@@ -4,16 +4,22 @@ Every path ends in exactly one :meth:`Delivery.finish <tierbox.workers.delivery.
 with its outcome (:mod:`workers.outcomes`). Postgres or broker trouble anywhere on the way is
 retried with the back-off :data:`INFRA_BACKOFF_S`, the same delivery (its start token, its
 admission) each time; when it outlasts the back-off the message is handed back to its queue.
+
+A slot holds a delivery until its handler returns (:meth:`Processor.take`); the finish of a
+handler that returned runs in the finishing stage (:mod:`workers.finishing`), outside the slot,
+except where :meth:`Processor._run` says why not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -29,7 +35,8 @@ from tierbox.workers import counters as metrics
 from tierbox.workers.batch import OutcomeNotRecorded, StartBatcher
 from tierbox.workers.buffer import PriorityBuffer
 from tierbox.workers.delivery import Delivery, DeliveryFinishedError
-from tierbox.workers.execute import AttemptTimeout, Executor
+from tierbox.workers.execute import AttemptTimeout, Executor, Returned
+from tierbox.workers.finishing import Finishing
 from tierbox.workers.ledger import Ledger, StartResult
 from tierbox.workers.outcomes import (
     Deferred,
@@ -49,7 +56,9 @@ from tierbox.workers.outcomes import (
 log = logging.getLogger("tierbox.worker")
 
 #: Benchmark instrumentation (bench/latency.py sets it): one ``worker.hop`` log line per started job,
-#: when a slot took its delivery and when its start had committed. Off, one boolean test per delivery.
+#: when the pool's receiver got its message (``received``; ``held``: the tier's messages the pool held
+#: unacked then, of ``qos``), when a slot took the delivery (``taken``) and when its start had
+#: committed (``started``). Off, one boolean test per delivery.
 HOPS = os.environ.get("TIERBOX_BENCH_HOPS") == "1"
 
 #: Back-off after a Postgres failure before the message is handed back to the broker.
@@ -57,10 +66,11 @@ INFRA_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Processor:
-    """Processes the deliveries of one pool; ``running`` holds those whose handler is running."""
+    """Processes the deliveries of one pool; ``running`` holds those whose handler is running or whose
+    outcome is being recorded (in a slot or in the finishing stage): their leases are renewed."""
 
     def __init__(self, pool: str, registry: Registry, ledger: Ledger, admission: Admission, executor: Executor,
-                 buffer: PriorityBuffer) -> None:
+                 buffer: PriorityBuffer, finishing_bound: int) -> None:
         self.pool = pool
         self.registry = registry
         self.ledger = ledger
@@ -72,39 +82,80 @@ class Processor:
         self.traced = tracing.enabled()
         self.recorder = (TracingRecorder if self.traced else Recorder)(ledger, pool)
         self.running: dict[uuid.UUID, Delivery] = {}
+        #: Deliveries whose handler returned, finished outside their slots (:mod:`workers.finishing`).
+        self.finishing = Finishing(finishing_bound)
+        #: id(message) -> when the pool's receiver got it, the tier's messages the pool held unacked then,
+        #: and the tier's QoS (only while :data:`HOPS`; taken by the delivery).
+        self.received: dict[int, tuple[float, int, int]] = {}
         #: Set at shutdown: a delivery in trouble is handed back at once instead of backing off.
         self.stopping = False
 
-    async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
-        """Handle one delivery end to end; never raises (failures are recorded or retried), except
-        :class:`DeliveryFinishedError`, a bug."""
-        if self.traced:
-            # The delivery's process span, current while it runs: the handler's spans nest under it.
-            with tracing.processing(message.message_id, tier, message.headers or {}, message.exchange,
-                                    message.delivery_tag):
-                await self._process(tier, message)
-            return
-        await self._process(tier, message)
+    def delivery(self, tier: str, message: AbstractIncomingMessage) -> Delivery:
+        """A new delivery of ``message``, for :meth:`take`."""
+        d = Delivery(tier, message, self.recorder, self.admission)
+        if HOPS:
+            d.received = self.received.pop(id(message), (0.0, 0, 0))
+        return d
 
-    async def _process(self, tier: str, message: AbstractIncomingMessage) -> None:
-        delivery = Delivery(tier, message, self.recorder, self.admission)
+    async def process(self, tier: str, message: AbstractIncomingMessage) -> None:
+        """Handle one delivery end to end, its finishing included; never raises (failures are recorded
+        or retried), except :class:`DeliveryFinishedError`, a bug."""
+        d = self.delivery(tier, message)
+        await self.take(d)
+        if d.finishing is not None:
+            await d.finishing
+
+    async def take(self, d: Delivery) -> None:
+        """Handle a delivery as far as a slot must: when this returns, either the delivery is finished,
+        or its handler has returned and ``d.finishing`` is the task of the finishing stage
+        (:mod:`workers.finishing`) that records its outcome and acks it. Never raises but
+        :class:`DeliveryFinishedError` (a bug) and a cancellation (shutdown)."""
+        if not self.traced:
+            await self._process(d)
+            return
+        # The delivery's process span, current while it runs: the handler's spans nest under it. It
+        # ends with the delivery, in the finishing stage if the delivery went there (the task runs in
+        # a copy of this context: the outcome is noted on this span).
+        message, spans = d.message, []
         try:
-            for attempt, backoff in enumerate((*INFRA_BACKOFF_S, None)):
-                try:
-                    await self._handle(delivery)
-                    return
-                except DeliveryFinishedError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
-                    event(log, "worker.infra_error", logging.WARNING, tier=tier, message_id=message.message_id,
-                          error=f"{type(exc).__name__}: {exc}", attempt=attempt + 1)
-                    if backoff is None or self.stopping:
-                        break
-                    delivery.next_try()
-                    await asyncio.sleep(backoff)
-            await delivery.finish(HandedBack())
+            with tracing.processing(message.message_id, d.tier, message.headers or {}, message.exchange,
+                                    message.delivery_tag, end_on_exit=False) as span:
+                spans.append(span)
+                await self._process(d)
+        finally:  # after the block: an exception leaving it is recorded on the span before it ends
+            for span in spans:
+                if d.finishing is None:
+                    span.end()
+                else:
+                    d.finishing.add_done_callback(functools.partial(_end_span, span))
+
+    async def _process(self, d: Delivery) -> None:
+        try:
+            await self._tries(d, INFRA_BACKOFF_S)
         finally:
-            await delivery.release()  # a no-op once finished; a cancelled delivery (shutdown) frees its hold
+            if d.finishing is None:  # the finishing stage releases its own
+                await d.release()  # a no-op once finished; a cancelled delivery (shutdown) frees its hold
+
+    async def _tries(self, d: Delivery, backoffs: tuple[float, ...], first: int = 1) -> None:
+        """Handle ``d`` until it is finished or handed to the finishing stage, backing off ``backoffs``
+        between tries on Postgres or broker trouble; past them (or while stopping) it is handed back."""
+        finishing = d.finishing
+        for attempt, backoff in enumerate((*backoffs, None), start=first):
+            try:
+                await self._handle(d)
+                return
+            except DeliveryFinishedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres/broker trouble: back off, then hand back
+                event(log, "worker.infra_error", logging.WARNING, tier=d.tier, message_id=d.message.message_id,
+                      error=f"{type(exc).__name__}: {exc}", attempt=attempt)
+                if d.finishing is not finishing:  # trouble after the hand-off (giving back its connection):
+                    return  # the delivery is the finishing stage's now, which finishes it
+                if backoff is None or self.stopping:
+                    break
+                d.next_try()
+                await asyncio.sleep(backoff)
+        await d.finish(HandedBack())
 
     async def _handle(self, d: Delivery) -> None:
         taken = time.time() if HOPS else 0.0
@@ -130,7 +181,9 @@ class Processor:
         # Batched with the other deliveries starting meanwhile (workers.batch): one commit for all.
         d.start = await self.starts.start(d.env.id, acked_early=bool(d.task and d.task.long), token=d.token)
         if HOPS:
-            event(log, "worker.hop", job_id=d.env.id, taken=f"{taken:.6f}", started=f"{time.time():.6f}",
+            received, held, qos = d.received
+            event(log, "worker.hop", job_id=d.env.id, received=f"{received:.6f}", taken=f"{taken:.6f}",
+                  started=f"{time.time():.6f}", held=held, qos=qos,
                   decision=d.start.decision, busy_starts=self.starts.busy)
         await self._started(d)
 
@@ -158,7 +211,8 @@ class Processor:
             await self._run(d)
 
     async def _run(self, d: Delivery) -> None:
-        """Run one attempt and finish the delivery with its outcome, heartbeat renewing its lease meanwhile."""
+        """Run one attempt; hand the delivery to the finishing stage once the handler has returned, or
+        finish it here; heartbeat renews its lease meanwhile (while it is in ``running``)."""
         task, env, start = d.handler, d.env, d.started
         d.handler_ran = True
         if task.long:
@@ -169,28 +223,90 @@ class Processor:
         metrics.RUNNING.labels(self.pool).set(len(self.running))
         metrics.BUFFERED.labels(self.pool).set(len(self.buffer))
         began = time.monotonic()
+        handed = False
         try:
-            await d.finish(await self._attempt(d))
+            try:
+                outcome = await self._attempt(d)
+            finally:
+                metrics.DURATION.labels(env.tier).observe(time.monotonic() - began)
+            # What a slot holds after the handler returned, path by path:
+            # * a success of a handler with a transaction (sync, or async taking ctx) committed in that
+            #   transaction, inside _attempt: it cannot move, only the ack and the admission's release do;
+            # * a sessionless success (Returned), a retry, a dead letter: their commit moves out;
+            # * a long task, acked early, stays: its slot is held for minutes, one commit more is
+            #   nothing beside that, and as it holds no unacked message the broker's QoS would not
+            #   bound how many of them wait in the stage;
+            # * a delivery tried again from inside the stage (its finish failed) stays in that task;
+            # * a full stage (Finishing.full: after reconnects) lets the slot finish its own, as before.
+            if not task.long and d.finishing is None and not self.finishing.full:
+                d.finishing = self.finishing.start(d, self._finish(d, outcome))
+                handed = True
+                return
+            await d.finish(await self._recorded(d, outcome))
         finally:
-            self.running.pop(env.id, None)
-            metrics.DURATION.labels(env.tier).observe(time.monotonic() - began)
-            metrics.RUNNING.labels(self.pool).set(len(self.running))
+            if not handed:
+                self._not_running(env.id)
 
-    async def _attempt(self, d: Delivery) -> Outcome:
+    def _not_running(self, job_id: uuid.UUID) -> None:
+        """The job's finish is done or given up: no more heartbeats for its lease."""
+        self.running.pop(job_id, None)
+        metrics.RUNNING.labels(self.pool).set(len(self.running))
+
+    async def _finish(self, d: Delivery, outcome: Outcome | Returned) -> None:
+        """The finishing stage's task for ``d``: record ``outcome``, release, ack (:meth:`Delivery.finish`).
+
+        If the record fails (Postgres trouble), the delivery goes on as a failed finish always did in
+        its slot: its token is spent (the handler ran), so its next try meets the job's own lease as a
+        duplicate and is acked, and the lease, no longer renewed, lets the reaper decide.
+        """
+        try:
+            try:
+                await d.finish(await self._recorded(d, outcome))
+                return
+            except DeliveryFinishedError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Postgres trouble: tried again below
+                event(log, "worker.infra_error", logging.WARNING, tier=d.tier, message_id=d.message.message_id,
+                      error=f"{type(exc).__name__}: {exc}", attempt=1, stage="finishing")
+            self._not_running(d.env.id)
+            if not INFRA_BACKOFF_S or self.stopping:
+                await d.finish(HandedBack())
+                return
+            d.next_try()
+            await asyncio.sleep(INFRA_BACKOFF_S[0])
+            await self._tries(d, INFRA_BACKOFF_S[1:], first=2)
+        except DeliveryFinishedError as exc:  # a bug: loud, but nothing else waits for this task
+            event(log, "worker.finish_failed", logging.ERROR, tier=d.tier, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._not_running(d.env.id)
+            await d.release()  # a no-op once finished; a cancelled finishing (shutdown) frees its hold
+
+    async def _recorded(self, d: Delivery, outcome: Outcome | Returned) -> Outcome:
+        """``outcome`` with a sessionless success recorded (batched): Ran, or NotRecorded, never raises
+        but a cancellation. Done once per attempt: a second SUCCEED would be fenced, not a success."""
+        if not isinstance(outcome, Returned):
+            return outcome
+        try:
+            return Ran(await self.executor.succeed(d.handler, d.env.id, d.started.attempt, outcome.value))
+        except OutcomeNotRecorded as exc:
+            # Not the handler's failure: leave the job to its lease (no heartbeat once it leaves
+            # ``running``); the reaper retries it.
+            return NotRecorded(exc)
+        except Exception as exc:  # noqa: BLE001 - the result for its webhook could not be stored: as it
+            return Failed(exc, "failed")  # always was when this ran inside the attempt, a failed attempt
+
+    async def _attempt(self, d: Delivery) -> Outcome | Returned:
         start = d.started
         ctx = TaskContext(job_id=d.env.id, task=d.handler.name, tier=d.env.tier, attempt=start.attempt,
                           max_retries=start.max_retries, enqueued_at=start.enqueued_at, headers=start.headers,
                           progress_writer=EngineProgress(d.env.id, start.attempt, self.executor.async_engine,
                                                          self.executor.sync_engine))
         try:
-            return Ran(await self.executor.run(d.handler, d.payload, ctx, d.conn))
+            done = await self.executor.attempt(d.handler, d.payload, ctx, d.conn)
+            return done if isinstance(done, Returned) else Ran(done)
         except AttemptTimeout as exc:
             attach(exc, ctx.fingerprint)
             return Failed(exc, "timeout")
-        except OutcomeNotRecorded as exc:
-            # Not the handler's failure: leave the job to its lease (no heartbeat once it leaves
-            # ``running``); the reaper retries it.
-            return NotRecorded(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the handler's own failure, recorded in the ledger
@@ -215,3 +331,7 @@ class Processor:
             await release
         except Exception as exc:  # noqa: BLE001 - the lease expires and the reaper recovers it
             event(log, "worker.release_failed", logging.WARNING, job_id=job_id, error=exc)
+
+
+def _end_span(span: Any, _task: asyncio.Task[None]) -> None:
+    span.end()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -131,6 +132,57 @@ def test_sigkill_with_sessionless_jobs_in_flight_loses_none(system: System) -> N
     assert system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(0,)]
     assert system.q("SELECT count(*) > 0 FROM outbox.attempts WHERE outcome = 'crashed'") == [(True,)]  # it bit
     assert len(jobs) == 300
+
+
+def test_sigkill_with_outcomes_waiting_in_the_finishing_stage_ends_each_job_once(system: System) -> None:
+    """Slots are free once their handler returns; the outcomes (a batched success, a retry) wait in the
+    finishing stage while a held row lock makes Postgres slow to take them, and the worker is SIGKILLed
+    there: the messages are unacked, so nothing is lost, and every job ends exactly once."""
+    system.relay()
+    # prefetch 4: a delivery in the finishing stage holds its unacked message, so the broker hands the
+    # pool one more only while fewer than QoS (concurrency + prefetch) are unacked.
+    first = system.worker("--pool", "urgent", "--concurrency", "4", "--prefetch", "4")
+    with psycopg.connect(system.settings.database_url) as conn:
+        held = outbox.enqueue_many(conn, [outbox.job("sample.async_nap", args=[2.0, 0]),
+                                          outbox.job("sample.async_nap", args=[2.0, 1]),
+                                          outbox.job("sample.nap_then_fail", args=[2.0, 2]),
+                                          outbox.job("sample.nap_then_fail", args=[2.0, 3])])
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(4,)],
+                what="the four handlers started (every slot busy)")
+    with psycopg.connect(system.settings.database_url) as lock:
+        # Their job rows locked (as SUCCEED_MANY and RETRY lock them): their outcomes cannot commit.
+        lock.execute("SELECT id FROM outbox.jobs WHERE id = ANY(%s) FOR NO KEY UPDATE", (held,))
+        with psycopg.connect(system.settings.database_url) as conn:
+            more = outbox.enqueue_many(conn, [outbox.job("sample.async_nap", args=[0.0, 10 + i]) for i in range(4)])
+        # The handlers return after 2 s; with their outcomes waiting, the four slots start four more jobs.
+        system.wait(lambda: system.q("SELECT count(DISTINCT job_id) FROM outbox.attempts WHERE job_id = ANY(%s)",
+                                     more) == [(4,)], timeout=20, what="slots free while the outcomes wait")
+        assert system.q("SELECT count(*) FROM outbox.jobs WHERE id = ANY(%s) AND status = 'running'", held) == [(4,)]
+        first.kill(signal.SIGKILL)
+        first.wait()
+        # The killed worker's statements still wait for the lock in their backends: ended as Postgres ends
+        # a dead client's, so nothing of theirs commits (the other case, commit after the kill, is the
+        # success recorded: ends once as well).
+        blocked = system.q("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+        assert len(blocked) >= 1, "no outcome was waiting for the lock"
+        lock.rollback()
+    system.worker("--pool", "urgent", "--concurrency", "4", "--prefetch", "4")
+    naps, fails = [*held[:2], *more], held[2:]
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE id = ANY(%s) AND status = 'succeeded'",
+                                 naps) == [(6,)], timeout=60, what="every nap succeeded")
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE id = ANY(%s) AND status = 'dead'",
+                                 fails) == [(2,)], timeout=60, what="every failing job dead-lettered")
+    for job in naps:  # one success each; an attempt whose outcome was lost with the worker says crashed
+        assert system.outcomes(job).count("succeeded") == 1 and set(system.outcomes(job)) <= {"crashed", "succeeded"}
+    for job in held[:2]:
+        assert system.outcomes(job) == ["crashed", "succeeded"]
+    for job in fails:  # max_retries=1: two attempts, the first crashed (its retry was lost), one dead letter
+        assert system.outcomes(job) == ["crashed", "failed"]
+        assert system.q("SELECT count(*) FROM outbox.dead_letters WHERE job_id = %s", job) == [(1,)]
+    assert system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(0,)]
+    assert system.q("SELECT count(*) FROM outbox.pending") == [(0,)]
+    assert system.q("SELECT count(*) FROM outbox.leases") == [(0,)]
 
 
 def test_db_effect_exactly_once_when_killed_before_commit(system: System) -> None:
@@ -265,6 +317,32 @@ def test_sigterm_with_in_flight_work_loses_nothing(system: System) -> None:
     for j in jobs:
         system.wait_status(j, "succeeded", timeout=40)
     assert all(len(system.effects(j)) == 1 for j in jobs)
+
+
+def test_sigterm_waits_for_outcomes_in_the_finishing_stage_before_closing(system: System) -> None:
+    """Handlers returned, their successes held back by a row lock: a SIGTERM stops the worker only
+    once they are recorded and acked (not released as crashed, not left to the lease)."""
+    system.relay()
+    worker = system.worker("--pool", "urgent", "--concurrency", "2")
+    with psycopg.connect(system.settings.database_url) as conn:
+        jobs = outbox.enqueue_many(conn, [outbox.job("sample.async_nap", args=[1.0, i]) for i in range(2)])
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.attempts WHERE outcome IS NULL") == [(2,)],
+                what="both handlers started")
+    with psycopg.connect(system.settings.database_url) as lock:
+        lock.execute("SELECT id FROM outbox.jobs WHERE id = ANY(%s) FOR NO KEY UPDATE", (jobs,))
+        system.wait(lambda: system.q("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND wait_event_type = 'Lock'") >= [(1,)], what="the successes wait for the lock")
+        worker.kill(signal.SIGTERM)
+        time.sleep(2)
+        assert worker.alive()  # still recording its outcomes
+        lock.rollback()
+    assert worker.wait(30) == 0
+    out = worker.output()
+    assert "worker.stopped" in out and "worker.released" not in out, out[-2000:]
+    assert "released=0" in out and "finished_outside_slots=2" in out, out[-2000:]
+    for job in jobs:
+        assert system.status(job) == "succeeded" and system.outcomes(job) == ["succeeded"]
+    assert system.q("SELECT count(*) FROM outbox.leases") == [(0,)]
 
 
 def test_grace_period_over_releases_job_back_to_outbox(system: System) -> None:
