@@ -20,6 +20,8 @@ import psycopg
 import outbox
 from bench import tasks  # noqa: F401 - registers the bench tasks enqueue resolves by name
 from bench.harness import Report, execute, fmt, fresh_system
+from outbox._sql import Statement
+from outbox.enqueue import _statement
 
 ORDERS_DDL = """
 CREATE TABLE IF NOT EXISTS public.bench_orders (
@@ -27,7 +29,53 @@ CREATE TABLE IF NOT EXISTS public.bench_orders (
     created_at timestamptz NOT NULL DEFAULT now())
 """
 INSERT_ORDER = "INSERT INTO public.bench_orders (customer, amount) VALUES (%s, %s) RETURNING id"
-MODES = ("plain", "plain + SELECT 1", "enqueue+notify", "enqueue, trigger off")
+MODES = ("plain", "plain + SELECT 1", "enqueue+notify", "enqueue, trigger off", "one row (design)")
+
+# The "one row" design of #19 (bench/README.md, "Enqueue at the cost of one row"), measured without
+# building it: the caller's transaction writes only a wide pending row (the whole job, two indexes and
+# the idempotency key's unique index, the same NOTIFY statement trigger), through the same statement
+# shape as ENQUEUE_ONE (tier-override lookup, ON CONFLICT on the key). What the relay would do with it
+# later (write the ledger row at claim) is not on the caller's path and is not measured here.
+WIDE_DDL = """
+CREATE TABLE IF NOT EXISTS outbox.bench_pending_wide (
+    id uuid NOT NULL, task text NOT NULL, tier text NOT NULL, weight smallint NOT NULL,
+    priority smallint NOT NULL, payload jsonb NOT NULL, headers jsonb NOT NULL DEFAULT '{}'::jsonb,
+    idempotency_key text, max_retries integer NOT NULL, available_at timestamptz NOT NULL,
+    expires_at timestamptz, enqueued_at timestamptz NOT NULL DEFAULT now(),
+    publish_attempts integer NOT NULL DEFAULT 0, last_publish_error text,
+    CONSTRAINT pk_bench_pending_wide PRIMARY KEY (id));
+CREATE INDEX IF NOT EXISTS ix_bench_pending_wide_claim ON outbox.bench_pending_wide
+    (weight DESC, priority DESC, available_at);
+CREATE UNIQUE INDEX IF NOT EXISTS uq_bench_pending_wide_key ON outbox.bench_pending_wide (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+DROP TRIGGER IF EXISTS notify_pending ON outbox.bench_pending_wide;
+CREATE TRIGGER notify_pending AFTER INSERT ON outbox.bench_pending_wide REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox.notify_pending();
+"""
+WIDE_ONE = Statement("bench_enqueue_one_row", """
+WITH ov AS (
+    SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
+    WHERE o.task = CAST(:task AS text) AND o.expires_at > now() AND NOT CAST(:explicit AS boolean)
+),
+ins AS (
+    INSERT INTO outbox.bench_pending_wide (id, task, tier, weight, priority, payload, headers, idempotency_key,
+                                           max_retries, available_at, expires_at)
+    SELECT CAST(:id AS uuid), CAST(:task AS text), COALESCE(ov.tier, CAST(:tier AS text)),
+           COALESCE(ov.weight, CAST(:weight AS smallint)),
+           CASE WHEN ov.tier IS NULL THEN CAST(:priority AS smallint)
+                ELSE LEAST(CAST(:priority AS smallint), ov.weight) END,
+           CAST(:payload AS jsonb), CAST(:headers AS jsonb), CAST(:key AS text), CAST(:max_retries AS integer),
+           COALESCE(CAST(:run_at AS timestamptz),
+                    now() + make_interval(secs => COALESCE(CAST(:delay_s AS float8), 0))),
+           COALESCE(CAST(:expires_at AS timestamptz), now() + make_interval(secs => CAST(:expires_s AS float8)))
+    FROM (SELECT) AS one LEFT JOIN ov ON true
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT 1, COALESCE((SELECT id FROM ins),
+                   (SELECT id FROM outbox.bench_pending_wide WHERE idempotency_key = CAST(:key AS text))),
+       EXISTS (SELECT FROM ins)
+""")
 TARGET_RATIO = 1.3
 TARGET_MANY = 5.0
 
@@ -45,6 +93,9 @@ def _producer(url: str, mode: str, start_at: float, duration_s: float, out: Any)
                 if mode == "plain + SELECT 1":
                     # The floor of any enqueue that is its own statement: one more round trip.
                     conn.execute("SELECT 1", prepare=True)
+                elif mode == "one row (design)":
+                    _, params, _ = _statement([outbox.job("bench.noop", args=["", order_id])])
+                    conn.execute(WIDE_ONE.pg, params, prepare=True).fetchone()
                 elif mode != "plain":
                     outbox.enqueue(conn, "bench.noop", args=["", order_id])
             n += 1
@@ -99,10 +150,11 @@ def run(report: Report, quick: bool) -> None:
     with fresh_system("enqueue") as settings:
         url = settings.psycopg_url
         execute(url, ORDERS_DDL)
+        execute(url, WIDE_DDL)
         rates: dict[tuple[int, str], list[float]] = {}
         for producers in (1, 8):
             for _ in range(reps):
-                execute(url, "TRUNCATE outbox.jobs CASCADE; TRUNCATE public.bench_orders")
+                execute(url, "TRUNCATE outbox.jobs CASCADE; TRUNCATE public.bench_orders, outbox.bench_pending_wide")
                 for mode in MODES:
                     set_trigger(url, mode != "enqueue, trigger off")
                     rates.setdefault((producers, mode), []).append(throughput(url, mode, producers, duration_s))
@@ -114,7 +166,7 @@ def run(report: Report, quick: bool) -> None:
                  [["single enqueue() calls", fmt(singles)], ["one enqueue_many()", fmt(manys)]])
     for p in (1, 8):
         plain = rates[(p, "plain")]
-        for mode in ("plain + SELECT 1", "enqueue+notify", "enqueue, trigger off"):
+        for mode in ("plain + SELECT 1", "enqueue+notify", "enqueue, trigger off", "one row (design)"):
             ratio = [a / b for a, b in zip(plain, rates[(p, mode)], strict=True)]
             met = median(ratio) <= TARGET_RATIO if mode == "enqueue+notify" else None
             report.headline(f"enqueue time ratio, {p} producer(s), {mode} (tx time vs plain)", ratio,
