@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from outbox import _partitions as partitions
 from outbox import _queries as queries
 from outbox import _transitions as transitions
 from outbox._sql import run, run_async
@@ -13,7 +14,7 @@ from outbox.tiers import Topology
 #: The schema revision this code needs (the newest in migrations/versions; a test keeps them equal).
 #: Relays and workers refuse to work against an older one; a newer one is fine (migrate first,
 #: then roll out the code: old processes keep working on the migrated schema).
-REQUIRED_REVISION = "0016"
+REQUIRED_REVISION = "0017"
 #: SQLSTATE of "relation does not exist".
 UNDEFINED_TABLE = "42P01"
 
@@ -63,11 +64,26 @@ async def check_schema_async(conn: Any) -> None:
 
 
 def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE_BATCH_ROWS) -> int:
-    """Delete finished jobs past retention in short committed batches; returns rows deleted.
+    """Remove finished jobs past retention; returns how many (dropped with their day, plus deleted).
 
-    ``conn`` must be a psycopg connection in autocommit=False mode owned by the
-    caller; this commits after each batch so no transaction stays open long.
+    First every day partition whose jobs are all finished past retention is dropped whole
+    (:func:`outbox._partitions.drop_expired`: no row deletes, no WAL per row, no bloat); then what
+    is left past retention (the default partition's pre-0017 jobs, days held by one unfinished or
+    retained job) is deleted in short committed batches. ``conn`` must be a psycopg connection in
+    autocommit=False mode owned by the caller; this commits after each step.
     """
+    dropped, deleted = prune_detailed(conn, succeeded_days, dead_days, batch)
+    return sum(d.jobs for d in dropped) + deleted
+
+
+def prune_detailed(conn: Any, succeeded_days: float, dead_days: float,
+                   batch: int = PRUNE_BATCH_ROWS) -> tuple[list[partitions.Dropped], int]:
+    """:func:`prune`, saying which days were dropped (and their job counts) and how many rows were deleted."""
+    dropped = partitions.drop_expired(conn, succeeded_days, dead_days)
+    return dropped, _delete_expired(conn, succeeded_days, dead_days, batch)
+
+
+def _delete_expired(conn: Any, succeeded_days: float, dead_days: float, batch: int) -> int:
     total = 0
     params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
     while True:

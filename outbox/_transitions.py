@@ -48,14 +48,25 @@ routed AS (
         WHERE o.task = input.task AND o.expires_at > now() AND NOT input.explicit_tier
     ) AS ov ON true
 ),
+-- Idempotency (revision 0017): the key table holds each key once across every partition of
+-- outbox.jobs. A row's key is claimed first (ON CONFLICT DO NOTHING waits out a concurrent
+-- transaction holding the same key, as the unique index on jobs did); only rows without a key
+-- or whose key this statement claimed insert a job.
+keys AS (
+    INSERT INTO outbox.idempotency_keys (key, job_id)
+    SELECT idempotency_key, id FROM input WHERE idempotency_key IS NOT NULL ORDER BY ord
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+),
 ins AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
                              available_at, expires_at)
     SELECT id, task, route_tier, route_priority, payload, headers, idempotency_key, max_retries,
            COALESCE(run_at, now() + make_interval(secs => COALESCE(delay_s, 0))),
            COALESCE(expires_at, now() + make_interval(secs => expires_s))
-    FROM routed ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    FROM routed
+    WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
+    ORDER BY ord
     RETURNING id, tier, priority, available_at
 ),
 pend AS (
@@ -63,11 +74,11 @@ pend AS (
     SELECT ins.id, ins.tier, routed.route_weight, ins.priority, ins.available_at
     FROM ins JOIN routed ON routed.id = ins.id
 )
-SELECT input.ord, COALESCE(ins.id, existing.id) AS id, ins.id IS NOT NULL AS created
+SELECT input.ord, COALESCE(ins.id, existing.job_id) AS id, ins.id IS NOT NULL AS created
 FROM input
 LEFT JOIN ins ON ins.id = input.id
-LEFT JOIN outbox.jobs AS existing
-       ON ins.id IS NULL AND existing.idempotency_key = input.idempotency_key
+LEFT JOIN outbox.idempotency_keys AS existing
+       ON ins.id IS NULL AND existing.key = input.idempotency_key
 ORDER BY input.ord
 """)
 
@@ -82,6 +93,12 @@ WITH ov AS (
     SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
     WHERE o.task = CAST(:task AS text) AND o.expires_at > now() AND NOT CAST(:explicit AS boolean)
 ),
+k AS (  -- the key claimed first, as in ENQUEUE
+    INSERT INTO outbox.idempotency_keys (key, job_id)
+    SELECT CAST(:key AS text), CAST(:id AS uuid) WHERE CAST(:key AS text) IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+),
 ins AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
                              available_at, expires_at)
@@ -93,7 +110,7 @@ ins AS (
                     now() + make_interval(secs => COALESCE(CAST(:delay_s AS float8), 0))),
            COALESCE(CAST(:expires_at AS timestamptz), now() + make_interval(secs => CAST(:expires_s AS float8)))
     FROM (SELECT) AS one LEFT JOIN ov ON true
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    WHERE CAST(:key AS text) IS NULL OR EXISTS (SELECT FROM k)
     RETURNING id, tier, priority, available_at
 ),
 pend AS (
@@ -103,7 +120,7 @@ pend AS (
     FROM ins
 )
 SELECT 1, COALESCE((SELECT id FROM ins),  -- COALESCE stops at the first non-null: no lookup when inserted
-                   (SELECT id FROM outbox.jobs WHERE idempotency_key = CAST(:key AS text))),
+                   (SELECT job_id FROM outbox.idempotency_keys WHERE key = CAST(:key AS text))),
        EXISTS (SELECT FROM ins)
 """)
 
@@ -117,7 +134,8 @@ DISCARD = Statement("discard", """
 SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS text))
 """)
 
-# Delete a bounded batch of finished jobs past retention, with their events (short transactions, no long locks).
+# Delete a bounded batch of finished jobs past retention, with their attempts, events, webhook and key (short
+# transactions, no long locks): the default partition, and days prune could not drop (outbox._partitions).
 PRUNE_BATCH = Statement("prune_batch", """
 WITH doomed AS (
     SELECT id FROM outbox.jobs
@@ -134,6 +152,11 @@ WITH doomed AS (
 ), hooks AS (
     -- And its webhook declaration (no foreign key either: revision 0013).
     DELETE FROM outbox.webhooks w USING doomed WHERE w.job_id = doomed.id
+), tries AS (
+    -- Its attempts (no foreign key since revision 0017: see outbox._partitions) and idempotency key.
+    DELETE FROM outbox.attempts a USING doomed WHERE a.job_id = doomed.id
+), keys AS (
+    DELETE FROM outbox.idempotency_keys k USING doomed WHERE k.job_id = doomed.id
 )
 DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
 """)
