@@ -12,11 +12,14 @@ parent and on the default partition and scans the default for rows of the new ra
 1. adds ``CHECK (NOT (key >= lo AND key < hi)) NOT VALID`` to the default (ACCESS EXCLUSIVE, no scan);
 2. ``VALIDATE``\\s it: the scan, under SHARE UPDATE EXCLUSIVE, which blocks no read or write;
 3. creates the empty partition and ``ATTACH``\\es it: SHARE UPDATE EXCLUSIVE on the parent, ACCESS
-   EXCLUSIVE on the default for well under a millisecond (the validated CHECK proves the default holds
-   no row of the range, so Postgres skips its scan), and drops the CHECK again.
+   EXCLUSIVE on the default (and on pending, leases and republished, whose foreign keys to
+   ``outbox.jobs`` gain the partition) for well under a millisecond (the validated CHECK proves the
+   default holds no row of the range, so Postgres skips its scan), and drops the CHECK again.
 
-Every lock is asked for with ``lock_timeout`` (:data:`LOCK_TIMEOUT_S`): behind a long transaction the
-pass gives up and the next one retries, rather than queueing enqueue behind its lock request.
+Every lock is asked for with a short ``lock_timeout`` (:data:`LOCK_TIMEOUT_S`) and the step retried
+(:data:`LOCK_TRIES`): behind a long transaction the step gives up and retries rather than queueing
+every statement on the table behind its lock request; after the last try the pass gives up and the
+next one (an hour later) carries on.
 
 Rows already in the default inside a new day's range (uuid4 ids of pre-0017 jobs: about 3 per day per
 10 M of them; or a day's v7 rows if no partition existed when they were written) cannot move. They are
@@ -32,12 +35,13 @@ import dataclasses
 import datetime as dt
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from psycopg import sql
-from psycopg.errors import CheckViolation, LockNotAvailable
+from psycopg.errors import CheckViolation, DeadlockDetected, LockNotAvailable
 
 from outbox import schema
 from outbox._ids import floor_id
@@ -52,8 +56,16 @@ DAYS_AHEAD = 7
 DAYS_BEHIND = 1
 #: Rows of the default inside a new day's range that the day is split around, at most.
 MAX_SKIPPED_IDS = 8
-#: Longest wait for any lock a partition change asks for; the pass gives up, the next retries.
-LOCK_TIMEOUT_S = 2.0
+#: Longest wait for the locks of one partition change (lock_timeout), and how often it is tried
+#: again, LOCK_RETRY_S apart, before the pass gives up (the next pass retries). Short on purpose:
+#: while the request waits, every statement on the table queues behind it; and a job transaction
+#: can hold a lock this change needs while waiting for one it holds (see _drop_day), which ends at
+#: our lock_timeout, well before Postgres's deadlock_timeout (1 s) would abort the job's transaction.
+LOCK_TIMEOUT_S = 0.1
+LOCK_TRIES = 30
+LOCK_RETRY_S = 0.2
+#: lock_timeout of the VALIDATE scan (SHARE UPDATE EXCLUSIVE: it blocks no reader or writer).
+VALIDATE_LOCK_TIMEOUT_S = 10.0
 #: pg_try_advisory_lock key: one partition pass at a time across every process ("tbparts").
 ADVISORY_KEY = 0x7462_7061_7274_73
 #: Storage options of a jobs partition (the updates of a job stay HOT: see outbox.schema).
@@ -204,31 +216,53 @@ def _attach(conn: Any, table: str, key: str, day: dt.date, ranges: list[tuple[uu
     whole = len(ranges) == 1 and ranges[0] == day_bounds(day)
     names = [f"{table}_p{day:%Y%m%d}" if whole else f"{table}_p{day:%Y%m%d}_{i}" for i in range(len(ranges))]
     default, k = sql.Identifier(f"{table}_default"), sql.Identifier(key)
-    _lock_timeout(conn)
-    for name, (lo, hi) in zip(names, ranges, strict=True):
-        conn.execute(sql.SQL("ALTER TABLE outbox.{d} ADD CONSTRAINT {c} CHECK (NOT ({k} >= {lo} AND {k} < {hi})) "
-                             "NOT VALID").format(d=default, c=sql.Identifier(f"ck_not_{name}"), k=k,
-                                                  lo=sql.Literal(str(lo)), hi=sql.Literal(str(hi))))
-    conn.commit()
+
+    def add_checks() -> None:
+        for name, (lo, hi) in zip(names, ranges, strict=True):
+            conn.execute(sql.SQL("ALTER TABLE outbox.{d} ADD CONSTRAINT {c} CHECK (NOT ({k} >= {lo} AND {k} < {hi})) "
+                                 "NOT VALID").format(d=default, c=sql.Identifier(f"ck_not_{name}"), k=k,
+                                                      lo=sql.Literal(str(lo)), hi=sql.Literal(str(hi))))
+
+    _retrying(conn, add_checks)
     for name in names:  # the scan of the default: SHARE UPDATE EXCLUSIVE, DML goes on
+        _lock_timeout(conn, VALIDATE_LOCK_TIMEOUT_S)
         conn.execute(sql.SQL("ALTER TABLE outbox.{d} VALIDATE CONSTRAINT {c}").format(
             d=default, c=sql.Identifier(f"ck_not_{name}")))
         conn.commit()
-    _lock_timeout(conn)
     storage = sql.SQL("")
     if table == "jobs":
         storage = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(o), sql.Literal(v)) for o, v in JOBS_STORAGE.items()))
-    for name, (lo, hi) in zip(names, ranges, strict=True):
-        part = sql.Identifier(name)
-        conn.execute(sql.SQL("CREATE TABLE outbox.{p} (LIKE outbox.{t} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-                             "{s}").format(p=part, t=sql.Identifier(table), s=storage))
-        conn.execute(sql.SQL("ALTER TABLE outbox.{t} ATTACH PARTITION outbox.{p} FOR VALUES FROM ({lo}) TO ({hi})")
-                     .format(t=sql.Identifier(table), p=part, lo=sql.Literal(str(lo)), hi=sql.Literal(str(hi))))
-        conn.execute(sql.SQL("ALTER TABLE outbox.{d} DROP CONSTRAINT {c}").format(
-            d=default, c=sql.Identifier(f"ck_not_{name}")))
-    conn.commit()
+
+    def attach() -> None:
+        for name, (lo, hi) in zip(names, ranges, strict=True):
+            part = sql.Identifier(name)
+            conn.execute(sql.SQL("CREATE TABLE outbox.{p} (LIKE outbox.{t} INCLUDING DEFAULTS INCLUDING "
+                                 "CONSTRAINTS){s}").format(p=part, t=sql.Identifier(table), s=storage))
+            conn.execute(sql.SQL("ALTER TABLE outbox.{t} ATTACH PARTITION outbox.{p} FOR VALUES FROM ({lo}) TO ({hi})")
+                         .format(t=sql.Identifier(table), p=part, lo=sql.Literal(str(lo)), hi=sql.Literal(str(hi))))
+            conn.execute(sql.SQL("ALTER TABLE outbox.{d} DROP CONSTRAINT {c}").format(
+                d=default, c=sql.Identifier(f"ck_not_{name}")))
+
+    _retrying(conn, attach)
     return names
+
+
+def _retrying(conn: Any, step: Any) -> Any:
+    """Run ``step()`` in a transaction with a short lock_timeout and commit; on a lock timeout roll back
+    (releasing every lock it held) and try again, LOCK_TRIES times. Raises LockNotAvailable after."""
+    for attempt in range(LOCK_TRIES):
+        _lock_timeout(conn)
+        try:
+            result = step()
+            conn.commit()
+            return result
+        except (LockNotAvailable, DeadlockDetected):
+            conn.rollback()
+            if attempt + 1 == LOCK_TRIES:
+                raise
+            time.sleep(LOCK_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def _drop_leftover_checks(conn: Any) -> None:
@@ -238,14 +272,13 @@ def _drop_leftover_checks(conn: Any) -> None:
         "WHERE connamespace = 'outbox'::regnamespace AND contype = 'c' AND conname LIKE 'ck\\_not\\_%%'").fetchall()
     conn.rollback()
     for table, name in rows:
-        _lock_timeout(conn)
-        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
-            sql.Identifier(*table.split(".")), sql.Identifier(name)))
-        conn.commit()
+        _retrying(conn, lambda table=table, name=name: conn.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(sql.Identifier(*table.split(".")),
+                                                                          sql.Identifier(name))))
 
 
-def _lock_timeout(conn: Any) -> None:
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(LOCK_TIMEOUT_S * 1000)}ms")))
+def _lock_timeout(conn: Any, seconds: float = LOCK_TIMEOUT_S) -> None:
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(seconds * 1000)}ms")))
 
 
 # --- Retention -----------------------------------------------------------------------------------------
@@ -323,18 +356,36 @@ def drop_expired(conn: Any, succeeded_days: float, dead_days: float,
 
 
 def _drop_day(conn: Any, day: dt.date, jobs_parts: list[Partition]) -> list[str]:
-    _lock_timeout(conn)
-    for part in jobs_parts:
-        for table in _DEPENDENTS:
-            conn.execute(sql.SQL("DELETE FROM ONLY outbox.{} WHERE job_id >= %s AND job_id < %s").format(
-                sql.Identifier(table)), (part.lo, part.hi))
-    names = []
-    for table, _key in reversed(TABLES):
-        parts = jobs_parts if table == "jobs" else [p for p in partitions(conn, table) if p.day == day]
-        for part in parts:
-            conn.execute(sql.SQL("ALTER TABLE outbox.{} DETACH PARTITION outbox.{}").format(
-                sql.Identifier(table), sql.Identifier(part.name)))
-            conn.execute(sql.SQL("DROP TABLE outbox.{}").format(sql.Identifier(part.name)))
-            names.append(part.name)
-    conn.commit()
+    others = {t: [p for p in partitions(conn, t) if p.day == day] for t, _key in TABLES if t != "jobs"}
+    conn.rollback()
+    waited: list[float] = []
+
+    def drop() -> list[str]:
+        for part in jobs_parts:
+            for table in _DEPENDENTS:
+                conn.execute(sql.SQL("DELETE FROM ONLY outbox.{} WHERE job_id >= %s AND job_id < %s").format(
+                    sql.Identifier(table)), (part.lo, part.hi))
+        # Every lock DETACH takes, at once: the parents, their defaults, and the tables whose foreign
+        # keys reference outbox.jobs (DETACH re-checks and rewrites those). Job transactions take them in
+        # other orders (a worker: pending, then the job; the relay's reconciler: the job, then pending), so
+        # waiting here for one while holding another can deadlock: the short lock_timeout ends it on our
+        # side first, and _retrying tries again.
+        asked = time.monotonic()
+        conn.execute("LOCK TABLE outbox.pending, ONLY outbox.jobs, outbox.jobs_default, ONLY outbox.attempts, "
+                     "outbox.attempts_default, outbox.leases, ONLY outbox.job_events, outbox.job_events_default, "
+                     "outbox.republished IN ACCESS EXCLUSIVE MODE")
+        waited.append(time.monotonic() - asked)
+        names = []
+        for table, _key in TABLES:
+            for part in jobs_parts if table == "jobs" else others[table]:
+                conn.execute(sql.SQL("ALTER TABLE outbox.{} DETACH PARTITION outbox.{}").format(
+                    sql.Identifier(table), sql.Identifier(part.name)))
+                conn.execute(sql.SQL("DROP TABLE outbox.{}").format(sql.Identifier(part.name)))
+                names.append(part.name)
+        return names
+
+    began = time.monotonic()
+    names: list[str] = _retrying(conn, drop)
+    log.info("action=partitions.drop_locks day=%s tries=%d took_ms=%.1f", day, len(waited),
+             (time.monotonic() - began) * 1000)
     return names
