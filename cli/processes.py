@@ -161,8 +161,9 @@ def partitions(**overrides: Any) -> None:
     for name in created:
         click.echo(f"created {name}")
     first, last = (days[0].day, days[-1].day) if days else (None, None)
+    estimate = max(default_rows[0], 0) if default_rows else 0
     click.echo(f"{len({d.day for d in days})} days of partitions ({first} to {last}), "
-               f"{len(created)} partitions created now; default partition ~{max(default_rows[0], 0) if default_rows else 0} rows")
+               f"{len(created)} partitions created now; default partition ~{estimate} rows (estimate)")
 
 
 @click.command("api", help="Serve the admin API (Litestar) until SIGTERM. Tokens: TIERBOX_API_TOKENS or "

@@ -7,7 +7,7 @@ from typing import Any
 from outbox import _partitions as partitions
 from outbox import _queries as queries
 from outbox import _transitions as transitions
-from outbox._sql import run, run_async
+from outbox._sql import Statement, run, run_async
 from outbox.errors import SchemaOutdatedError
 from outbox.tiers import Topology
 
@@ -84,13 +84,27 @@ def prune_detailed(conn: Any, succeeded_days: float, dead_days: float,
 
 
 def _delete_expired(conn: Any, succeeded_days: float, dead_days: float, batch: int) -> int:
+    """Row deletes past retention: the default partitions, then each day old enough to hold any."""
     total = 0
-    params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
-    while True:
-        cur = conn.execute(transitions.PRUNE_BATCH.pg, params)
-        deleted: int = cur.rowcount
-        conn.execute(transitions.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
+    params: dict[str, Any] = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
+    # Every day, however recent (finished_at is only compared, never assumed to follow the id's time):
+    # for a day with nothing past retention the batch is one probe of ix_jobs_finished_at.
+    days = sorted({p.day for p in partitions.partitions(conn, "jobs")})
+    conn.rollback()
+    targets: list[tuple[Statement[Any], dict[str, Any]]] = [(transitions.PRUNE_DEFAULT_BATCH, {})]
+    for day in days:
+        lo, hi = partitions.day_bounds(day)
+        targets.append((transitions.PRUNE_BATCH, {"lo": lo, "hi": hi}))
+    for stmt, bounds in targets:
+        while True:
+            # Not prepared: a generic plan would read every partition instead of the day's.
+            cur = conn.execute(stmt.pg, {**params, **bounds}, prepare=False)
+            deleted: int = cur.rowcount
+            conn.commit()
+            total += max(deleted, 0)
+            if deleted < batch:
+                break
+    while conn.execute(transitions.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch}).rowcount >= batch:
         conn.commit()
-        total += max(deleted, 0)
-        if deleted < batch:
-            return total
+    conn.commit()
+    return total

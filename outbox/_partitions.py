@@ -12,7 +12,7 @@ parent and on the default partition and scans the default for rows of the new ra
 1. adds ``CHECK (NOT (key >= lo AND key < hi)) NOT VALID`` to the default (ACCESS EXCLUSIVE, no scan);
 2. ``VALIDATE``\\s it: the scan, under SHARE UPDATE EXCLUSIVE, which blocks no read or write;
 3. creates the empty partition and ``ATTACH``\\es it: SHARE UPDATE EXCLUSIVE on the parent, ACCESS
-   EXCLUSIVE on the default (and on pending, leases and republished, whose foreign keys to
+   EXCLUSIVE on the default (and SHARE ROW EXCLUSIVE on pending, leases and republished, whose foreign keys to
    ``outbox.jobs`` gain the partition) for well under a millisecond (the validated CHECK proves the
    default holds no row of the range, so Postgres skips its scan), and drops the CHECK again.
 

@@ -12,6 +12,8 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 
 from __future__ import annotations
 
+from typing import Any
+
 from outbox._rows import ClaimedRow, GroupDiscardedRow, GroupRedrivenRow, MovedRow, RedrivenRow, RepublishedRow
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
@@ -134,12 +136,18 @@ DISCARD = Statement("discard", """
 SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS text))
 """)
 
-# Delete a bounded batch of finished jobs past retention, with their attempts, events, webhook and key (short
-# transactions, no long locks): the default partition, and days prune could not drop (outbox._partitions).
-PRUNE_BATCH = Statement("prune_batch", """
+def _prune_batch(name: str, jobs: str, attempts: str, events: str, ranged: bool) -> Statement[tuple[Any, ...]]:
+    # Delete a bounded batch of finished jobs past retention, with their attempts, events, webhook and key
+    # (short transactions, no long locks). Run per partition (outbox._maintenance): a DELETE ... USING on
+    # the partitioned tables as a whole hash-joined every partition of attempts and job_events for each
+    # batch (measured: 332 s for 1 M jobs over 10 days, against 51-144 s unpartitioned).
+    def within(column: str) -> str:
+        return f" AND {column} >= CAST(:lo AS uuid) AND {column} < CAST(:hi AS uuid)" if ranged else ""
+
+    return Statement(name, f"""
 WITH doomed AS (
-    SELECT id FROM outbox.jobs
-    WHERE finished_at IS NOT NULL
+    SELECT id FROM {jobs}
+    WHERE finished_at IS NOT NULL{within("id")}
       AND ((status IN ('succeeded', 'expired')
             AND finished_at < now() - make_interval(secs => CAST(:succeeded_days AS float8) * 86400))
         OR (status IN ('dead', 'discarded')
@@ -148,18 +156,25 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 ), events AS (
     -- A job's events go with it (outbox.job_events has no foreign key to cascade: see revision 0012).
-    DELETE FROM outbox.job_events e USING doomed WHERE e.job_id = doomed.id
+    DELETE FROM {events} e USING doomed WHERE e.job_id = doomed.id{within("e.job_id")}
 ), hooks AS (
     -- And its webhook declaration (no foreign key either: revision 0013).
     DELETE FROM outbox.webhooks w USING doomed WHERE w.job_id = doomed.id
 ), tries AS (
     -- Its attempts (no foreign key since revision 0017: see outbox._partitions) and idempotency key.
-    DELETE FROM outbox.attempts a USING doomed WHERE a.job_id = doomed.id
+    DELETE FROM {attempts} a USING doomed WHERE a.job_id = doomed.id{within("a.job_id")}
 ), keys AS (
     DELETE FROM outbox.idempotency_keys k USING doomed WHERE k.job_id = doomed.id
 )
-DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
+DELETE FROM {jobs} j USING doomed WHERE j.id = doomed.id{within("j.id")}
 """)
+
+
+# One day's partitions (:lo, :hi: the day's bounds, so the planner reads only that day's partitions)...
+PRUNE_BATCH = _prune_batch("prune_batch", "outbox.jobs", "outbox.attempts", "outbox.job_events", ranged=True)
+# ... and the default partitions (pre-0017 jobs: uuid4 ids, scattered over every range).
+PRUNE_DEFAULT_BATCH = _prune_batch("prune_default_batch", "ONLY outbox.jobs_default", "ONLY outbox.attempts_default",
+                                   "ONLY outbox.job_events_default", ranged=False)
 
 # Delete dead letters past retention that are settled (redriven or discarded) or name no job (garbage).
 PRUNE_DEAD_LETTERS = Statement("prune_dead_letters", """

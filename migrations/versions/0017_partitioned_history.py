@@ -175,7 +175,7 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE outbox.{table} DROP CONSTRAINT {name}")
     for trigger in TRIGGERS:
         op.execute(f"DROP TRIGGER {trigger} ON outbox.jobs")
-    for table, _key, indexes, creates, _comment in TABLES:
+    for table, _key, indexes, _creates, _comment in TABLES:
         conn = op.get_bind()
         parts = [str(r[0]) for r in conn.execute(sa.text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
