@@ -12,9 +12,8 @@ parent and on the default partition and scans the default for rows of the new ra
 1. adds ``CHECK (NOT (key >= lo AND key < hi)) NOT VALID`` to the default (ACCESS EXCLUSIVE, no scan);
 2. ``VALIDATE``\\s it: the scan, under SHARE UPDATE EXCLUSIVE, which blocks no read or write;
 3. creates the empty partition and ``ATTACH``\\es it: SHARE UPDATE EXCLUSIVE on the parent, ACCESS
-   EXCLUSIVE on the default (and SHARE ROW EXCLUSIVE on pending, leases and republished, whose foreign keys to
-   ``outbox.jobs`` gain the partition) for well under a millisecond (the validated CHECK proves the
-   default holds no row of the range, so Postgres skips its scan), and drops the CHECK again.
+   EXCLUSIVE on the default for well under a millisecond (the validated CHECK proves the default holds
+   no row of the range, so Postgres skips its scan), and drops the CHECK again.
 
 Every lock is asked for with a short ``lock_timeout`` (:data:`LOCK_TIMEOUT_S`) and the step retried
 (:data:`LOCK_TRIES`): behind a long transaction the step gives up and retries rather than queueing
@@ -296,7 +295,7 @@ SELECT EXISTS (
             OR (status IN ('dead', 'discarded') AND finished_at < %(dead)s)))
 """
 # Rows that name a job of the dropped range and live outside the three partitioned tables' day
-# partitions: deleted first (pending, leases and republished would make DETACH fail their foreign key).
+# partitions: deleted with the day (no foreign key cascades to them since revision 0017).
 _DEPENDENTS = ("idempotency_keys", "webhooks", "republished", "pending", "leases", "attempts_default",
                "job_events_default")
 
@@ -365,15 +364,14 @@ def _drop_day(conn: Any, day: dt.date, jobs_parts: list[Partition]) -> list[str]
             for table in _DEPENDENTS:
                 conn.execute(sql.SQL("DELETE FROM ONLY outbox.{} WHERE job_id >= %s AND job_id < %s").format(
                     sql.Identifier(table)), (part.lo, part.hi))
-        # Every lock DETACH takes, at once: the parents, their defaults, and the tables whose foreign
-        # keys reference outbox.jobs (DETACH re-checks and rewrites those). Job transactions take them in
-        # other orders (a worker: pending, then the job; the relay's reconciler: the job, then pending), so
-        # waiting here for one while holding another can deadlock: the short lock_timeout ends it on our
-        # side first, and _retrying tries again.
+        # Every lock DETACH takes, at once: the three parents and their defaults, in the order job
+        # transactions take them (a job row, then its attempt or event). Holding attempts' lock while
+        # waiting for jobs' made a worker holding a job row wait on attempts: a deadlock. Any remaining
+        # cycle is ended on our side by the short lock_timeout, and _retrying tries again.
         asked = time.monotonic()
-        conn.execute("LOCK TABLE outbox.pending, ONLY outbox.jobs, outbox.jobs_default, ONLY outbox.attempts, "
-                     "outbox.attempts_default, outbox.leases, ONLY outbox.job_events, outbox.job_events_default, "
-                     "outbox.republished IN ACCESS EXCLUSIVE MODE")
+        conn.execute("LOCK TABLE ONLY outbox.jobs, outbox.jobs_default, ONLY outbox.attempts, "
+                     "outbox.attempts_default, ONLY outbox.job_events, outbox.job_events_default "
+                     "IN ACCESS EXCLUSIVE MODE")
         waited.append(time.monotonic() - asked)
         names = []
         for table, _key in TABLES:

@@ -165,6 +165,14 @@ WITH doomed AS (
     DELETE FROM {attempts} a USING doomed WHERE a.job_id = doomed.id{within("a.job_id")}
 ), keys AS (
     DELETE FROM outbox.idempotency_keys k USING doomed WHERE k.job_id = doomed.id
+), live AS (
+    -- Rows of live work a finished job may still have (a stale republish candidate): no foreign key
+    -- cascades to them since revision 0017.
+    DELETE FROM outbox.pending p USING doomed WHERE p.job_id = doomed.id
+), held AS (
+    DELETE FROM outbox.leases l USING doomed WHERE l.job_id = doomed.id
+), again AS (
+    DELETE FROM outbox.republished r USING doomed WHERE r.job_id = doomed.id
 )
 DELETE FROM {jobs} j USING doomed WHERE j.id = doomed.id{within("j.id")}
 """)

@@ -169,6 +169,9 @@ def test_prune_drops_an_expired_day_keeps_a_live_one_and_deletes_default_rows(db
         _insert_job(conn, kept_live, status="retrying", finished_days_ago=None)
         legacy_old, legacy_new = uuid.uuid4(), uuid.uuid4()
         _insert_job(conn, legacy_old, finished_days_ago=10, key="legacy-old")
+        for stale in (legacy_old, gone[2]):  # a stale republish candidate of a finished job goes with it
+            conn.execute("INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at) "
+                         "VALUES (%s, 'normal', 5, 5, now() + interval '1 day')", (stale,))
         _insert_job(conn, legacy_new, finished_days_ago=1)
         conn.commit()
         gone_parts = {f"{t}_p{gone_day:%Y%m%d}" for t, _k in parts.TABLES}
@@ -190,6 +193,8 @@ def test_prune_drops_an_expired_day_keeps_a_live_one_and_deletes_default_rows(db
         assert conn.execute("SELECT count(*) FROM outbox.attempts WHERE job_id = ANY(%s)",
                             ([legacy_old, kept_old],)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM outbox.idempotency_keys WHERE key = 'legacy-old'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM outbox.pending WHERE job_id = ANY(%s)",
+                            ([legacy_old, gone[2]],)).fetchone() == (0,)
         # nothing left to drop or delete: a second prune is a no-op
         assert prune(conn, succeeded_days=7, dead_days=30) == 0
 
@@ -248,11 +253,10 @@ def test_migration_0017_keeps_an_existing_ledger_reachable_and_goes_down_and_up(
         assert conn.execute("SELECT count(*) FROM outbox.attempts WHERE job_id = ANY(%s)", (ids,)).fetchone() == (20,)
         assert conn.execute("SELECT count(*) FROM outbox.idempotency_keys").fetchone() == (10,)
         assert outbox.enqueue(conn, "sample.invoice", idempotency_key="key-1") == ids[1]
-        # the foreign keys still hold: pending names an existing job, and cascades from it
-        with pytest.raises(psycopg.errors.ForeignKeyViolation):
-            conn.execute("INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at) "
-                         "VALUES (%s, 'normal', 5, 5, now())", (uuid.uuid4(),))
-        conn.rollback()
+        assert conn.execute("SELECT job_id FROM outbox.pending").fetchall() == [(ids[0],)]
+        # the attempts, pending, leases and republished foreign keys are gone (the revision's docstring)
+        assert conn.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                            "AND connamespace = 'outbox'::regnamespace").fetchone() == (0,)
         new = outbox.enqueue(conn, "sample.invoice", args=[1])
         conn.commit()
         assert _where(conn, new) == f"outbox.jobs_p{_today():%Y%m%d}"
@@ -263,6 +267,10 @@ def test_migration_0017_keeps_an_existing_ledger_reachable_and_goes_down_and_up(
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("INSERT INTO outbox.jobs (id, task, tier, priority, payload, max_retries, idempotency_key) "
                          "VALUES (gen_random_uuid(), 't', 'normal', 5, '{}', 3, 'key-1')")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # revision 0016's foreign keys are back
+            conn.execute("INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at) "
+                         "VALUES (%s, 'normal', 5, 5, now())", (uuid.uuid4(),))
     migrations.upgrade(empty_db_url)
     with psycopg.connect(empty_db_url) as conn:
         assert _where(conn, new) == "outbox.jobs_default"  # folded back by the downgrade: it stays there
