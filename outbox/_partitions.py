@@ -228,7 +228,7 @@ def _attach(conn: Any, table: str, key: str, day: dt.date, ranges: list[tuple[uu
         conn.execute(sql.SQL("ALTER TABLE outbox.{d} VALIDATE CONSTRAINT {c}").format(
             d=default, c=sql.Identifier(f"ck_not_{name}")))
         conn.commit()
-    storage = sql.SQL("")
+    storage: sql.Composable = sql.SQL("")
     if table == "jobs":
         storage = sql.SQL(" WITH ({})").format(sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(o), sql.Literal(v)) for o, v in JOBS_STORAGE.items()))

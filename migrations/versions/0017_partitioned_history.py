@@ -84,7 +84,7 @@ SELECT idempotency_key, id, enqueued_at FROM outbox.jobs_default WHERE idempoten
 
 # (table, partition key, {old index name: name on the default partition}, CREATE statements of the
 # partitioned table's indexes, each matching an existing one so ATTACH adopts it instead of building).
-TABLES = (
+TABLES: tuple[tuple[str, str, dict[str, str], list[str], str], ...] = (
     ("jobs", "id",
      {"pk_jobs": "jobs_default_pkey", "ix_jobs_finished_at": "jobs_default_finished_at_idx",
       "ix_jobs_enqueued_at": "jobs_default_enqueued_at_idx", "ix_jobs_unfinished_tier": "jobs_default_tier_idx"},
