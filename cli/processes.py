@@ -136,8 +136,9 @@ def prune(**overrides: Any) -> None:
         dropped, deleted = do_prune(conn, settings.retention_succeeded_days, settings.retention_dead_days)
     for day in dropped:
         click.echo(f"dropped {day.day}: {day.jobs} jobs ({', '.join(day.partitions)})")
-    click.echo(f"pruned {sum(d.jobs for d in dropped) + deleted} jobs "
-               f"({sum(d.jobs for d in dropped)} in {len(dropped)} dropped days, {deleted} deleted row by row)")
+    in_days = sum(d.jobs for d in dropped)
+    detail = f" ({in_days} in {len(dropped)} dropped days, {deleted} deleted row by row)" if dropped else ""
+    click.echo(f"pruned {in_days + deleted} jobs{detail}")
 
 
 @click.command(help="Create the job-history day partitions missing from yesterday to N days ahead, and list them.")

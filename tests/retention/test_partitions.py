@@ -275,3 +275,25 @@ def test_migration_0017_keeps_an_existing_ledger_reachable_and_goes_down_and_up(
     with psycopg.connect(empty_db_url) as conn:
         assert _where(conn, new) == "outbox.jobs_default"  # folded back by the downgrade: it stays there
         assert conn.execute("SELECT count(*) FROM outbox.jobs").fetchone() == (21,)
+
+
+# --- the operator commands ------------------------------------------------------------------------------
+
+def test_tierbox_partitions_and_prune_print_what_they_did(db_url: str) -> None:
+    from tests.cli.test_cli import run_cli
+
+    far = _today() + 9 * DAY  # one day past the 7 made ahead at migration
+    result = run_cli("partitions", "--days-ahead", "9", env={"TIERBOX_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert f"created jobs_p{far:%Y%m%d}" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1].startswith("11 days of partitions (")
+    day = _today() - 40 * DAY
+    with psycopg.connect(db_url) as conn:
+        parts.create_day(conn, day)
+        _insert_job(conn, _id_on(day), finished_days_ago=35)
+        conn.commit()
+    result = run_cli("prune", env={"TIERBOX_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"dropped {day}: 1 jobs (jobs_p{day:%Y%m%d}, attempts_p{day:%Y%m%d}, job_events_p{day:%Y%m%d})",
+        "pruned 1 jobs (1 in 1 dropped days, 0 deleted row by row)"]
