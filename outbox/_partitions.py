@@ -317,7 +317,8 @@ def drop_expired(conn: Any, succeeded_days: float, dead_days: float,
                  now: dt.datetime | None = None) -> list[Dropped]:
     """Detach and drop every day whose jobs are all finished past retention; returns what was dropped.
 
-    A day is a candidate once it ended before the earlier cutoff; one unfinished or retained job keeps
+    A day is a candidate once it ended before the later cutoff (a job cannot finish before it was
+    enqueued, so nothing of a younger day is past either); one unfinished or retained job keeps
     the whole day (its expired rows are then deleted row by row, as in the default partition). Each day
     goes in one transaction: its keys, webhooks and other dependents deleted, then its attempts, events
     and jobs partitions detached (ACCESS EXCLUSIVE on each parent, for milliseconds) and dropped.
@@ -328,15 +329,15 @@ def drop_expired(conn: Any, succeeded_days: float, dead_days: float,
     now = now or dt.datetime.now(dt.UTC)
     succeeded_before = now - dt.timedelta(days=succeeded_days)
     dead_before = now - dt.timedelta(days=dead_days)
-    least = min(succeeded_before, dead_before)
+    latest = max(succeeded_before, dead_before)
     by_day: dict[dt.date, list[Partition]] = {}
     for part in partitions(conn, "jobs"):
         by_day.setdefault(part.day, []).append(part)
     dropped: list[Dropped] = []
     for day, parts in sorted(by_day.items()):
         end = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
-        if end > least:
-            break  # this day and every later one may hold jobs finished after the cutoff
+        if end > latest:
+            break  # this day and every later one holds jobs finished after both cutoffs (or none yet)
         if not all(droppable(conn, p, succeeded_before, dead_before) for p in parts):
             conn.rollback()
             continue

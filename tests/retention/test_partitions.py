@@ -297,3 +297,14 @@ def test_tierbox_partitions_and_prune_print_what_they_did(db_url: str) -> None:
     assert result.stdout.splitlines() == [
         f"dropped {day}: 1 jobs (jobs_p{day:%Y%m%d}, attempts_p{day:%Y%m%d}, job_events_p{day:%Y%m%d})",
         "pruned 1 jobs (1 in 1 dropped days, 0 deleted row by row)"]
+
+
+def test_a_day_of_successes_is_dropped_after_the_succeeded_retention_not_the_dead_one(db_url: str) -> None:
+    day = _today() - 10 * DAY
+    with psycopg.connect(db_url) as conn:
+        parts.create_day(conn, day)
+        for i in range(3):
+            _insert_job(conn, _id_on(day, 60 * (i + 1)), finished_days_ago=9)
+        conn.commit()
+        dropped, deleted = prune_detailed(conn, succeeded_days=7, dead_days=30)
+        assert [(d.day, d.jobs) for d in dropped] == [(day, 3)] and deleted == 0
