@@ -184,7 +184,8 @@ def _default_ids(conn: Any, tables: Iterable[tuple[str, str]], lo: uuid.UUID,
     found: set[uuid.UUID] = set()
     top: uuid.UUID | None = None
     for table, key in tables:
-        q = sql.SQL("SELECT {k} FROM outbox.{d} WHERE {k} >= %s AND {k} < %s ORDER BY {k} {o} LIMIT %s")
+        # DISTINCT: attempts and events repeat a job id (an index-only skip over the primary key's prefix).
+        q = sql.SQL("SELECT DISTINCT {k} FROM outbox.{d} WHERE {k} >= %s AND {k} < %s ORDER BY {k} {o} LIMIT %s")
         ident = {"k": sql.Identifier(key), "d": sql.Identifier(f"{table}_default")}
         found |= {r[0] for r in conn.execute(q.format(o=sql.SQL("ASC"), **ident), (lo, hi, MAX_SKIPPED_IDS + 1))}
         last = conn.execute(q.format(o=sql.SQL("DESC"), **ident), (lo, hi, 1)).fetchone()

@@ -308,3 +308,18 @@ def test_a_day_of_successes_is_dropped_after_the_succeeded_retention_not_the_dea
         conn.commit()
         dropped, deleted = prune_detailed(conn, succeeded_days=7, dead_days=30)
         assert [(d.day, d.jobs) for d in dropped] == [(day, 3)] and deleted == 0
+
+
+def test_a_day_is_split_around_jobs_whose_attempts_repeat_their_id(db_url: str) -> None:
+    day = _today() + 31 * DAY
+    ids = [_id_on(day, 600 * (i + 1)) for i in range(6)]
+    with psycopg.connect(db_url) as conn:
+        for job_id in ids:
+            _insert_job(conn, job_id, status="running", finished_days_ago=None)
+            for attempt in range(2, 5):  # several attempts per job: the same job_id many times in attempts
+                conn.execute("INSERT INTO outbox.attempts (job_id, attempt, worker_id) VALUES (%s, %s, 'w')",
+                             (job_id, attempt))
+        conn.commit()
+        created = parts.create_day(conn, day)
+        assert len([n for n in created if n.startswith("attempts_")]) == 7  # six gaps around six ids
+        assert {_where(conn, i) for i in ids} == {"outbox.jobs_default"}
