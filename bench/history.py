@@ -11,8 +11,11 @@ Dead tuples of the hot tables are reported after that run.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import threading
 import time
 from statistics import median
+from typing import Any
 
 import psycopg
 
@@ -201,6 +204,208 @@ def retention(report: Report, rows: int, n: int = 1_000) -> None:
         report.headline("throughput while pruning vs before", [median(during) / median(quiet)], "report only", None)
 
 
+# --------------------------------------------------------------------------- the partitioned history
+
+# ``rows`` finished jobs (+ one attempt each) with v7 ids spread evenly from day ``%(ms0)s`` over
+# ``%(span)s`` ms: tuple routing puts each in its day partition. The id is outbox.uuid7()'s
+# expression with the millisecond given instead of the clock's.
+FILL_DAYS = """
+WITH j AS (
+    INSERT INTO outbox.jobs (id, task, tier, priority, payload, max_retries, status, attempts, enqueued_at,
+                             published_at, started_at, finished_at)
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                  PLACING substring(int8send(t.ms) FROM 3) FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+           'bench.history', 'normal', 5, '{"args": [], "kwargs": {}}', 3, 'succeeded', 1,
+           to_timestamp(t.ms / 1000.0), to_timestamp(t.ms / 1000.0), to_timestamp(t.ms / 1000.0),
+           to_timestamp(t.ms / 1000.0 + 1)
+    FROM (SELECT (%(ms0)s + g * (%(span)s / %(rows)s))::bigint AS ms FROM generate_series(0, %(rows)s - 1) g) t
+    RETURNING id, finished_at
+)
+INSERT INTO outbox.attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+SELECT id, 1, 'bench-history', finished_at, finished_at, 'succeeded' FROM j
+"""
+# Pre-0017 jobs (uuid4 ids, so in the default partitions), finished just now: retention keeps them.
+FILL_LEGACY = FILL_HISTORY.replace("now() - interval '10 days'", "now()")
+
+
+def history_mib(url: str, tables: tuple[str, ...] = ("jobs", "attempts")) -> dict[str, float]:
+    """Heap + indexes + TOAST of every partition of each partitioned table, MiB."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {t: conn.execute("SELECT COALESCE(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                                "WHERE inhparent = to_regclass(%s)", (f"outbox.{t}",)).fetchone()[0] / 2**20  # type: ignore[index]
+                for t in tables}
+
+
+def _stall_probe(url: str, stop: threading.Event, out: list[float]) -> None:
+    """Enqueue one job per iteration (its own transaction) until ``stop``; ``out``: each latency, s."""
+    import outbox
+    from bench.tasks import noop  # noqa: F401 - registers the task
+
+    with psycopg.connect(url) as conn:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            outbox.enqueue(conn, "bench.noop", args=[0], tier="bulk")
+            conn.commit()
+            out.append(time.perf_counter() - t0)
+            time.sleep(0.002)
+
+
+def _while_probing(url: str, action: Any) -> tuple[float, float, int]:
+    """Run ``action()`` while enqueueing alone in a thread: (action s, longest enqueue s, enqueues)."""
+    stop, lat = threading.Event(), []  # type: ignore[var-annotated]
+    probe = threading.Thread(target=_stall_probe, args=(url, stop, lat))
+    probe.start()
+    time.sleep(0.3)
+    lat.clear()
+    t0 = time.perf_counter()
+    action()
+    took = time.perf_counter() - t0
+    stop.set()
+    probe.join()
+    return took, max(lat, default=0.0), len(lat)
+
+
+def partition_create_cost(report: Report, url: str, legacy: int) -> None:
+    """Creating one day (jobs, attempts, events) with ``legacy`` rows in the default partitions: the
+    online pass (outbox._partitions.create_day) against CREATE TABLE ... PARTITION OF, each while a
+    thread enqueues one job at a time (the longest enqueue is the stall it caused)."""
+    from outbox import _partitions as parts
+
+    today = dt.datetime.now(dt.UTC).date()
+    online_day = today + dt.timedelta(days=20)
+    # CREATE TABLE ... PARTITION OF fails if the default holds a row of the day (a uuid4 lands in a
+    # given day about 0.3 times per million): the first later day whose range holds none.
+    naive_day = today + dt.timedelta(days=21)
+    with psycopg.connect(url, autocommit=True) as conn:
+        while any(conn.execute(f"SELECT 1 FROM outbox.{t}_default WHERE {k} >= %s AND {k} < %s LIMIT 1",
+                               parts.day_bounds(naive_day)).fetchone() for t, k in parts.TABLES):
+            naive_day += dt.timedelta(days=1)
+
+    def online() -> None:
+        with psycopg.connect(url) as conn:
+            parts.create_day(conn, online_day)
+
+    def naive() -> None:
+        lo, hi = parts.day_bounds(naive_day)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for table, _key in parts.TABLES:
+                conn.execute(f"CREATE TABLE outbox.bench_naive_{table} PARTITION OF outbox.{table} "
+                             f"FOR VALUES FROM ('{lo}') TO ('{hi}')")
+
+    on_s, on_stall, on_n = _while_probing(url, online)
+    nv_s, nv_stall, nv_n = _while_probing(url, naive)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table, _key in reversed(parts.TABLES):
+            conn.execute(f"ALTER TABLE outbox.{table} DETACH PARTITION outbox.bench_naive_{table}")
+            conn.execute(f"DROP TABLE outbox.bench_naive_{table}")
+    report.table(["creating one day (3 partitions), default partitions holding "
+                  f"{legacy:,} jobs + {legacy:,} attempts", "time", "longest enqueue meanwhile", "enqueues"], [
+        ["outbox._partitions.create_day (CHECK NOT VALID, VALIDATE, ATTACH)", f"{on_s * 1000:,.0f} ms",
+         f"{on_stall * 1000:,.1f} ms", on_n],
+        ["CREATE TABLE ... PARTITION OF (scans the default under ACCESS EXCLUSIVE)", f"{nv_s * 1000:,.0f} ms",
+         f"{nv_stall * 1000:,.1f} ms", nv_n],
+    ])
+
+
+def partitioned(report: Report, rows: int, days: int = 10, n: int = 1_000) -> None:
+    """The partitioned history's retention, measured: ``rows`` finished jobs (+ one attempt each) over
+    ``days`` past day partitions, pruned by dropping the days, and then the same rows again pruned by
+    row deletes; each while a Tierbox runs no-op jobs back to back. The default partitions hold as many
+    pre-0017 jobs, retained, as a migrated ledger's would (and make partition creation's scan real)."""
+    from outbox import _maintenance
+    from outbox import _partitions as parts
+
+    report.section(f"6c. Partitioned history: retention of {rows:,} finished jobs over {days} days")
+    today = dt.datetime.now(dt.UTC).date()
+    first = today - dt.timedelta(days=days + 2)
+    ms0 = int(dt.datetime(first.year, first.month, first.day, tzinfo=dt.UTC).timestamp() * 1000)
+    fill = FILL_DAYS % {"ms0": ms0, "span": days * 86_400_000, "rows": rows}
+    figures: dict[str, dict[str, Any]] = {}
+    with fresh_system("partitioned") as settings, contextlib.ExitStack() as stack, processes() as procs:
+        url = settings.psycopg_url
+        tierbox = Tierbox(settings, procs, stack)
+        tierbox.produce(200)
+        t0 = time.perf_counter()
+        execute(url, FILL_LEGACY % rows)
+        legacy_s = time.perf_counter() - t0
+        partition_create_cost(report, url, rows)
+        for design in ("drop", "delete"):  # the drop run leaves the days gone: re-created and refilled
+            with psycopg.connect(url) as conn:
+                for i in range(days):
+                    parts.create_day(conn, first + dt.timedelta(days=i))
+            t0 = time.perf_counter()
+            execute(url, fill)
+            execute(url, "VACUUM ANALYZE outbox.jobs")
+            execute(url, "VACUUM ANALYZE outbox.attempts")
+            fill_s = time.perf_counter() - t0
+            quiet = [measure(tierbox, url, n) for _ in range(2)]
+            size0 = history_mib(url)
+            during: list[float] = []
+            result: dict[str, Any] = {}
+
+            def pruning(design: str = design, result: dict[str, Any] = result) -> None:
+                with psycopg.connect(url) as conn:
+                    began = time.perf_counter()
+                    if design == "drop":
+                        dropped, deleted = _maintenance.prune_detailed(conn, 1, 1)
+                        result["removed"] = sum(d.jobs for d in dropped) + deleted
+                        result["days"] = len(dropped)
+                    else:  # the same rows, by the row-delete path only (what prune does to undroppable days)
+                        result["removed"] = _maintenance._delete_expired(conn, 1, 1, _maintenance.PRUNE_BATCH_ROWS)
+                    result["s"] = time.perf_counter() - began
+
+            pruner = threading.Thread(target=pruning)
+            with WalMeter(url) as prune_wal:
+                pruner.start()
+                while pruner.is_alive():
+                    during.append(measure(tierbox, url, n))
+                pruner.join()
+            with WalMeter(url) as run_wal:
+                measure(tierbox, url, n)
+            size1 = history_mib(url)
+            t_vac = time.perf_counter()
+            execute(url, "VACUUM outbox.jobs")
+            execute(url, "VACUUM outbox.attempts")
+            vac_s = time.perf_counter() - t_vac
+            size2 = history_mib(url)
+            after = [measure(tierbox, url, n) for _ in range(2)]
+            per_job = (run_wal.bytes or 0) / n
+            own = max(0.0, (prune_wal.bytes or 0) - per_job * n * len(during))
+            figures[design] = {"fill_s": fill_s, "quiet": quiet, "during": during, "after": after, "size0": size0,
+                               "size1": size1, "size2": size2, "vac_s": vac_s, "wal": own,
+                               "wal_raw": prune_wal.bytes or 0, "runs": len(during), **result}
+    d, r = figures["drop"], figures["delete"]
+    report.note(f"{rows:,} finished jobs + {rows:,} attempts with v7 ids over {days} day partitions "
+                f"(INSERT ... generate_series: {d['fill_s']:.0f} s), beside {rows:,} retained pre-0017 jobs + "
+                f"attempts in the default partitions ({legacy_s:.0f} s). Retention by `tierbox prune` (drops "
+                f"every expired day), then the same rows refilled and removed by its row-delete path alone "
+                f"(`PRUNE_BATCH`, batches of 5,000), each while a Tierbox ran {n:,}-job no-op measurements back to "
+                f"back. Load average at the end: {open('/proc/loadavg').read().split()[0]}.")
+
+    def row(name: str, f: Any) -> list[str]:
+        return [name, f(d), f(r)]
+
+    report.table(["figure", "partition drop", "row delete"], [
+        row("jobs removed", lambda x: f"{x.get('removed', 0):,.0f}" + (f" ({x['days']} days)" if "days" in x else "")),
+        row("time", lambda x: f"{x.get('s', 0):.2f} s"),
+        row("WAL of the database while it ran (pg_waldump; the concurrent runs' included), and the prune's "
+            "(less the runs', at the rate of a run alone)",
+            lambda x: f"{x['wal_raw'] / 2**20:,.1f} MiB over {x['runs']} runs; prune ≈ {x['wal'] / 2**20:,.1f} MiB "
+                      f"({x['wal'] / max(x.get('removed', 1), 1):,.1f} B/job)"),
+        row("jobs + attempts before (MiB, all partitions)", lambda x: f"{x['size0']['jobs']:,.0f} + "
+                                                                     f"{x['size0']['attempts']:,.0f}"),
+        row("after the prune", lambda x: f"{x['size1']['jobs']:,.0f} + {x['size1']['attempts']:,.0f}"),
+        row("after VACUUM", lambda x: f"{x['size2']['jobs']:,.0f} + {x['size2']['attempts']:,.0f} "
+                                      f"({x['vac_s']:.1f} s)"),
+        row("throughput before / during / after (jobs/s)",
+            lambda x: f"{fmt(x['quiet'])} / {fmt(x['during'])} / {fmt(x['after'])}"),
+    ])
+    for name, x in (("drop", d), ("delete", r)):
+        if x["quiet"] and x["during"]:
+            report.headline(f"throughput while pruning by {name} vs before", [median(x["during"]) / median(x["quiet"])],
+                            "report only", None)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -208,8 +413,14 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(prog="python -m bench.history", description="retention at scale only")
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--days", type=int, default=10, help="day partitions the partitioned run spreads rows over")
+    parser.add_argument("--design", choices=("rows", "partitions", "both"), default="both",
+                        help="rows: the pre-0017 row-delete prune (6b); partitions: the partitioned history (6c)")
     args = parser.parse_args()
-    print(machine_description(False, ["--rows", str(args.rows)]))
+    print(machine_description(False, ["--rows", str(args.rows), "--design", args.design]))
     out = Report(quick=False)
-    retention(out, args.rows)
+    if args.design in ("rows", "both"):
+        retention(out, args.rows)
+    if args.design in ("partitions", "both"):
+        partitioned(out, args.rows, args.days)
     print(f"results appended to {out.save(machine_description(False, ['bench.history', '--rows', str(args.rows)]))}")

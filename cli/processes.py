@@ -1,6 +1,6 @@
 """The long-running processes and the chores that prepare them.
 
-``tierbox migrate``, ``relay``, ``worker``, ``scheduler``, ``api``, ``check`` and ``prune``:
+``tierbox migrate``, ``relay``, ``worker``, ``scheduler``, ``api``, ``check``, ``prune`` and ``partitions``:
 each reads its settings from ``TIERBOX_*`` variables with its flags on top (see
 :mod:`tierbox.cli.args`) and runs until SIGTERM or until its chore is done.
 """
@@ -36,11 +36,13 @@ def migrate(database_url: str | None, revision: str) -> None:
 
     settings = args.settings(database_url=database_url)
     _ping_postgres(settings)
-    migrations.upgrade(settings.database_url, revision)
+    created = migrations.upgrade(settings.database_url, revision, partition_days_ahead=settings.partition_days_ahead)
     if revision == "head":
         with psycopg.connect(settings.psycopg_url) as conn:
             sync_tiers(conn, settings.topology)
     click.echo(f"outbox schema at {revision} on {redact_url(settings.database_url)}")
+    if created:
+        click.echo(f"created {len(created)} history partitions: {', '.join(created)}")
 
 
 @click.command(help="Publish committed outbox rows to the tier queues until SIGTERM.")
@@ -117,7 +119,8 @@ def check(app: str | None) -> None:
                f"{len(settings.topology.pools)} pools")
 
 
-@click.command(help="Delete finished jobs past retention, in short batches.")
+@click.command(help="Drop the history days whose jobs are all finished past retention, then delete the other "
+                    "finished jobs past retention in short batches.")
 @click.option("--database-url", help="Postgres URL.")
 @click.option("--succeeded-days", "retention_succeeded_days", type=float, help="Keep succeeded/expired jobs [7].")
 @click.option("--dead-days", "retention_dead_days", type=float, help="Keep dead/discarded jobs [30].")
@@ -126,12 +129,42 @@ def prune(**overrides: Any) -> None:
     """Prune old jobs."""
     import psycopg
 
-    from outbox._maintenance import prune as do_prune
+    from outbox._maintenance import prune_detailed as do_prune
 
     settings = args.settings(**overrides)
     with psycopg.connect(settings.psycopg_url) as conn:
-        n = do_prune(conn, settings.retention_succeeded_days, settings.retention_dead_days)
-    click.echo(f"pruned {n} jobs")
+        dropped, deleted = do_prune(conn, settings.retention_succeeded_days, settings.retention_dead_days)
+    for day in dropped:
+        click.echo(f"dropped {day.day}: {day.jobs} jobs ({', '.join(day.partitions)})")
+    in_days = sum(d.jobs for d in dropped)
+    detail = f" ({in_days} in {len(dropped)} dropped days, {deleted} deleted row by row)" if dropped else ""
+    click.echo(f"pruned {in_days + deleted} jobs{detail}")
+
+
+@click.command(help="Create the job-history day partitions missing from yesterday to N days ahead, and list them.")
+@click.option("--database-url", help="Postgres URL.")
+@click.option("--days-ahead", "partition_days_ahead", type=int, help="Days ahead of today [7].")
+@one_line_errors
+def partitions(**overrides: Any) -> None:
+    """Ensure and list the day partitions of outbox.jobs, attempts and job_events."""
+    import psycopg
+
+    from outbox import _partitions
+
+    settings = args.settings(**overrides)
+    with psycopg.connect(settings.psycopg_url) as conn:
+        if not _partitions.is_partitioned(conn):
+            raise TierboxError("outbox.jobs is not partitioned: run `tierbox migrate` first (revision 0017)")
+        created = _partitions.ensure(conn, settings.partition_days_ahead)
+        days = _partitions.partitions(conn, "jobs")
+        default_rows = conn.execute("SELECT reltuples::bigint FROM pg_class "
+                                    "WHERE oid = 'outbox.jobs_default'::regclass").fetchone()
+    for name in created:
+        click.echo(f"created {name}")
+    first, last = (days[0].day, days[-1].day) if days else (None, None)
+    estimate = max(default_rows[0], 0) if default_rows else 0
+    click.echo(f"{len({d.day for d in days})} days of partitions ({first} to {last}), "
+               f"{len(created)} partitions created now; default partition ~{estimate} rows (estimate)")
 
 
 @click.command("api", help="Serve the admin API (Litestar) until SIGTERM. Tokens: TIERBOX_API_TOKENS or "
@@ -196,4 +229,4 @@ def _ping_postgres(settings: Settings) -> None:
         pass
 
 
-COMMANDS = (migrate, relay, worker, scheduler, api_command, check, prune)
+COMMANDS = (migrate, relay, worker, scheduler, api_command, check, prune, partitions)

@@ -26,9 +26,18 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Upgrade the outbox schema to ``revision`` (default: the latest)."""
+def upgrade(database_url: str, revision: str = "head", partition_days_ahead: int | None = None) -> list[str]:
+    """Upgrade the outbox schema to ``revision`` (default: the latest), then create the job-history
+    day partitions missing up to ``partition_days_ahead`` days ahead (revision 0017 and newer; default
+    :data:`outbox._partitions.DAYS_AHEAD`); returns the names of the partitions created."""
+    import psycopg
+
+    from outbox import _partitions
+
     command.upgrade(alembic_config(database_url), revision)
+    days = _partitions.DAYS_AHEAD if partition_days_ahead is None else partition_days_ahead
+    with psycopg.connect(database_url) as conn:
+        return _partitions.ensure(conn, days)
 
 
 def downgrade(database_url: str, revision: str) -> None:

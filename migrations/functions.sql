@@ -9,6 +9,17 @@
 -- Every statement is CREATE OR REPLACE, so the file can be run on a migrated database (PostgreSQL 14+)
 -- without changing anything. Function bodies are stored verbatim by Postgres: keep them byte for byte.
 
+-- A UUIDv7 (RFC 9562) for now: 48-bit Unix milliseconds (clock_timestamp), version 7, variant 10,
+-- the rest random (gen_random_uuid's bytes): the job ids SQL makes (redrive, webhook delivery), in the
+-- same day partition as the Python-made ones (outbox._ids.new_job_id).
+-- Created by 0017; unchanged since.
+CREATE OR REPLACE FUNCTION outbox.uuid7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                                      PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                                                        FROM 3)
+                                      FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid
+$$;
+
 -- Wake the relay when urgent work becomes due: one NOTIFY per INSERT statement on outbox.pending,
 -- sent only if the statement inserted a row of a tier with tiers.notify (or one the mirror does not
 -- know yet). Other rows wait for the relay's main-lane poll.
@@ -203,13 +214,13 @@ END $$;
 
 -- Redrive one dead letter as a new job (same task, payload, headers); returns the new job id.
 -- Raises TB404 (no dead letter) or TB001 (refused). outbox.redrive() in Python calls it.
--- Created by 0001; unchanged since.
+-- Created by 0001; last changed by 0017 (the new job's id is a UUIDv7: outbox.uuid7()).
 CREATE OR REPLACE FUNCTION outbox.redrive(p_job_id uuid, p_tier text DEFAULT NULL, p_by text DEFAULT current_user,
                                           p_reason text DEFAULT NULL) RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     dl outbox.dead_letters%ROWTYPE;
-    new_id uuid := gen_random_uuid();
+    new_id uuid := outbox.uuid7();
     target text;
     w smallint;
     retries integer;
@@ -483,11 +494,11 @@ CREATE OR REPLACE TRIGGER record_job_event AFTER UPDATE OF status ON outbox.jobs
 -- When a job reaches a final outcome and has a completion webhook not yet used (outbox.webhooks),
 -- insert its delivery job (task tierbox.webhook.deliver) and outbox row, in the transaction that
 -- records the outcome. docs/webhooks.md.
--- Created by 0013; unchanged since.
+-- Created by 0013; last changed by 0017 (a UUIDv7 id; the key in outbox.idempotency_keys).
 CREATE OR REPLACE FUNCTION outbox.enqueue_webhook_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     w outbox.webhooks%ROWTYPE;
-    delivery uuid := gen_random_uuid();
+    delivery uuid := outbox.uuid7();
 BEGIN
     UPDATE outbox.webhooks SET delivery_job_id = delivery, outcome = NEW.status
     WHERE job_id = NEW.id AND delivery_job_id IS NULL
@@ -503,6 +514,8 @@ BEGIN
     VALUES (delivery, 'tierbox.webhook.deliver', w.tier, w.priority,
             jsonb_build_object('args', jsonb_build_array(NEW.id::text), 'kwargs', '{}'::jsonb), '{}'::jsonb,
             'tierbox.webhook:' || NEW.id::text, w.max_retries + 50, now());
+    INSERT INTO outbox.idempotency_keys (key, job_id)
+    VALUES ('tierbox.webhook:' || NEW.id::text, delivery);
     INSERT INTO outbox.pending (job_id, tier, weight, priority, available_at)
     VALUES (delivery, w.tier, w.weight, w.priority, now());
     RETURN NULL;

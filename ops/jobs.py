@@ -51,9 +51,11 @@ class JobFilter(msgspec.Struct, kw_only=True):
     until: datetime | None = None
 
 
-# One job by its idempotency key (uq_jobs_idempotency_key: at most one row, one index probe).
+# One job by its idempotency key, through outbox.idempotency_keys (its primary key: at most one row),
+# then the job's primary key (one partition: revision 0017).
 JOB_BY_KEY = Statement("ops.job_by_key", f"""
-SELECT {", ".join(queries.JOB_COLUMNS)} FROM outbox.jobs WHERE idempotency_key = :key
+SELECT {", ".join(queries.JOB_COLUMNS)} FROM outbox.jobs
+WHERE id = (SELECT job_id FROM outbox.idempotency_keys WHERE key = :key)
 """)
 
 
@@ -101,6 +103,6 @@ async def show(conn: Any, job_id: uuid.UUID) -> JobStatusDetail:
 
 
 async def by_idempotency_key(conn: Any, key: str) -> Job | None:
-    """The job enqueued with idempotency key ``key``, or None (a unique index: one probe)."""
+    """The job enqueued with idempotency key ``key``, or None (two primary-key probes)."""
     rows = await run_async(conn, JOB_BY_KEY, {"key": key})
     return to_job(rows[0]) if rows else None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from outbox import _partitions as partitions
 from outbox import _queries as queries
 from outbox import _transitions as transitions
-from outbox._sql import run, run_async
+from outbox._sql import Statement, run, run_async
 from outbox.errors import SchemaOutdatedError
 from outbox.tiers import Topology
 
 #: The schema revision this code needs (the newest in migrations/versions; a test keeps them equal).
 #: Relays and workers refuse to work against an older one; a newer one is fine (migrate first,
 #: then roll out the code: old processes keep working on the migrated schema).
-REQUIRED_REVISION = "0016"
+REQUIRED_REVISION = "0017"
 #: SQLSTATE of "relation does not exist".
 UNDEFINED_TABLE = "42P01"
 
@@ -63,18 +64,47 @@ async def check_schema_async(conn: Any) -> None:
 
 
 def prune(conn: Any, succeeded_days: float, dead_days: float, batch: int = PRUNE_BATCH_ROWS) -> int:
-    """Delete finished jobs past retention in short committed batches; returns rows deleted.
+    """Remove finished jobs past retention; returns how many (dropped with their day, plus deleted).
 
-    ``conn`` must be a psycopg connection in autocommit=False mode owned by the
-    caller; this commits after each batch so no transaction stays open long.
+    First every day partition whose jobs are all finished past retention is dropped whole
+    (:func:`outbox._partitions.drop_expired`: no row deletes, no WAL per row, no bloat); then what
+    is left past retention (the default partition's pre-0017 jobs, days held by one unfinished or
+    retained job) is deleted in short committed batches. ``conn`` must be a psycopg connection in
+    autocommit=False mode owned by the caller; this commits after each step.
     """
+    dropped, deleted = prune_detailed(conn, succeeded_days, dead_days, batch)
+    return sum(d.jobs for d in dropped) + deleted
+
+
+def prune_detailed(conn: Any, succeeded_days: float, dead_days: float,
+                   batch: int = PRUNE_BATCH_ROWS) -> tuple[list[partitions.Dropped], int]:
+    """:func:`prune`, saying which days were dropped (and their job counts) and how many rows were deleted."""
+    dropped = partitions.drop_expired(conn, succeeded_days, dead_days)
+    return dropped, _delete_expired(conn, succeeded_days, dead_days, batch)
+
+
+def _delete_expired(conn: Any, succeeded_days: float, dead_days: float, batch: int) -> int:
+    """Row deletes past retention: the default partitions, then each day old enough to hold any."""
     total = 0
-    params = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
-    while True:
-        cur = conn.execute(transitions.PRUNE_BATCH.pg, params)
-        deleted: int = cur.rowcount
-        conn.execute(transitions.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch})
+    params: dict[str, Any] = {"succeeded_days": succeeded_days, "dead_days": dead_days, "batch": batch}
+    # Every day, however recent (finished_at is only compared, never assumed to follow the id's time):
+    # for a day with nothing past retention the batch is one probe of ix_jobs_finished_at.
+    days = sorted({p.day for p in partitions.partitions(conn, "jobs")})
+    conn.rollback()
+    targets: list[tuple[Statement[Any], dict[str, Any]]] = [(transitions.PRUNE_DEFAULT_BATCH, {})]
+    for day in days:
+        lo, hi = partitions.day_bounds(day)
+        targets.append((transitions.PRUNE_BATCH, {"lo": lo, "hi": hi}))
+    for stmt, bounds in targets:
+        while True:
+            # Not prepared: a generic plan would read every partition instead of the day's.
+            cur = conn.execute(stmt.pg, {**params, **bounds}, prepare=False)
+            deleted: int = cur.rowcount
+            conn.commit()
+            total += max(deleted, 0)
+            if deleted < batch:
+                break
+    while conn.execute(transitions.PRUNE_DEAD_LETTERS.pg, {"dead_days": dead_days, "batch": batch}).rowcount >= batch:
         conn.commit()
-        total += max(deleted, 0)
-        if deleted < batch:
-            return total
+    conn.commit()
+    return total

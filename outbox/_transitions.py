@@ -12,6 +12,8 @@ Completion is fenced on the attempt number: a stale worker finishing late change
 
 from __future__ import annotations
 
+from typing import Any
+
 from outbox._rows import ClaimedRow, GroupDiscardedRow, GroupRedrivenRow, MovedRow, RedrivenRow, RepublishedRow
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
@@ -48,14 +50,25 @@ routed AS (
         WHERE o.task = input.task AND o.expires_at > now() AND NOT input.explicit_tier
     ) AS ov ON true
 ),
+-- Idempotency (revision 0017): the key table holds each key once across every partition of
+-- outbox.jobs. A row's key is claimed first (ON CONFLICT DO NOTHING waits out a concurrent
+-- transaction holding the same key, as the unique index on jobs did); only rows without a key
+-- or whose key this statement claimed insert a job.
+keys AS (
+    INSERT INTO outbox.idempotency_keys (key, job_id)
+    SELECT idempotency_key, id FROM input WHERE idempotency_key IS NOT NULL ORDER BY ord
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+),
 ins AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
                              available_at, expires_at)
     SELECT id, task, route_tier, route_priority, payload, headers, idempotency_key, max_retries,
            COALESCE(run_at, now() + make_interval(secs => COALESCE(delay_s, 0))),
            COALESCE(expires_at, now() + make_interval(secs => expires_s))
-    FROM routed ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    FROM routed
+    WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
+    ORDER BY ord
     RETURNING id, tier, priority, available_at
 ),
 pend AS (
@@ -63,11 +76,11 @@ pend AS (
     SELECT ins.id, ins.tier, routed.route_weight, ins.priority, ins.available_at
     FROM ins JOIN routed ON routed.id = ins.id
 )
-SELECT input.ord, COALESCE(ins.id, existing.id) AS id, ins.id IS NOT NULL AS created
+SELECT input.ord, COALESCE(ins.id, existing.job_id) AS id, ins.id IS NOT NULL AS created
 FROM input
 LEFT JOIN ins ON ins.id = input.id
-LEFT JOIN outbox.jobs AS existing
-       ON ins.id IS NULL AND existing.idempotency_key = input.idempotency_key
+LEFT JOIN outbox.idempotency_keys AS existing
+       ON ins.id IS NULL AND existing.key = input.idempotency_key
 ORDER BY input.ord
 """)
 
@@ -82,6 +95,12 @@ WITH ov AS (
     SELECT o.tier, t.weight FROM outbox.tier_overrides AS o JOIN outbox.tiers AS t ON t.name = o.tier
     WHERE o.task = CAST(:task AS text) AND o.expires_at > now() AND NOT CAST(:explicit AS boolean)
 ),
+k AS (  -- the key claimed first, as in ENQUEUE
+    INSERT INTO outbox.idempotency_keys (key, job_id)
+    SELECT CAST(:key AS text), CAST(:id AS uuid) WHERE CAST(:key AS text) IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+),
 ins AS (
     INSERT INTO outbox.jobs (id, task, tier, priority, payload, headers, idempotency_key, max_retries,
                              available_at, expires_at)
@@ -93,7 +112,7 @@ ins AS (
                     now() + make_interval(secs => COALESCE(CAST(:delay_s AS float8), 0))),
            COALESCE(CAST(:expires_at AS timestamptz), now() + make_interval(secs => CAST(:expires_s AS float8)))
     FROM (SELECT) AS one LEFT JOIN ov ON true
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    WHERE CAST(:key AS text) IS NULL OR EXISTS (SELECT FROM k)
     RETURNING id, tier, priority, available_at
 ),
 pend AS (
@@ -103,7 +122,7 @@ pend AS (
     FROM ins
 )
 SELECT 1, COALESCE((SELECT id FROM ins),  -- COALESCE stops at the first non-null: no lookup when inserted
-                   (SELECT id FROM outbox.jobs WHERE idempotency_key = CAST(:key AS text))),
+                   (SELECT job_id FROM outbox.idempotency_keys WHERE key = CAST(:key AS text))),
        EXISTS (SELECT FROM ins)
 """)
 
@@ -117,11 +136,18 @@ DISCARD = Statement("discard", """
 SELECT outbox.discard(CAST(:job_id AS uuid), CAST(:by AS text), CAST(:reason AS text))
 """)
 
-# Delete a bounded batch of finished jobs past retention, with their events (short transactions, no long locks).
-PRUNE_BATCH = Statement("prune_batch", """
+def _prune_batch(name: str, jobs: str, attempts: str, events: str, ranged: bool) -> Statement[tuple[Any, ...]]:
+    # Delete a bounded batch of finished jobs past retention, with their attempts, events, webhook and key
+    # (short transactions, no long locks). Run per partition (outbox._maintenance): a DELETE ... USING on
+    # the partitioned tables as a whole hash-joined every partition of attempts and job_events for each
+    # batch (measured: 332 s for 1 M jobs over 10 days, against 51-144 s unpartitioned).
+    def within(column: str) -> str:
+        return f" AND {column} >= CAST(:lo AS uuid) AND {column} < CAST(:hi AS uuid)" if ranged else ""
+
+    return Statement(name, f"""
 WITH doomed AS (
-    SELECT id FROM outbox.jobs
-    WHERE finished_at IS NOT NULL
+    SELECT id FROM {jobs}
+    WHERE finished_at IS NOT NULL{within("id")}
       AND ((status IN ('succeeded', 'expired')
             AND finished_at < now() - make_interval(secs => CAST(:succeeded_days AS float8) * 86400))
         OR (status IN ('dead', 'discarded')
@@ -130,13 +156,33 @@ WITH doomed AS (
     FOR UPDATE SKIP LOCKED
 ), events AS (
     -- A job's events go with it (outbox.job_events has no foreign key to cascade: see revision 0012).
-    DELETE FROM outbox.job_events e USING doomed WHERE e.job_id = doomed.id
+    DELETE FROM {events} e USING doomed WHERE e.job_id = doomed.id{within("e.job_id")}
 ), hooks AS (
     -- And its webhook declaration (no foreign key either: revision 0013).
     DELETE FROM outbox.webhooks w USING doomed WHERE w.job_id = doomed.id
+), tries AS (
+    -- Its attempts (no foreign key since revision 0017: see outbox._partitions) and idempotency key.
+    DELETE FROM {attempts} a USING doomed WHERE a.job_id = doomed.id{within("a.job_id")}
+), keys AS (
+    DELETE FROM outbox.idempotency_keys k USING doomed WHERE k.job_id = doomed.id
+), live AS (
+    -- Rows of live work a finished job may still have (a stale republish candidate): no foreign key
+    -- cascades to them since revision 0017.
+    DELETE FROM outbox.pending p USING doomed WHERE p.job_id = doomed.id
+), held AS (
+    DELETE FROM outbox.leases l USING doomed WHERE l.job_id = doomed.id
+), again AS (
+    DELETE FROM outbox.republished r USING doomed WHERE r.job_id = doomed.id
 )
-DELETE FROM outbox.jobs j USING doomed WHERE j.id = doomed.id
+DELETE FROM {jobs} j USING doomed WHERE j.id = doomed.id{within("j.id")}
 """)
+
+
+# One day's partitions (:lo, :hi: the day's bounds, so the planner reads only that day's partitions)...
+PRUNE_BATCH = _prune_batch("prune_batch", "outbox.jobs", "outbox.attempts", "outbox.job_events", ranged=True)
+# ... and the default partitions (pre-0017 jobs: uuid4 ids, scattered over every range).
+PRUNE_DEFAULT_BATCH = _prune_batch("prune_default_batch", "ONLY outbox.jobs_default", "ONLY outbox.attempts_default",
+                                   "ONLY outbox.job_events_default", ranged=False)
 
 # Delete dead letters past retention that are settled (redriven or discarded) or name no job (garbage).
 PRUNE_DEAD_LETTERS = Statement("prune_dead_letters", """

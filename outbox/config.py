@@ -72,6 +72,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_succeeded_days: float = 7.0
     #: Days dead and discarded jobs are kept before pruning. Defaults to 30.
     retention_dead_days: float = 30.0
+    #: Days ahead of today whose job-history partitions (docs/schema.md, "Partitions") exist at all
+    #: times: created by ``tierbox migrate``, ``tierbox partitions`` and the workers, hourly. Defaults to 7.
+    partition_days_ahead: int = 7
     #: Comma-separated modules that register tasks (``--app``). Defaults to none.
     app: str = ""
     #: Log lines as ``text`` (``key=value``) or ``json`` (one object per line, with the trace id).
@@ -93,7 +96,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url(field, getattr(self, field), scheme)
         _check_amqp_urls(self.amqp_url)
         positive = ("max_payload_bytes", "relay_batch_size", "relay_poll_interval_s", "relay_confirm_timeout_s",
-                    "lease_s", "reaper_interval_s", "reconcile_batch")
+                    "lease_s", "reaper_interval_s", "reconcile_batch", "partition_days_ahead")
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ConfigError(_env(field), f"must be > 0, got {getattr(self, field)!r}")

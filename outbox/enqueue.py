@@ -23,6 +23,7 @@ from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox import webhooks
 from outbox._encoding import encode_headers, encode_payload
+from outbox._ids import new_job_id
 from outbox._sql import AsyncSessionLike, Statement, SyncSession, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.errors import (
@@ -141,7 +142,7 @@ def job(task: Task | str, tier: Tier | str | None = None, **options: Unpack[JobO
                    else t.expires_s + (delay_s or 0.0))
     expires_at, expires_s = _expiry(expires, run_at, delay_s)
     return JobSpec(
-        id=uuid.uuid4(), task=t.name, tier=tier_name, weight=spec.weight,
+        id=new_job_id(), task=t.name, tier=tier_name, weight=spec.weight,
         priority=_priority(options.get("priority"), t, spec.weight, spec.max_priority), payload=payload,
         headers=encode_headers(_headers(options.get("headers"), t)),
         idempotency_key=_key(options.get("idempotency_key")),

@@ -27,7 +27,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
-    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -120,19 +119,24 @@ jobs = Table(
     CheckConstraint(f"(finished_at IS NOT NULL) = ({_in('status', FINISHED_STATUSES)})", name="finished"),
     CheckConstraint("status <> 'running' OR started_at IS NOT NULL", name="running_started"),
     CheckConstraint("priority BETWEEN 0 AND 255", name="priority"),
-    Index("uq_jobs_idempotency_key", "idempotency_key", unique=True,
-          postgresql_where=text("idempotency_key IS NOT NULL")),
+    # Revision 0017: no unique index on idempotency_key (a partitioned table's unique index must hold
+    # the partition key): outbox.idempotency_keys holds each key once.
     Index("ix_jobs_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
     Index("ix_jobs_enqueued_at", "enqueued_at"),
-    comment="One row per job: the ledger, audit record and idempotency index.",
-    postgresql_with={"fillfactor": "80", "autovacuum_vacuum_scale_factor": "0.02",
-                     "autovacuum_analyze_scale_factor": "0.02"},
+    comment="One row per job: the ledger and audit record; partitioned by day of its UUIDv7 id.",
+    # Revision 0017: one partition per UTC day of the (UUIDv7) id, plus jobs_default (outbox._partitions).
+    # A partitioned table has no storage options: each partition gets info["partition_storage"].
+    postgresql_partition_by="RANGE (id)",
+    info={"partition_storage": {"fillfactor": "80", "autovacuum_vacuum_scale_factor": "0.02",
+                                "autovacuum_analyze_scale_factor": "0.02"}},
 )
 
 pending = Table(
     "pending",
     metadata,
-    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key to jobs since revision 0017 (its docstring: a key check against the partitioned jobs
+    # halved enqueue_many); every statement that deletes a job deletes its pending row with it.
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
     Column("tier", Text, nullable=False),
     Column("weight", SmallInteger, nullable=False),
     Column("priority", SmallInteger, nullable=False),
@@ -149,7 +153,9 @@ pending = Table(
 attempts = Table(
     "attempts",
     metadata,
-    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key since revision 0017 (its docstring: every DETACH of a jobs partition would check every
+    # attempts partition); PRUNE_BATCH deletes a job's attempts with the job, retention drops them with its day.
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
     Column("attempt", Integer, primary_key=True),
     Column("worker_id", Text, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
@@ -162,13 +168,15 @@ attempts = Table(
     Column("fingerprint", Text, nullable=True),
     CheckConstraint(f"outcome IS NULL OR {_in('outcome', ATTEMPT_OUTCOMES)}", name="outcome"),
     CheckConstraint("(outcome IS NULL) = (finished_at IS NULL)", name="finished"),
-    comment="One row per execution attempt, written before the handler starts.",
+    comment="One row per execution attempt, written before the handler starts; partitioned as outbox.jobs.",
+    postgresql_partition_by="RANGE (job_id)",
 )
 
 leases = Table(
     "leases",
     metadata,
-    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), primary_key=True),
+    # No foreign key to jobs since revision 0017, as pending.
+    Column("job_id", UUID(as_uuid=True), primary_key=True),
     Column("attempt", Integer, nullable=False),
     Column("worker_id", Text, nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
@@ -324,7 +332,8 @@ republished = Table(
     "republished",
     metadata,
     Column("id", BigInteger, Identity(always=False), primary_key=True),
-    Column("job_id", UUID(as_uuid=True), ForeignKey("outbox.jobs.id", ondelete="CASCADE"), nullable=False),
+    # No foreign key to jobs since revision 0017, as pending.
+    Column("job_id", UUID(as_uuid=True), nullable=False),
     Column("tier", Text, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False, server_default=_NOW),
     Column("reason", Text, nullable=False),
@@ -418,7 +427,9 @@ job_events = Table(
     CheckConstraint(_in("kind", JOB_EVENT_KINDS), name="kind"),
     CheckConstraint("fraction IS NULL OR (fraction >= 0 AND fraction <= 1)", name="fraction"),
     # The primary key (job_id, id) is the one index: one job's events in order is every read.
-    comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id).",
+    comment="Status changes, progress and outcomes of jobs, in order (id is the SSE event id); partitioned as "
+            "outbox.jobs.",
+    postgresql_partition_by="RANGE (job_id)",
 )
 
 job_watchers = Table(
@@ -458,4 +469,20 @@ webhooks = Table(
     Column("response_status", Integer, nullable=True),
     CheckConstraint("secret_name ~ '^[A-Za-z0-9_]{1,64}$'", name="secret_name"),
     comment="Completion webhooks of jobs: URL, secret name, and the delivery job once the outcome is recorded.",
+)
+
+
+# --- The partitioned history (revision 0017, docs/schema.md "Partitions") ------------------------------
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # Written by the enqueue statement itself (ENQUEUE, ENQUEUE_ONE) and by enqueue_webhook_delivery;
+    # deleted with its job (PRUNE_BATCH, or with the job's day partition).
+    Column("key", Text, primary_key=True),
+    Column("job_id", UUID(as_uuid=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_NOW),
+    Index("ix_idempotency_keys_job_id", "job_id"),
+    comment="One row per idempotency key in use: the job it names (uniqueness across every partition of "
+            "outbox.jobs); pruned with its job.",
 )

@@ -56,6 +56,8 @@ RECONNECT_FIRST_S = 0.5
 #: requeues whatever the dropped connection had unacked, and leases cover started jobs.
 CLOSE_TIMEOUT_S = 10.0
 RECONNECT_MAX_S = 30.0
+#: Seconds between two passes of the job-history partition maintenance (outbox._partitions.ensure).
+PARTITIONS_INTERVAL_S = 3600.0
 
 
 def new_worker_id() -> str:
@@ -204,7 +206,8 @@ class Pool:
         chores = [self._chore(self.settings.lease_s / 3, self._heartbeat, "heartbeat"),
                   self._chore(self.settings.reaper_interval_s, self._reap, "reap"),
                   self._chore(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"),
-                  self._chore(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight")]
+                  self._chore(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight"),
+                  self._chore(PARTITIONS_INTERVAL_S, self._partitions, "partitions")]
         try:
             await self._connected(stop)
         finally:
@@ -327,6 +330,15 @@ class Pool:
         except Exception as exc:  # noqa: BLE001 - keep the last known pauses; Postgres trouble is logged
             event(log, "worker.pauses_refresh_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
 
+    async def _partitions(self) -> None:
+        # The job-history day partitions ahead (outbox._partitions): every worker tries, hourly; the
+        # advisory lock lets one pass run at a time and the others return at once. Its DDL runs on a
+        # connection of its own, in a thread: short transactions, each lock asked with lock_timeout.
+        created = await asyncio.to_thread(_ensure_partitions, self.settings.psycopg_url,
+                                          self.settings.partition_days_ahead)
+        if created:
+            event(log, "worker.partitions_created", partitions=",".join(created))
+
     async def _reap(self) -> None:
         for job_id, decision in await self.ledger.reap():
             self.recorder.count(f"reaped_{decision}")
@@ -349,6 +361,15 @@ class Pool:
                 await fn()
             except Exception as exc:  # noqa: BLE001 - a chore failing must not kill the pool
                 event(log, f"worker.{name}_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+
+
+def _ensure_partitions(url: str, days_ahead: int) -> list[str]:
+    import psycopg
+
+    from outbox import _partitions
+
+    with psycopg.connect(url) as conn:
+        return _partitions.ensure(conn, days_ahead)
 
 
 def _spelled(counts: dict[str, int]) -> str:

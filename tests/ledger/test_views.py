@@ -158,4 +158,7 @@ def test_views_read_through_indexes_on_a_large_history(db_url: str) -> None:
                     f"SELECT * FROM outbox.job_timeline WHERE job_id = '{uuid.uuid4()}'"]:
             plan = _plan(conn, sql)
             for table in ("jobs", "attempts", "dead_letters"):
-                assert f"Seq Scan on {table}" not in plan, f"{sql}\n{plan}"
+                # The rows have uuid4 ids: they live in the default partitions (revision 0017). The empty
+                # day partitions are scanned at a cost of 0 (no page): not what this test is about.
+                for scanned in (table, f"{table}_default"):
+                    assert f"Seq Scan on {scanned} " not in plan, f"{sql}\n{plan}"
