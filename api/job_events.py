@@ -36,6 +36,7 @@ from litestar import Litestar, Request, Router, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from outbox import _keepalive as keepalive
 from outbox import _queries as queries
 from outbox._logs import event
 from outbox._progress import CapabilityError, verify_capability
@@ -182,8 +183,8 @@ class JobEvents:
         self.secret = secret
         self.heartbeat_s = heartbeat_s
         self._own_engine = engine is None
-        self.engine = engine or create_async_engine(settings.sqlalchemy_url, pool_size=5, max_overflow=10,
-                                                    pool_pre_ping=True, pool_timeout=10)
+        self.engine = engine or keepalive.on_connect(create_async_engine(
+            settings.sqlalchemy_url, pool_size=5, max_overflow=10, pool_pre_ping=True, pool_timeout=10))
         self.hub = EventHub(settings.psycopg_url)
         self._renewer: asyncio.Task[None] | None = None
 

@@ -39,6 +39,7 @@ import msgspec
 import psycopg
 import redis.asyncio as aioredis
 
+from outbox import _keepalive as keepalive
 from outbox import _transitions as transitions
 from outbox._logs import event
 from outbox._sql import run_async
@@ -115,6 +116,7 @@ class Reconciler:
     async def connect(cls, settings: Settings, actor: str | None = None) -> Reconciler:
         """The relay's reconciler: its own Postgres connection too, for :meth:`run_once`."""
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name="tierbox-reconcile")
+        await keepalive.apply_async(db)
         try:
             self = await cls.open(settings, actor or relay_actor())
         except BaseException:

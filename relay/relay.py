@@ -48,6 +48,7 @@ import aiormq
 import psycopg
 
 from outbox import _encoding as encoding
+from outbox import _keepalive as keepalive
 from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._logs import clip, event
@@ -131,6 +132,7 @@ class Relay:
 
         role = f"tierbox-relay{'-' + lane if lane else ''}"
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
+        await keepalive.apply_async(db)  # a cut-off relay's claimed rows are freed in ~20 s (outbox._keepalive)
         connection: aio_pika.abc.AbstractConnection | None = None
         declares = declare or not lane
         try:

@@ -45,6 +45,7 @@ import msgspec
 import psycopg
 import redis
 
+from outbox import _keepalive as keepalive
 from outbox._logs import event
 from outbox._sql import run
 from outbox.enqueue import enqueue
@@ -239,6 +240,7 @@ class Scheduler:
         if self._conn is None or self._conn.closed or self._conn.broken:
             # Autocommit, so each ``transaction()`` block is a real BEGIN/COMMIT, not a savepoint.
             self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+            keepalive.apply(self._conn)  # a cut-off leader's transaction frees its rows (outbox._keepalive)
         return self._conn
 
     # ------------------------------------------------------------------ leadership

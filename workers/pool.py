@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from outbox import _keepalive as keepalive
 from outbox._logs import event
 from outbox._runtime import wait_any
 from outbox.config import Settings
@@ -82,15 +83,17 @@ class Pool:
         # pre-ping: a delivery's first statement (its start, alone or batched) is the liveness
         # check; a dead pooled connection fails it before any handler runs, SQLAlchemy then recycles
         # the whole pool, and Pool.process retries the delivery after a back-off.
-        self.async_engine = create_async_engine(settings.sqlalchemy_url, pool_size=spec.slots + 3,
-                                                max_overflow=spec.slots, pool_pre_ping=False)
+        # Server-side keepalives on every connection (outbox._keepalive): a host cut off mid-transaction
+        # releases its row locks in ~20 s instead of the kernel's two hours.
+        self.async_engine = keepalive.on_connect(create_async_engine(
+            settings.sqlalchemy_url, pool_size=spec.slots + 3, max_overflow=spec.slots, pool_pre_ping=False))
         # Sync engine: sync handlers' transactions, in threads, and their ctx.progress writes (each in
         # a short transaction of its own, while the handler's session holds its connection: hence up
         # to two per slot; the overflow ones are closed when returned). It keeps pre-ping: a sync
         # handler's first statement is the handler's own, and a dead connection there would be
         # recorded as a failed attempt rather than retried as infrastructure trouble.
-        self.sync_engine = create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
-                                         max_overflow=spec.slots, pool_pre_ping=True)
+        self.sync_engine = keepalive.on_connect(create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
+                                                              max_overflow=spec.slots, pool_pre_ping=True))
         self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
         self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
         self.admission = Admission(settings, self.async_engine, registry.breakers)

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from outbox import _keepalive as keepalive
 from outbox.config import Settings
 from tests.helpers import ROOT, Proc, settings_env
 
@@ -151,11 +152,18 @@ def test_hosts(count: int, settings: Settings, log_dir: Path | None = None) -> I
             _ip("-n", host.ns, "addr", "add", f"{address}/30", "dev", "eth0")
             _ip("-n", host.ns, "link", "set", "eth0", "up")
             _ip("-n", host.ns, "link", "set", "lo", "up")
-            for target, port in _targets(settings):
+            for n, (target, port) in enumerate(_targets(settings)):
                 upstream = f"[{target}]" if ":" in target else target
                 log = open(log_dir / f"socat-{host.ns}-{port}.log", "ab") if log_dir else subprocess.DEVNULL
+                # Postgres (the first target) sees the forwarder, not the host, as its client, so the
+                # keepalives Tierbox asks its backends for (outbox._keepalive) would probe a live
+                # loopback socket. The forwarder probes the host's side with the same timing instead and
+                # closes both sides when it goes unanswered, as the backend would close its own.
+                alive = (f",keepalive,keepidle={keepalive.IDLE_S},keepintvl={keepalive.INTERVAL_S},"
+                         f"keepcnt={keepalive.COUNT}") if n == 0 else ""
                 host.forwarders.append(subprocess.Popen(
-                    ["socat", *(["-d", "-d"] if log_dir else []), f"TCP-LISTEN:{port},bind={gateway},reuseaddr,fork",
+                    ["socat", *(["-d", "-d"] if log_dir else []),
+                     f"TCP-LISTEN:{port},bind={gateway},reuseaddr,fork{alive}",
                      f"TCP:{upstream}:{port}"], stdout=subprocess.DEVNULL, stderr=log, start_new_session=True))
         yield hosts
     finally:
