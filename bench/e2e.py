@@ -26,7 +26,8 @@ from bench.latency import AB_TREE_ENV
 from bench.relay import report_profile
 from bench.systems import Celery, Procrastinate, System, Tierbox
 
-TARGETS = {"procrastinate": 3.0, "celery": 1.0}
+#: Issue #19's targets (jobs/s against the peer in the same run); the first pass had 1.0x for Celery.
+TARGETS = {"procrastinate": 3.0, "celery": 1.5}
 
 
 def one_run(system: System, n: int) -> tuple[float, float]:
