@@ -1,4 +1,13 @@
-"""Consumers the broker cancels: RabbitMQ sends ``basic.cancel`` when a consumed queue is deleted."""
+"""Consumers the broker cancels: RabbitMQ sends ``basic.cancel`` when a consumed queue is deleted.
+
+And consumers that are gone without one: a pool also checks every :data:`CHECK_INTERVAL_S` that each
+queue it consumes has a consumer at all (:func:`unconsumed`). A chaos run once left the ``normal``
+queue without any consumer for 2.5 minutes after a fault deleted it, the pool never told (no
+``basic.cancel`` reached it, so no ``worker.consumer_cancelled``), while the reconciler republished
+the missing messages into a queue nobody read. The check is the backstop: a queue of the pool's
+with no consumer means the pool's own consumer is gone, and the pool reconnects, which declares the
+queue again and consumes anew.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,9 @@ import aio_pika
 from outbox._logs import event
 
 log = logging.getLogger("tierbox.worker")
+
+#: Seconds between two checks that the pool's queues still have a consumer.
+CHECK_INTERVAL_S = 5.0
 
 
 async def watch_cancel(channel: aio_pika.abc.AbstractChannel, queue: str, lost: asyncio.Event) -> None:
@@ -27,3 +39,19 @@ async def watch_cancel(channel: aio_pika.abc.AbstractChannel, queue: str, lost: 
 
     underlay = await channel.get_underlay_channel()
     underlay.on_consumer_cancel_callbacks.add(cancelled)
+
+
+async def unconsumed(connection: aio_pika.abc.AbstractConnection, queue_names: list[str]) -> list[str]:
+    """The queues of ``queue_names`` that report no consumer (a passive declare each, on a channel of
+    its own: a passive declare of a missing queue closes its channel)."""
+    channel = await connection.channel()
+    try:
+        out = []
+        for name in queue_names:
+            queue = await channel.declare_queue(name, passive=True)
+            if not queue.declaration_result.consumer_count:
+                out.append(name)
+        return out
+    finally:
+        if not channel.is_closed:
+            await channel.close()

@@ -39,7 +39,7 @@ from outbox.registry import Registry
 from outbox.tiers import PoolSpec
 from tierbox.flow.admission import PAUSE_REFRESH_S, Admission
 from tierbox.workers.buffer import PriorityBuffer
-from tierbox.workers.consumers import watch_cancel
+from tierbox.workers.consumers import CHECK_INTERVAL_S, unconsumed, watch_cancel
 from tierbox.workers.delivery import Delivery
 from tierbox.workers.dlq_sweeper import DlqSweeper
 from tierbox.workers.drain import DRAIN_SETTLE_S, due_soon, ready_messages
@@ -119,6 +119,8 @@ class Pool:
         self._idle = asyncio.Event()
         self._stopping = False
         self._chores_stop = asyncio.Event()
+        #: Set when the current broker connection is to be dropped and made again (:meth:`start`).
+        self._lost: asyncio.Event | None = None
 
     async def start(self) -> asyncio.Event:
         """Connect, declare the pool's queues and start consuming; the event is set if the connection drops
@@ -130,7 +132,7 @@ class Pool:
         async with self.async_engine.connect() as conn:  # rolled out before `tierbox migrate`: say so, retry
             await check_schema_async(conn)
         name = f"tierbox-worker {self.settings.queue_prefix}{self.name} {self.worker_id}"
-        lost = asyncio.Event()
+        lost = self._lost = asyncio.Event()
         from outbox._brokers import connect as connect_broker  # failover over TIERBOX_AMQP_URL's nodes
         self.connection = await connect_broker(self.settings.amqp_url, client_properties={"connection_name": name})
         self.connection.close_callbacks.add(lambda *_: lost.set())
@@ -210,7 +212,8 @@ class Pool:
                   self._chore(self.settings.reaper_interval_s, self._reap, "reap"),
                   self._chore(PAUSE_REFRESH_S, self._refresh_pauses, "pauses"),
                   self._chore(PUBLISH_INTERVAL_S, self.inflight.publish, "inflight"),
-                  self._chore(PARTITIONS_INTERVAL_S, self._partitions, "partitions")]
+                  self._chore(PARTITIONS_INTERVAL_S, self._partitions, "partitions"),
+                  self._chore(CHECK_INTERVAL_S, self._check_consumers, "consumers")]
         try:
             await self._connected(stop)
         finally:
@@ -332,6 +335,18 @@ class Pool:
             await self.admission.refresh_pauses()
         except Exception as exc:  # noqa: BLE001 - keep the last known pauses; Postgres trouble is logged
             event(log, "worker.pauses_refresh_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+
+    async def _check_consumers(self) -> None:
+        # The backstop for a consumer lost without a basic.cancel (workers.consumers): a queue of this
+        # pool with no consumer at all cannot be consumed by this pool, so reconnect and consume again.
+        connection, lost, consumers = self.connection, self._lost, list(self._consumers)
+        if (self._stopping or connection is None or connection.is_closed or lost is None or lost.is_set()
+                or not consumers):  # a stop cancels the consumers itself
+            return
+        missing = await unconsumed(connection, [queue.name for queue, _ in consumers])
+        if missing and lost is self._lost:  # still the same connection: a reconnect meanwhile made new consumers
+            event(log, "worker.consumer_missing", logging.WARNING, queues=",".join(missing))
+            lost.set()
 
     async def _partitions(self) -> None:
         # The job-history day partitions ahead (outbox._partitions): every worker tries, hourly; the
