@@ -18,6 +18,7 @@ from typing import Any
 import aio_pika
 
 from outbox._logs import event
+from tierbox.workers.drain import queue_counts
 
 log = logging.getLogger("tierbox.worker")
 
@@ -42,16 +43,6 @@ async def watch_cancel(channel: aio_pika.abc.AbstractChannel, queue: str, lost: 
 
 
 async def unconsumed(connection: aio_pika.abc.AbstractConnection, queue_names: list[str]) -> list[str]:
-    """The queues of ``queue_names`` that report no consumer (a passive declare each, on a channel of
-    its own: a passive declare of a missing queue closes its channel)."""
-    channel = await connection.channel()
-    try:
-        out = []
-        for name in queue_names:
-            queue = await channel.declare_queue(name, passive=True)
-            if not queue.declaration_result.consumer_count:
-                out.append(name)
-        return out
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    """The queues of ``queue_names`` that report no consumer."""
+    counts = await queue_counts(connection, queue_names)
+    return [name for name, (_, consumers) in zip(queue_names, counts, strict=True) if not consumers]

@@ -29,17 +29,25 @@ from tierbox.workers import queries
 DRAIN_SETTLE_S = 0.5
 
 
-async def ready_messages(connection: aio_pika.abc.AbstractConnection, queue_names: list[str]) -> int:
-    """Messages ready (not delivered to any consumer) in these queues, by passive declare."""
+async def queue_counts(connection: aio_pika.abc.AbstractConnection,
+                       queue_names: list[str]) -> list[tuple[int, int]]:
+    """(ready messages, consumers) of each queue, in order, by passive declare on a channel of its own
+    (a passive declare of a missing queue closes its channel)."""
     channel = await connection.channel()
     try:
-        total = 0
+        counts = []
         for name in queue_names:
-            queue = await channel.declare_queue(name, passive=True)
-            total += queue.declaration_result.message_count or 0
-        return total
+            result = (await channel.declare_queue(name, passive=True)).declaration_result
+            counts.append((result.message_count or 0, result.consumer_count or 0))
+        return counts
     finally:
-        await channel.close()
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def ready_messages(connection: aio_pika.abc.AbstractConnection, queue_names: list[str]) -> int:
+    """Messages ready (not delivered to any consumer) in these queues."""
+    return sum(ready for ready, _ in await queue_counts(connection, queue_names))
 
 
 async def due_soon(engine: AsyncEngine, tiers: list[str], within_s: float) -> int:
