@@ -9,7 +9,9 @@ another tier until ``expires_at``; it needs no process to expire.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import msgspec
@@ -99,38 +101,44 @@ async def overrides(conn: Any) -> list[Override]:
             for r in await run_async(conn, queries.OVERRIDES)]
 
 
+@contextlib.asynccontextmanager
+async def _redis(settings: Any, redis: Any) -> AsyncIterator[Any]:
+    """``redis`` (the caller's long-lived client, left open) or a client of its own, closed after use."""
+    from tierbox.flow.gate import connect
+
+    if redis is not None:
+        yield redis
+        return
+    client = connect(settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def breakers(settings: Any, redis: Any = None) -> dict[str, dict[str, Any]]:
     """Circuit-breaker states from Redis (``{}`` if none has ever tripped); raises if Redis is unreachable.
 
     ``redis``: the caller's long-lived client (the API's), else one is opened and closed for this call."""
     from outbox.registry import registry
-    from tierbox.flow.gate import Gate, connect
+    from tierbox.flow.gate import Gate
 
     # Failures are counted over the window the workers recorded with (kept in Redis); the policies
     # this process imported only fill in for a breaker no worker has recorded since that change.
-    gate = Gate(settings, redis if redis is not None else connect(settings), None, policies=registry.breakers)
-    try:
-        return await gate.breaker_states()
-    finally:
-        if redis is None:
-            await gate.redis.aclose()
+    async with _redis(settings, redis) as client:
+        return await Gate(settings, client, None, policies=registry.breakers).breaker_states()
 
 
 async def scheduler_leader(settings: Any, redis: Any = None) -> tuple[str | None, float]:
     """Who holds the scheduler's leader lock in Redis (None: nobody) and its seconds left; raises if Redis is down.
 
     ``redis``: the caller's long-lived client (the API's), else one is opened and closed for this call."""
-    from tierbox.flow.gate import connect
     from tierbox.scheduler.scheduler import leader_key
 
-    client = redis if redis is not None else connect(settings)
     key = leader_key(settings.queue_prefix)
-    try:
+    async with _redis(settings, redis) as client:
         holder = await client.get(key)
         ttl_ms = await client.pttl(key)
-    finally:
-        if redis is None:
-            await client.aclose()
     return (holder.decode() if isinstance(holder, bytes) else holder), max(int(ttl_ms), 0) / 1000
 
 
