@@ -78,6 +78,8 @@ def test_one_enqueue_yields_one_trace_across_three_processes(system: System, rec
     system.wait_status(uuid.UUID(job_id), "succeeded")
     try:
         receiver.wait_for(lambda s: s.name == "handler work" and s.trace_id == trace_id, what="the handler's span")
+        # The process span ends last, once the finishing stage has recorded the outcome and acked.
+        receiver.wait_for(lambda s: s.name.startswith("process") and s.trace_id == trace_id, what="the process span")
     except AssertionError:
         raise AssertionError(f"{receiver.spans}\n{system.logs()[-6000:]}") from None
     spans = receiver.find(lambda s: s.trace_id == trace_id)
@@ -122,7 +124,8 @@ def test_an_async_handler_nests_its_spans_under_process(system: System, receiver
     start(system, receiver)
     out = enqueue(system.settings, [("traced.async_work", {})], receiver)
     handler = one(receiver.wait_for(lambda s: s.name == "handler async work", what="the handler's span"), "handler")
-    process = one(receiver.find(lambda s: s.span_id == handler.parent_span_id), "its parent")
+    # Its parent, the process span, ends after it (the finishing stage records the outcome first).
+    process = one(receiver.wait_for(lambda s: s.span_id == handler.parent_span_id, what="its parent"), "its parent")
     assert process.name == "process high" and process.trace_id == out["trace_id"]
 
 
