@@ -49,6 +49,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: How often an idle relay lane looks for due rows: the wake-up of non-urgent tiers (urgent
     #: ones NOTIFY) and the safety net of urgent ones. Defaults to 0.25 s.
     relay_poll_interval_s: float = 0.25
+    #: Lanes of a relay process that claim only urgent tiers' rows (each with its own Postgres and
+    #: AMQP connection; a NOTIFY wakes one idle lane), so a row committed while one lane waits for
+    #: its batch's confirms is claimed at once by another. Defaults to 2.
+    relay_urgent_lanes: int = 2
     #: How long the relay waits for publisher confirms of one batch. Defaults to 10 s.
     relay_confirm_timeout_s: float = 10.0
     #: Delay before a row whose publish failed is tried again. Defaults to 1.0 s.
@@ -96,7 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url(field, getattr(self, field), scheme)
         _check_amqp_urls(self.amqp_url)
         positive = ("max_payload_bytes", "relay_batch_size", "relay_poll_interval_s", "relay_confirm_timeout_s",
-                    "lease_s", "reaper_interval_s", "reconcile_batch", "partition_days_ahead")
+                    "relay_urgent_lanes", "lease_s", "reaper_interval_s", "reconcile_batch", "partition_days_ahead")
         for field in positive:
             if getattr(self, field) <= 0:
                 raise ConfigError(_env(field), f"must be > 0, got {getattr(self, field)!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -21,8 +22,8 @@ from outbox.errors import ConfigError
 from outbox.tiers import URGENT_SLO_S
 from tierbox.relay import counters as metrics
 from tierbox.relay.reconcile import Reconciler
-from tierbox.relay.relay import Relay
-from tierbox.relay.wakeup import Waker, Wakeup
+from tierbox.relay.relay import PAUSE_URGENT_ONCE_ENV, Relay
+from tierbox.relay.wakeup import LaneGroup, Waker, Wakeup
 
 log = logging.getLogger("tierbox.relay")
 
@@ -125,20 +126,33 @@ def check_lane(settings: Settings, lane: str) -> None:
 async def _loop(relay: Relay, waker: Waker, settings: Settings, stop: asyncio.Event, lane: str,
                 urgent_weight: int | None) -> None:
     """Run this process's lanes until stop or an error."""
-    if lane == "urgent" or urgent_weight is None:  # the one lane listens for every NOTIFY itself
-        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=lane != "urgent",
-                    notified=urgent_weight is not None)  # without urgent tiers no row notifies
+    if urgent_weight is None:  # no urgent tier: no row notifies, and the one lane polls every tier
+        await _lane(relay, waker.subscribe(), waker, settings, stop, log_lag=True, notified=False)
         return
     if lane == "main":  # NOTIFYs come only from urgent rows, which the urgent process takes
         await _lane(relay, Wakeup(), waker, settings, stop, log_lag=True, notified=False)
         return
-    urgent = await relay.lane(urgent_weight)
+    # The urgent lanes share one wake-up (LaneGroup): each NOTIFY wakes one idle lane. In an
+    # urgent-only process ``relay`` is the first of them; beside the main lane all are opened here.
+    urgent = [relay] if lane == "urgent" else []
+    opened: list[Relay] = []
+    group = waker.group()
     try:
-        # The main lane polls: NOTIFYs come only from urgent rows, which the urgent lane takes.
-        await _first_error(_lane(relay, Wakeup(), waker, settings, stop, log_lag=True, notified=False),
-                           _lane(urgent, waker.subscribe(), waker, settings, stop, log_lag=False))
+        while len(urgent) < settings.relay_urgent_lanes:
+            opened.append(await relay.lane(urgent_weight))
+            urgent.append(opened[-1])
+        pause = os.environ.get(PAUSE_URGENT_ONCE_ENV)  # tests: one urgent batch held in flight
+        shared_pause = [float(pause)] if pause else []
+        for r in urgent:
+            r.pause_once = shared_pause
+        lanes = [_lane(r, Wakeup(), waker, settings, stop, log_lag=False, group=group) for r in urgent]
+        if lane == "all":  # the main lane polls: NOTIFYs come only from urgent rows, which the urgent lanes take
+            lanes.insert(0, _lane(relay, Wakeup(), waker, settings, stop, log_lag=True, notified=False))
+        await _first_error(*lanes)
     finally:
-        await urgent.close()
+        waker.unsubscribe(group)
+        for r in opened:
+            await r.close()
 
 
 async def _first_error(*lanes: Coroutine[Any, Any, None]) -> None:
@@ -156,7 +170,9 @@ async def _first_error(*lanes: Coroutine[Any, Any, None]) -> None:
 
 
 async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, stop: asyncio.Event,
-                log_lag: bool, notified: bool = True) -> None:
+                log_lag: bool, notified: bool = True, group: LaneGroup | None = None) -> None:
+    """One lane's claim-publish-commit loop; ``group``: the urgent lanes' shared wake-up, which this
+    lane joins while it waits."""
     next_lag_log = time.monotonic()
     stopper = asyncio.create_task(_poke_on_stop(stop, wakeup))
     try:
@@ -185,7 +201,11 @@ async def _lane(relay: Relay, wakeup: Wakeup, waker: Waker, settings: Settings, 
                 timeout = min(CONTENDED_WAIT_S, settings.relay_poll_interval_s)
             else:
                 timeout = min(due_in, settings.relay_poll_interval_s)
+            if group is not None:
+                group.idle(wakeup)
             await wakeup.wait(timeout)
+            if group is not None:
+                group.busy(wakeup)
     finally:
         stopper.cancel()
         waker.unsubscribe(wakeup)

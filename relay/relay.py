@@ -64,6 +64,9 @@ log = logging.getLogger("tierbox.relay")
 
 #: Fault-injection seam for the crash tests: seconds the main lane sleeps after confirms, before commit.
 PAUSE_BEFORE_COMMIT_ENV = "TIERBOX_FAULT_RELAY_PAUSE_BEFORE_COMMIT_S"
+#: Fault-injection seam for the urgent lanes' tests: seconds that the first urgent batch of a relay
+#: process to publish anything sleeps after its confirms, before commit (once, whichever lane runs it).
+PAUSE_URGENT_ONCE_ENV = "TIERBOX_FAULT_RELAY_PAUSE_URGENT_ONCE_S"
 #: Benchmark instrumentation (bench/latency.py sets it): one ``relay.hop`` log line per published job with
 #: the wall-clock times of its way through the lane. Off, it costs one boolean test per batch.
 HOPS_ENV = "TIERBOX_BENCH_HOPS"
@@ -114,6 +117,8 @@ class Relay:
         self.published_total = 0
         self._redeclare_after = 0.0  # monotonic time before which returns do not re-declare again
         self._pause_before_commit_s = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV) or 0)
+        #: Shared by a process's urgent lanes (:data:`PAUSE_URGENT_ONCE_ENV`): the first batch to publish pops it.
+        self.pause_once: list[float] = []
         #: When the lane's wake-up for this batch arrived (set by the lane only while :data:`HOPS`).
         self.woken_at = 0.0
         #: After a batch that was not full: seconds until the lane's next pending row is due (<= 0:
@@ -206,6 +211,8 @@ class Relay:
                     # Main lane only: a test holds a batch in flight and watches the urgent lane go past it.
                     if outcome.confirmed and self._pause_before_commit_s and self.min_weight == 0:
                         await asyncio.sleep(self._pause_before_commit_s)
+                    if outcome.confirmed and self.pause_once:
+                        await asyncio.sleep(self.pause_once.pop())
                     await self._record(outcome, expired)
                 # A full batch is followed by another claim at once; otherwise the lane waits until this.
                 due = (await self.db.execute(queries.NEXT_DUE_IN.pg, {"min_weight": self.min_weight}, prepare=True)
