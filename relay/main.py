@@ -37,7 +37,7 @@ CONTENDED_WAIT_S = 0.05
 LAG_LOG_INTERVAL_S = 30.0
 
 
-#: What one relay process runs: both lanes, or one of them (see :func:`serve`).
+#: What one relay process runs: the main lane and the urgent lanes, or one kind (see :func:`serve`).
 LANES = ("all", "main", "urgent")
 
 
@@ -45,8 +45,8 @@ async def serve(settings: Settings, stop: asyncio.Event, lane: str = "all") -> N
     """Relay until ``stop`` is set; reconnects with capped back-off on any connection loss.
 
     ``lane``: ``all`` (the default) runs the main lane (every tier) and, if the topology has urgent
-    tiers, the urgent lane in this process; ``main`` runs only the main lane and ``urgent`` only the
-    urgent lane, for deployments that give the urgent lane a process (or a machine) of its own.
+    tiers, ``relay_urgent_lanes`` urgent lanes in this process; ``main`` runs only the main lane and
+    ``urgent`` only the urgent lanes, for deployments that give them a process (or a machine) of their own.
     """
     check_lane(settings, lane)
     urgent_weight = settings.topology.urgent_weight()

@@ -18,10 +18,11 @@ reset) makes the relay declare the topology again (:meth:`Relay.redeclare`), the
 out again after ``relay_retry_delay_s``; a connection the broker blocks (``connection.blocked``,
 a memory or disk alarm) claims nothing until it is unblocked (:meth:`Relay.hold_while_blocked`).
 
-A relay process runs two lanes, each a ``Relay`` with its own Postgres
+A relay process runs several lanes, each a ``Relay`` with its own Postgres
 and AMQP connections: the main lane claims every
-tier, the urgent lane (:meth:`Relay.lane`) only rows of urgent weight, so an
-urgent row never waits behind a batch of BULK rows in flight.
+tier, the urgent lanes (:meth:`Relay.lane`, ``relay_urgent_lanes`` of them) only rows of urgent
+weight, so an urgent row never waits behind a batch of BULK rows in flight, nor behind another
+urgent batch waiting for its confirms (:class:`~tierbox.relay.wakeup.LaneGroup`).
 
 Guarantee: at least once. A row leaves ``pending`` only after the broker
 confirmed it and did not return it. If the relay dies after a confirm but
