@@ -8,13 +8,17 @@ One line in the module that builds the Celery app, before its tasks are register
 Every task of the app then derives from :class:`LedgerTask`: a delivery of a job enqueued through
 the outbox (``outbox.celery_task``) starts an attempt in the ledger, so a redelivered duplicate
 does not run twice, and its success, Celery retries and final failure (a dead letter) are recorded.
-Tasks called with ``.delay()`` run as before. Needs the ``celery`` extra (``pip install
+Tasks called with ``.delay()`` run as before, without a word to the ledger (only the messages the
+relay publishes carry the ``tierbox_job`` marker), so the ledger database is a dependency of Tierbox
+jobs only. Needs the ``celery`` extra (``pip install
 'tierbox[celery]'``); nothing else in Tierbox imports Celery.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from celery.signals import worker_ready  # type: ignore[import-untyped]
 
 from tierbox.celery.ledger import LEASE_MARGIN_S, REAP_EVERY_S, CeleryLedger
 from tierbox.celery.task import APP_ATTRIBUTE, LedgerTask
@@ -32,7 +36,8 @@ def install(app: Any, *, database_url: str | None = None, lease_margin_s: float 
 
     An attempt's lease lasts the task's hard time limit plus ``lease_margin_s``: a worker killed
     mid-task leaves the job to the reaper once it expires (retried through the outbox, or dead):
-    each worker process reaps every ``reap_every_s``.
+    the worker's main process (from ``worker_ready``) and each process that ran a job reap every
+    ``reap_every_s``.
 
     Call it where the app is built, before the app is finalized (before a worker starts or any task
     is called): Celery builds each task's class from ``task_cls`` then. An app with a ``task_cls`` of
@@ -54,6 +59,13 @@ def install(app: Any, *, database_url: str | None = None, lease_margin_s: float 
         app.task_cls = LEDGER_TASK_CLS
     ledger = CeleryLedger(url, lease_margin_s=lease_margin_s, reap_every_s=reap_every_s)
     setattr(app, APP_ATTRIBUTE, ledger)
+
+    def reap_from_the_main_process(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:  # the signal is global: another app's worker is not ours
+            ledger.start_reaper()
+
+    # weak=False: the receiver is a closure nothing else references.
+    worker_ready.connect(reap_from_the_main_process, weak=False)
     return ledger
 
 

@@ -36,6 +36,9 @@ R = TypeVar("R", bound=tuple[Any, ...])
 REAP_EVERY_S = 30.0
 #: Default seconds a lease outlives the task's hard time limit.
 LEASE_MARGIN_S = 30.0
+#: Seconds to wait for a ledger connection: a blackholed database must not hold a delivery for the
+#: system's TCP timeout (minutes); the delivery waits and is tried again instead.
+CONNECT_TIMEOUT_S = 10
 
 
 class CeleryLedger:
@@ -65,7 +68,8 @@ class CeleryLedger:
         if conn is None or getattr(local, "pid", 0) != os.getpid() or conn.closed or conn.broken:
             # A connection inherited through fork belongs to the parent: dropped, never closed here
             # (closing would send a Terminate on the parent's socket).
-            conn = psycopg.connect(self.dsn, autocommit=True, application_name="tierbox-celery")
+            conn = psycopg.connect(self.dsn, autocommit=True, application_name="tierbox-celery",
+                                   connect_timeout=CONNECT_TIMEOUT_S)
             local.conn, local.pid = conn, os.getpid()
         return conn
 
@@ -113,21 +117,35 @@ class CeleryLedger:
             event(log, "celery.reaped", logging.WARNING, job_id=row.job_id, decision=row.decision)
         return reaped
 
-    def _ensure_reaper(self) -> None:
-        """Reap now, and every ``reap_every_s`` from a daemon thread of this process (started with its
-        first delivery; a forked child starts its own): a job whose worker died is recovered even
-        while no other delivery arrives, and even with no Tierbox worker running."""
+    def start_reaper(self) -> None:
+        """Start this process's reaper thread, if it has none, without waiting for the ledger.
+
+        :func:`tierbox.celery.install` calls it in the worker's main process once the worker is ready
+        (``worker_ready``): under the prefork pool a child whose task overran its hard ``time_limit``
+        is killed with its reaper thread, and the other children start theirs only with a delivery,
+        so without the main process's thread that job's lease could wait for the next delivery."""
+        self._ensure_reaper(reap_now=False)
+
+    def _ensure_reaper(self, reap_now: bool = True) -> None:
+        """Reap (now, unless ``reap_now`` is False: the thread's first round does) and every
+        ``reap_every_s`` from a daemon thread of this process (started with its first delivery or by
+        :meth:`start_reaper`; a forked child starts its own): a job whose worker died is recovered
+        even while no other delivery arrives, and even with no Tierbox worker running."""
         if self._reaper_pid == os.getpid():
             return
         with self._reaper_lock:
             if self._reaper_pid == os.getpid():
                 return
             self._reaper_pid = os.getpid()
-            self._reap_quietly()
-            threading.Thread(target=self._reap_forever, name="tierbox-celery-reaper", daemon=True).start()
+            if reap_now:
+                self._reap_quietly()
+            threading.Thread(target=self._reap_forever, args=(not reap_now,), name="tierbox-celery-reaper",
+                             daemon=True).start()
 
-    def _reap_forever(self) -> None:
+    def _reap_forever(self, reap_first: bool) -> None:
         pid = os.getpid()
+        if reap_first:
+            self._reap_quietly()
         while self._reaper_pid == pid:
             time.sleep(self.reap_every_s)
             self._reap_quietly()

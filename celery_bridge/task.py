@@ -6,7 +6,8 @@ swallowed). A custom ``__call__`` is what Celery's tracer calls instead of ``run
 ``fun = task if task_has_custom(task, '__call__') else task.run``), and an ``Ignore`` raised there
 acks the message with the state IGNORED, without calling the task's code.
 
-For each delivery whose task id is a Tierbox job id (the relay publishes jobs that way):
+For each delivery the relay marked as a Tierbox job (the ``tierbox_job`` header,
+:data:`outbox.celery.JOB_MARKER`, naming the job id, which is also the task id):
 
 1. ``outbox.start_attempt`` counts the attempt and takes a lease, or answers why it must not run
    (``finished``: a duplicate of a job already done; ``running``: another worker has it;
@@ -25,9 +26,13 @@ Celery's logic (``max_retries``, ``countdown``/``eta``, ``autoretry_for`` with `
 (a Celery countdown message waits unacknowledged in a worker's memory). ``self.retry(args=...)``
 with new arguments is refused: the outbox re-sends the job as it was enqueued.
 
-A task id that is no Tierbox job (``.delay()`` during a migration, ``apply_async`` of Celery's own)
-runs untouched, unrecorded. A worker killed mid-task leaves its lease to expire; the reaper (Tierbox
-workers, and each Celery process every 30 s) retries or dead-letters the job through the outbox.
+A delivery without the marker (``.delay()``/``apply_async`` of the app's own, whose ids are UUIDs
+too) runs untouched and unrecorded, without a word to the ledger: the ledger database is a
+dependency of Tierbox jobs only. A marked delivery the ledger cannot start (Postgres unreachable, the
+schema not migrated) is sent again in 5 s, unchanged, and waits that way until the ledger answers.
+A worker killed mid-task (a crash, or the prefork pool's hard ``time_limit``) leaves its lease to
+expire; the reaper (Tierbox workers, and each Celery process every 30 s) retries or dead-letters the
+job through the outbox.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from celery.exceptions import (  # type: ignore[import-untyped]
 
 from outbox._failure import ErrorInfo
 from outbox._logs import event
+from outbox.celery import JOB_MARKER
 from outbox.registry import DEFAULT_TIMEOUT_S
 from tierbox.celery.ledger import CeleryLedger
 
@@ -87,7 +93,11 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
             self.signature_from_request(request, countdown=LEDGER_UNAVAILABLE_RETRY_S,
                                         retries=request.retries).apply_async()
             raise Ignore() from exc
-        if started.decision == "unknown":  # the id of no Tierbox job: a .delay() of the app's own
+        if started.decision == "unknown":
+            # Marked, yet the ledger has no such job: this worker's TIERBOX_DATABASE_URL names another
+            # database than the relay's, or retention deleted the job. Run it as Celery would, unrecorded
+            # (refusing would lose it), and say so loudly.
+            event(log, "celery.unknown_job", logging.WARNING, job_id=job_id, task=self.name)
             return self.run(*args, **kwargs)
         if started.decision != "run":
             event(log, "celery.skipped", job_id=job_id, task=self.name, decision=started.decision)
@@ -140,9 +150,17 @@ class LedgerTask(Task):  # type: ignore[misc]  # Celery has no type information
 
 
 def _job_id(request: Any) -> uuid.UUID | None:
-    """The delivery's task id as a job id, or None (not a uuid, or called directly)."""
+    """The Tierbox job this delivery runs, or None: not marked by the relay (a ``.delay()`` of the
+    app's own), or the marker does not name the task id, or called directly."""
     task_id = getattr(request, "id", None)
     if not task_id:
+        return None
+    # Celery keeps headers it does not know in request.headers (and, by older versions, as attributes).
+    headers = getattr(request, "headers", None)
+    marker = headers.get(JOB_MARKER) if isinstance(headers, dict) else None
+    if marker is None:
+        marker = getattr(request, JOB_MARKER, None)
+    if marker is None or str(marker) != str(task_id):
         return None
     try:
         return uuid.UUID(str(task_id))

@@ -38,6 +38,12 @@ HEADER_SOFT_TIME_LIMIT = "x-tierbox-celery-soft-time-limit"
 #: Every route header; the relay finds a Celery job by the first one.
 ROUTE_HEADERS = (HEADER_QUEUE, HEADER_EXCHANGE, HEADER_ROUTING_KEY, HEADER_TIME_LIMIT, HEADER_SOFT_TIME_LIMIT)
 
+#: The message header the relay adds to every Celery message it publishes (value: the job id): a
+#: worker with ``tierbox.celery`` installed consults the ledger for marked deliveries only, so a
+#: task sent with ``.delay()`` never depends on the ledger. Not a route header: it is set on the
+#: AMQP message, never stored in the job's headers.
+JOB_MARKER = "tierbox_job"
+
 #: Celery's default queue (``task_default_queue``).
 DEFAULT_QUEUE = "celery"
 
@@ -129,4 +135,4 @@ def _runs_on_celery(name: str) -> Callable[..., Any]:
     return run_on_celery
 
 
-__all__ = ["DEFAULT_QUEUE", "ROUTE_HEADERS", "celery_task", "celery_tasks_from_routes", "is_celery_task"]
+__all__ = ["DEFAULT_QUEUE", "JOB_MARKER", "ROUTE_HEADERS", "celery_task", "celery_tasks_from_routes", "is_celery_task"]

@@ -23,6 +23,12 @@ Tierbox's choices inside that format:
   ``max_retries`` check count the same attempts as the ledger when the outbox re-sends a job.
 * ``argsrepr``/``kwargsrepr`` say how many arguments and which keyword names, never their values:
   Celery logs and monitors show these, and payloads are not logged.
+* one header of Tierbox's own, ``tierbox_job`` (:data:`outbox.celery.JOB_MARKER`, value: the job
+  id), marks the message as a Tierbox job. ``tierbox.celery`` consults the ledger only for marked
+  deliveries: a task sent with ``.delay()`` (a UUID task id too) runs as before, even while the
+  ledger is unreachable. Celery keeps a header it does not know in ``request.headers`` and sends it
+  again with the task's retries (``signature_from_request``); a worker without ``tierbox.celery``
+  ignores it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from outbox.celery import (
     HEADER_ROUTING_KEY,
     HEADER_SOFT_TIME_LIMIT,
     HEADER_TIME_LIMIT,
+    JOB_MARKER,
 )
 
 CONTENT_TYPE = "application/json"
@@ -99,6 +106,7 @@ def build(row: ClaimedRow, route: Route) -> tuple[bytes, aiormq.spec.Basic.Prope
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
+        JOB_MARKER: task_id,
     }
     properties = aiormq.spec.Basic.Properties(
         content_type=CONTENT_TYPE,

@@ -1,7 +1,8 @@
 """The Celery app the tests/celery_bridge worker runs: an ordinary Celery 5 app plus one line, ``install``.
 
 Configured from the environment the test gives the worker process: the broker, the queue (one per
-test module) and the Tierbox database. Each task writes what it did to ``public.celery_effects`` in
+test module) and the Tierbox database (``TB_LEDGER_URL``, when set, puts the ledger elsewhere than the
+effects table; ``TB_CELERY_INSTALL=0`` leaves ``install`` out: an unchanged Celery app). Each task writes what it did to ``public.celery_effects`` in
 its own transaction, so a test compares the ledger with what the worker really ran.
 """
 
@@ -28,11 +29,12 @@ CREATE TABLE IF NOT EXISTS public.celery_switches (key text PRIMARY KEY);
 """
 
 app = Celery("tbtest", broker=os.environ.get("TB_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//"))
-# The one line a Celery team adds (a short lease margin and reap period: the crash test's lease expires
-# and is reaped within seconds).
-tierbox.celery.install(app, database_url=DATABASE_URL or None,
-                       lease_margin_s=float(os.environ.get("TB_LEASE_MARGIN_S", "30")),
-                       reap_every_s=float(os.environ.get("TB_REAP_EVERY_S", "30")))
+if os.environ.get("TB_CELERY_INSTALL", "1") != "0":
+    # The one line a Celery team adds (a short lease margin and reap period: the crash test's lease
+    # expires and is reaped within seconds).
+    tierbox.celery.install(app, database_url=os.environ.get("TB_LEDGER_URL") or DATABASE_URL or None,
+                           lease_margin_s=float(os.environ.get("TB_LEASE_MARGIN_S", "30")),
+                           reap_every_s=float(os.environ.get("TB_REAP_EVERY_S", "30")))
 app.conf.update(
     task_default_queue=QUEUE,
     task_serializer="json",
@@ -97,7 +99,8 @@ def refuse(self: Any, how: str) -> None:
 
 @app.task(name="tbtest.sleepy", bind=True)
 def sleepy(self: Any, key: str) -> str:
-    """Runs for a minute unless the switch ``key`` is on (the crash test kills the worker meanwhile)."""
+    """Runs for a minute unless the switch ``key`` is on (the crash test kills the worker meanwhile;
+    under prefork, the time limits of the message end it)."""
     _record(self, "start")
     if not _switched_on(key):
         time.sleep(60)

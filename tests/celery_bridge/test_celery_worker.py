@@ -8,6 +8,7 @@ Celery worker really ran (``public.celery_effects``, one row per run, written by
 from __future__ import annotations
 
 import signal
+import uuid
 
 import psycopg
 import pytest
@@ -66,6 +67,44 @@ def test_final_failure_is_a_dead_letter_that_redrive_sends_back_to_celery(bridge
     assert bridge.effects(new_job) == [("try", 0)]
     assert bridge.outcomes(new_job) == [(1, "succeeded", None, "celery")]
     assert bridge.q("SELECT redriven_at IS NOT NULL FROM outbox.dead_letters WHERE job_id = %s", job) == [(True,)]
+
+
+def test_a_celery_dead_letter_is_read_triaged_and_redriven_through_the_admin_api(bridge: Bridge) -> None:
+    """The admin API (Litestar's test client, as tests/api) serves a Celery job's dead letter, its
+    attempts and its failure group like any other, and its redrive runs on Celery again."""
+    from tests.api.test_api import OPERATE, READ, make_client
+
+    job = bridge.enqueue("tbtest.flaky", "switch-api")
+    bridge.wait_status(job, "dead", timeout=60)
+    [(fingerprint,)] = bridge.q("SELECT fingerprint FROM outbox.dead_letters WHERE job_id = %s", job)
+    [(tasks, failed_attempts, dead_letters)] = bridge.q(
+        "SELECT tasks, failed_attempts, dead_letters FROM outbox.failure_groups WHERE fingerprint = %s", fingerprint)
+    assert "tbtest.flaky" in tasks and failed_attempts >= 3 and dead_letters >= 1
+
+    with make_client(bridge.settings.database_url, bridge.settings.queue_prefix) as client:
+        shown = client.get(f"/admin/dlq/{job}", headers=READ)
+        assert shown.status_code == 200, shown.text
+        letter = shown.json()["dead_letter"]
+        assert (letter["task"], letter["tier"], letter["reason"], letter["error_type"], letter["state"]) == (
+            "tbtest.flaky", "normal", "failed", "RuntimeError", "open")
+        assert [(a["attempt"], a["outcome"]) for a in shown.json()["attempts"]] == [(1, "failed"), (2, "failed"),
+                                                                                   (3, "failed")]
+        listed = client.get("/admin/dlq", params={"task": "tbtest.flaky"}, headers=READ).json()["items"]
+        assert str(job) in [item["job_id"] for item in listed]
+        group = client.get(f"/admin/failure-groups/{fingerprint}", headers=READ)
+        assert group.status_code == 200, group.text
+        assert "tbtest.flaky" in group.json()["group"]["tasks"] and group.json()["group"]["open_dead_letters"] >= 1
+        assert str(job) in [sample["job_id"] for sample in group.json()["sample_jobs"]]
+        assert group.json()["verdict"]["cause"]  # triage answered for a Celery task's group
+
+        with psycopg.connect(bridge.settings.database_url) as conn:
+            conn.execute("INSERT INTO public.celery_switches (key) VALUES ('switch-api')")
+        redriven = client.post(f"/admin/dlq/{job}/redrive", json={"reason": "downstream fixed"}, headers=OPERATE)
+        assert redriven.status_code == 200, redriven.text
+        new_job = uuid.UUID(redriven.json()["new_job_id"])
+    bridge.wait_status(new_job, "succeeded")
+    assert bridge.effects(new_job) == [("try", 0)]
+    assert bridge.outcomes(new_job) == [(1, "succeeded", None, "celery")]
 
 
 def test_reject_and_time_limit_are_dead_letters_with_their_reason(bridge: Bridge) -> None:

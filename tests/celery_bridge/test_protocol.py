@@ -17,7 +17,7 @@ from celery import Celery
 
 import outbox
 import tierbox.celery
-from outbox.celery import HEADER_QUEUE, celery_task, celery_tasks_from_routes, is_celery_task
+from outbox.celery import HEADER_QUEUE, JOB_MARKER, celery_task, celery_tasks_from_routes, is_celery_task
 from outbox.config import Settings
 from outbox.registry import Registry
 from tierbox.relay.relay import Relay
@@ -100,7 +100,9 @@ async def test_the_relay_publishes_what_celery_itself_would_send(settings: Setti
     try:
         reference = Celery("reference").amqp.as_task_v2(str(job_id), "app.tasks.send_otp", args=["+4400", 6],
                                                          kwargs={"code": "123456"}, time_limit=30)
-        assert set(message.headers) == set(reference.headers)
+        # Celery's header set, plus the one marker a worker with tierbox.celery looks for (naming the job).
+        assert set(message.headers) == set(reference.headers) | {JOB_MARKER}
+        assert message.headers[JOB_MARKER] == str(job_id)
         assert message.headers["id"] == message.headers["root_id"] == str(job_id)
         assert message.headers["task"] == "app.tasks.send_otp" and message.headers["retries"] == 0
         assert message.headers["timelimit"] == [30.0, None] and message.headers["eta"] is None
