@@ -18,13 +18,15 @@ by a re-read one second after the stream's first read, and at every heartbeat.
 
 Applications mount :meth:`JobEvents.router` (Litestar) or :meth:`JobEvents.asgi_app` (any ASGI
 framework) and hand their users a capability from :func:`outbox.job_capability`: it lets its holder
-read one job's events until it expires, nothing else. docs/progress.md.
+read one job's events and its status (``GET .../jobs/{job_id}``) until it expires, nothing else.
+docs/progress.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncGenerator
@@ -33,6 +35,7 @@ from typing import Any
 import msgspec
 import psycopg
 from litestar import Litestar, Request, Router, get
+from litestar.datastructures import CacheControlHeader
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -142,6 +145,34 @@ class EventBody(msgspec.Struct, kw_only=True):
     data: Any
 
 
+class LatestProgress(msgspec.Struct, kw_only=True):
+    """A job's latest ``ctx.progress``, as its stream sent it."""
+
+    #: From 0 to 1.
+    fraction: float
+    message: str | None
+    data: Any
+    at: dt.datetime
+    #: The id of its event in the stream (``Last-Event-ID`` resumes after it).
+    event_id: int
+
+
+class JobState(msgspec.Struct, kw_only=True):
+    """What ``GET {path}/{job_id}`` of the end-user router answers: the job's state, never its
+    arguments, errors or result (those are the application's to show)."""
+
+    job_id: uuid.UUID
+    #: ``pending``, ``published``, ``running``, ``retrying``, ``succeeded``, ``dead``, ``discarded``
+    #: or ``expired``.
+    status: str
+    #: Attempts started so far.
+    attempts: int
+    #: When it reached its outcome; None until then.
+    finished_at: dt.datetime | None
+    #: None if the job reported no progress.
+    progress: LatestProgress | None
+
+
 def _message(row: queries.JobEventRow) -> ServerSentEventMessage:
     body = EventBody(id=row.id, job_id=row.job_id, at=row.at.isoformat(), kind=row.kind, status=row.status,
                      fraction=row.fraction, message=row.message, data=row.data)
@@ -212,6 +243,20 @@ class JobEvents:
         return ServerSentEvent(self.stream(job_id, after),
                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    async def state(self, job_id: uuid.UUID) -> JobState:
+        """The job's status, attempts, outcome time and latest progress; 404 if the ledger has no such job."""
+        async with self.engine.connect() as conn:
+            rows = await run_async(conn, queries.JOB_STATE, {"job_id": job_id})
+        if not rows:
+            raise RequestError(404, f"no job {job_id}")
+        r = rows[0]
+        progress = None
+        if r.progress_id is not None and r.at is not None:
+            progress = LatestProgress(fraction=r.fraction or 0.0, message=r.message, data=r.data, at=r.at,
+                                      event_id=r.progress_id)
+        return JobState(job_id=job_id, status=r.status, attempts=r.attempts, finished_at=r.finished_at,
+                        progress=progress)
+
     async def _renew(self) -> None:
         """Keep the watched jobs' rows in ``outbox.job_watchers`` alive; delete the expired ones."""
         while True:
@@ -279,11 +324,19 @@ class JobEvents:
             raise RequestError(403, f"job capability refused: {exc}", field="token") from None
 
     def router(self, path: str = "/jobs") -> Router:
-        """A Litestar router serving ``GET {path}/{job_id}/events`` to holders of a job capability.
+        """A Litestar router serving ``GET {path}/{job_id}/events`` (the stream) and ``GET
+        {path}/{job_id}`` (:class:`JobState`, JSON) to holders of a job capability.
 
         Register :meth:`close` in the application's ``on_shutdown``.
         """
         events = self
+
+        @get("/{job_id:str}", cache_control=CacheControlHeader(no_store=True))
+        async def job_state(request: Request[Any, Any, Any], job_id: str) -> JobState:
+            """One job's status and latest progress, for the holder of its capability."""
+            parsed = parse_job_id(job_id)
+            events.verify(request, parsed)  # before the lookup: no capability, no clue whether it exists
+            return await events.state(parsed)
 
         @get("/{job_id:str}/events", media_type="text/event-stream", sync_to_thread=False)
         async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
@@ -292,7 +345,7 @@ class JobEvents:
             events.verify(request, parsed)
             return await events.response(parsed, last_event_id(request))
 
-        return Router(path=path, route_handlers=[job_events], exception_handlers=errors.HANDLERS)
+        return Router(path=path, route_handlers=[job_state, job_events], exception_handlers=errors.HANDLERS)
 
     def asgi_app(self, path: str = "/jobs") -> Litestar:
         """A standalone ASGI app serving :meth:`router`, to mount in any ASGI framework (it closes

@@ -116,11 +116,13 @@ class JobStateRow(NamedTuple):
     message: str | None
     data: Any
     at: dt.datetime | None
+    attempts: int
+    finished_at: dt.datetime | None
 
 
 # A job's status and its latest progress event (the status resource); no row: no such job.
 JOB_STATE = Statement("job_events.state", """
-SELECT j.status, p.id, p.fraction, p.message, p.data, p.at
+SELECT j.status, p.id, p.fraction, p.message, p.data, p.at, j.attempts, j.finished_at
 FROM outbox.jobs j
 LEFT JOIN LATERAL (
     SELECT e.id, e.fraction, e.message, e.data, e.at FROM outbox.job_events e

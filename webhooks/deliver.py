@@ -99,26 +99,36 @@ async def deliver(ctx: outbox.TaskContext, job_id: str) -> None:
                                    f"~{decision.delay_s:.0f} s)", retry_after_s=decision.delay_s)
     ok = False
     try:
-        answer = await _send(a, secrets)
+        answer = await send(a, secrets)
         ok = answer.status < 500 and answer.status != 429
     except DeliveryError as exc:  # no answer: a failed contact
         give_up_if_spent(ctx.attempt, a, str(exc))
         raise
     finally:
         await breakers.record(a.url, ctx.tier, ok, decision)
+    judge(answer, a, ctx.attempt)
+    await run_async(ctx.session, queries.MARK_DELIVERED, {"job_id": job_id, "status": answer.status})
+
+
+def judge(answer: transport.Answer, a: queries.Announcement, attempt: int) -> None:
+    """Return if ``answer`` took the delivery (2xx); otherwise raise what the worker records:
+    :class:`DeliveryError` (retried) for 408/425/429/5xx, :class:`~outbox.Reject` (dead-lettered now)
+    for any other status, 3xx included, or once attempt ``attempt`` spent the retries."""
     if 200 <= answer.status < 300:
-        await run_async(ctx.session, queries.MARK_DELIVERED, {"job_id": job_id, "status": answer.status})
         return
     detail = f"{a.url} answered {answer.status}: {answer.snippet!r}"
     if answer.status in RETRY_STATUSES:
         retry_after = f" (Retry-After: {answer.retry_after})" if answer.retry_after else ""
-        give_up_if_spent(ctx.attempt, a, detail + retry_after)
+        give_up_if_spent(attempt, a, detail + retry_after)
         raise DeliveryError(detail + retry_after, retry_after_seconds(answer.retry_after))
     raise Reject(detail + (" (redirects are not followed)" if 300 <= answer.status < 400 else ""),
                  fingerprint=f"webhook-http-{answer.status}")
 
 
-async def _send(a: queries.Announcement, secrets: list[str]) -> transport.Answer:
+async def send(a: queries.Announcement, secrets: list[str], limits: transport.Limits = transport.LIMITS
+               ) -> transport.Answer:
+    """Sign ``a``'s body with every secret value and POST it within ``limits``; :class:`DeliveryError`
+    if no answer came (network error, a read or the whole request timing out)."""
     text = msgspec.json.encode(body(a)).decode()
     msg_id, now = message_id(a.job_id), dt.datetime.now(dt.UTC)
     headers = {
@@ -126,8 +136,8 @@ async def _send(a: queries.Announcement, secrets: list[str]) -> transport.Answer
         "webhook-signature": signing.signature(secrets, msg_id, now, text, secret_env(a.secret_name)),
     }
     try:
-        async with asyncio.timeout(transport.TOTAL_TIMEOUT_S):
-            return await transport.post(a.url, text.encode(), headers)
+        async with asyncio.timeout(limits.total_s):
+            return await transport.post(a.url, text.encode(), headers, limits)
     except (httpx.TransportError, TimeoutError) as exc:
         raise DeliveryError(f"{a.url}: no answer ({type(exc).__name__}: {str(exc)[:200]})") from None
 

@@ -30,6 +30,24 @@ SNIPPET_CHARS = 200
 USER_AGENT = "tierbox-webhooks/1"
 
 
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The limits of one delivery's request (defaults: the module's constants, docs/webhooks.md)."""
+
+    #: Seconds to establish the connection (TCP and TLS).
+    connect_s: float = CONNECT_TIMEOUT_S
+    #: Seconds to wait for each read of the answer.
+    read_s: float = READ_TIMEOUT_S
+    #: Seconds for the whole request (resolution, connection, sending, the answer): a receiver that
+    #: trickles its answer a byte at a time never trips the read timeout, this one it does.
+    total_s: float = TOTAL_TIMEOUT_S
+    #: Bytes of the response body read at most.
+    max_response_bytes: int = MAX_RESPONSE_BYTES
+
+
+#: The limits deliveries use.
+LIMITS = Limits()
+
+
 class Answer(msgspec.Struct, frozen=True):
     """What the receiver answered."""
 
@@ -50,25 +68,30 @@ def pinned(url: str, address: IPAddress) -> tuple[str, str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=netloc)), host_header, extensions
 
 
-async def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
+async def post(url: str, body: bytes, headers: dict[str, str], limits: Limits = LIMITS) -> Answer:
     """POST ``body`` to ``url``; raises :class:`outbox.webhooks.WebhookError` if the address is refused
-    now, ``httpx.TransportError`` (connect, TLS, timeout, protocol) if no answer came."""
+    now, ``httpx.TransportError`` (connect, TLS, timeout, protocol) if no answer came.
+
+    ``limits``' connect and read timeouts apply here; its total is the caller's to enforce
+    (:func:`tierbox.webhooks.deliver.send`), around this call and the resolution in it.
+    """
     addresses = await asyncio.to_thread(check_url, url)  # getaddrinfo blocks: not on the event loop
     # check_url admitted every address (or the host is allow-listed); prefer a public one.
     address = sorted(addresses, key=lambda a: refusal(a) is not None)[0]
     target, host_header, extensions = pinned(url, address)
-    timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S)
+    timeout = httpx.Timeout(limits.read_s, connect=limits.connect_s, pool=limits.connect_s)
     async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         request = client.build_request("POST", target, content=body, extensions=extensions, headers={
             **headers, "host": host_header, "content-type": "application/json", "user-agent": USER_AGENT})
         response = await client.send(request, stream=True)
         try:
+            cap = limits.max_response_bytes
             chunks, size, truncated = [], 0, False
             async for chunk in response.aiter_raw():
-                chunks.append(chunk[: MAX_RESPONSE_BYTES - size])
+                chunks.append(chunk[: max(cap - size, 0)])
                 size += len(chunk)
-                if size >= MAX_RESPONSE_BYTES:
-                    truncated = True
+                if size > cap:  # more than the cap arrived: the rest is not read (a body of exactly
+                    truncated = True  # the cap reads one more, empty, chunk and is not truncated)
                     break
         finally:
             await response.aclose()

@@ -186,3 +186,48 @@ def test_only_watched_jobs_notify(db_url: str) -> None:
         assert len(events(conn, unwatched)) == len(events(conn, watched)) == 3  # the events are written alike
         run(conn, _queries.UNWATCH_EXPIRED)
         assert conn.execute("SELECT job_id FROM outbox.job_watchers").fetchall() == [(watched,)]
+
+
+def test_a_retry_an_expiry_and_a_discard_are_events_of_their_jobs(tx: psycopg.Connection) -> None:
+    """The trigger ``record_job_event`` for the statuses the tests above do not reach: a retried
+    attempt and the next one, an expiry as the relay records it, a dead letter discarded."""
+    from outbox import _transitions
+    from outbox._sql import run
+
+    def fails_once(ctx: outbox.TaskContext, **_: Any) -> None:
+        ctx.progress(0.5, f"attempt {ctx.attempt}")
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt fails")
+
+    job_id, first = _drain_with(tx, fails_once, max_retries=1)
+    reg = Registry()
+    real = registry.get("sample.progress")
+    assert real is not None
+    reg.add(msgspec.structs.replace(real, fn=fails_once, takes_context=True))
+    [second] = outbox.testing.drain(tx, registry_=reg, jobs=[job_id])
+    assert (first, second.status) == ("retrying", "succeeded")
+    assert events(tx, job_id) == [
+        ("status", "running", None, None, {"attempt": 1}),
+        ("progress", None, 0.5, "attempt 1", None),
+        ("status", "retrying", None, None, {"attempt": 1}),
+        ("status", "running", None, None, {"attempt": 2}),
+        ("progress", None, 0.5, "attempt 2", None),
+        ("outcome", "succeeded", None, None, {"attempt": 2}),
+    ]
+
+    # Expired before it was published, by the relay's own statement: never ran, so attempt 0.
+    expired = outbox.enqueue(tx, "sample.progress", expires=60.0)
+    run(tx, _transitions.MARK_EXPIRED, {"ids": [expired]})
+    assert events(tx, expired) == [("outcome", "expired", None, None, {"attempt": 0})]
+
+    def refuses(ctx: outbox.TaskContext, **_: Any) -> None:
+        raise outbox.Reject("no")
+
+    dead, status = _drain_with(tx, refuses)
+    assert status == "dead"
+    outbox.discard(tx, dead, by="test", reason="seen")
+    assert events(tx, dead) == [("status", "running", None, None, {"attempt": 1}),
+                                ("outcome", "dead", None, None, {"attempt": 1}),
+                                ("outcome", "discarded", None, None, {"attempt": 1})]
+    run(tx, _transitions.MARK_EXPIRED, {"ids": [dead]})
+    assert len(events(tx, dead)) == 3, "a finished job does not expire: no event"

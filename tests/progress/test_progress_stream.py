@@ -192,6 +192,13 @@ def test_end_user_capability_heartbeats_and_refusals(system: System, enduser: En
     assert stream.comments.count("heartbeat") >= 3, stream.comments
     bearer = sse.read(http, url, headers={"Authorization": f"Bearer {token}", "Last-Event-ID": str(stream.ids[2])})
     assert bearer.ids == stream.ids[3:]
+    # The status resource beside the stream, behind the same capability.
+    state = http.get(f"/jobs/{job}", params={"token": token})
+    assert state.status_code == 200, state.text
+    assert {k: state.json()[k] for k in ("status", "attempts")} == {"status": "succeeded", "attempts": 1}
+    assert state.json()["progress"]["event_id"] == stream.ids[-2] and state.json()["progress"]["fraction"] == 1.0
+    assert http.get(f"/jobs/{job}").status_code == 403
+    assert http.get(f"/jobs/{job}", headers=READ).status_code == 403
 
 
 def test_chromium_eventsource_receives_the_events(system: System, enduser: EndUserApp) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -25,6 +27,15 @@ WORKER_ENV = {
     "TIERBOX_WEBHOOK_ALLOW": "127.0.0.1",
     "TIERBOX_WEBHOOK_SECRET_CRM": f"{OLD_SECRET} {NEW_SECRET}",
 }
+
+
+def signed_by_hand(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    """The Standard Webhooks ``v1`` signature computed from the specification alone, without the
+    ``standardwebhooks`` library Tierbox signs with: the key is the base64 after ``whsec_``, the
+    signed content ``{id}.{timestamp}.{body}``, the MAC HMAC-SHA256, sent as ``v1,<base64>``."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    content = msg_id.encode() + b"." + timestamp.encode() + b"." + body
+    return "v1," + base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
 
 
 @dataclass

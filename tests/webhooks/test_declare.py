@@ -14,6 +14,7 @@ import outbox.testing
 from outbox import webhooks
 from outbox._sql import run
 from outbox.registry import Registry
+from outbox.tiers import DEFAULT_TOPOLOGY
 from tests.webhooks.conftest import OLD_SECRET
 
 reg = Registry()
@@ -171,3 +172,35 @@ def test_attempts_that_found_the_breaker_open_do_not_spend_the_retries(db_url: s
         deliver.give_up_if_spent(6, a, "503")
         with pytest.raises(outbox.Reject, match="gave up after 3 failed contacts \\(4 attempts found the breaker open\\)"):
             deliver.give_up_if_spent(7, a, "503")
+
+
+def test_the_delivery_tier_is_configurable_and_an_unknown_one_is_refused(
+        db_url: str, allow_loopback: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TIERBOX_WEBHOOK_TIER`` (``Settings.webhook_tier``), applied by ``configure(tier=...)`` as the
+    entry points do; the ``allow_loopback`` fixture restores the policy afterwards."""
+    monkeypatch.setenv("TIERBOX_WEBHOOK_TIER", "LOW")
+    webhooks.configure(tier=outbox.Settings.from_env().webhook_tier)
+    assert webhooks.policy().tier == "low"
+    with psycopg.connect(db_url) as conn:
+        job = outbox.enqueue(conn, ok, webhook=HOOK)
+        conn.commit()
+        outbox.testing.drain(conn, registry_=reg, jobs=[job])
+        conn.commit()
+        [(task, tier, pending_tier, weight, priority)] = conn.execute(
+            "SELECT d.task, d.tier, p.tier, p.weight, p.priority FROM outbox.webhooks w "
+            "JOIN outbox.jobs d ON d.id = w.delivery_job_id JOIN outbox.pending p ON p.job_id = d.id "
+            "WHERE w.job_id = %s", (job,)).fetchall()
+        low = DEFAULT_TOPOLOGY.spec("low")
+        assert (task, tier, pending_tier, weight) == (webhooks.DELIVERY_TASK, "low", "low", low.weight)
+        assert priority == low.weight, "a quorum tier without max_priority: the tier's weight"
+
+        # A tier the topology does not have: refused at enqueue, naming the setting; nothing written.
+        webhooks.configure(tier="nope")
+        with pytest.raises(outbox.ConfigError, match="TIERBOX_WEBHOOK_TIER") as err:
+            outbox.enqueue(conn, ok, webhook=HOOK)
+        assert "'nope' is not a tier" in str(err.value) and "normal" in str(err.value)
+        assert outbox.enqueue(conn, ok) is not None, "the transaction is still usable"
+        conn.rollback()
+        with pytest.raises(outbox.ConfigError, match="TIERBOX_WEBHOOK_TIER"):
+            webhooks.configure(tier="")
+        assert webhooks.policy().tier == "nope", "a refused configure changes nothing"

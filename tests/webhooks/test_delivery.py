@@ -23,7 +23,7 @@ from tests.api.test_api_http import start_api
 from tests.helpers import Proc, free_port
 from tests.system import System
 from tests.webhooks import tasks as result_tasks  # noqa: F401 - registers the wh.result_* tasks (enqueued by name)
-from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET, WORKER_ENV, Receiver
+from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET, WORKER_ENV, Receiver, signed_by_hand
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,9 @@ def test_signed_delivery_survives_a_worker_killed_after_the_outcome(system: Syst
     assert Verifier(OLD_SECRET).verify(raw, headers) == Verifier(NEW_SECRET).verify(raw, headers)
     assert len(headers["webhook-signature"].split(" ")) == 2
     assert all(s.startswith("v1,") for s in headers["webhook-signature"].split(" "))
+    # And by the specification computed by hand on the bytes received (not by the library that signed).
+    assert headers["webhook-signature"].split(" ") == [
+        signed_by_hand(s, headers["webhook-id"], headers["webhook-timestamp"], raw) for s in (OLD_SECRET, NEW_SECRET)]
     assert headers["webhook-id"] == f"msg_{job.hex}"
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 120
     assert headers["content-type"] == "application/json"
@@ -197,3 +200,66 @@ def test_the_receivers_breaker_opens_and_stops_the_calls(system: System, receive
     assert during == [], (float(opened_at), during)
     assert len([r for r in receiver.requests if r["wall"] <= float(opened_at)]) >= 5, "5 failures opened it"
     assert all(system.status(d) != "succeeded" for d in deliveries if d)
+
+
+def test_a_worker_killed_mid_delivery_still_delivers_once(system: System, receiver: Receiver,
+                                                          allow_loopback: None) -> None:
+    """One worker serves the job's tier and the delivery tier: it records the outcome, starts the
+    delivery and is SIGKILLed while the receiver is still answering. The receiver processes that
+    first request (its 2xx never reaches the dead worker); the restarted worker delivers again, and
+    the receiver's idempotency on ``webhook-id`` absorbs the duplicate."""
+    def slow_first(n: int) -> int:
+        if n == 1:
+            time.sleep(4.0)  # the worker is killed during this answer
+        return 204
+
+    receiver.status = slow_first
+    system.relay()
+    worker = system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    job = enqueue(system, "sample.otp", receiver.url(), "+4912345")
+    system.wait_status(job, "succeeded")
+    system.wait(lambda: len(receiver.requests) >= 1, timeout=30, what="the delivery reached the receiver")
+    worker.kill(signal.SIGKILL)
+    worker.wait(10)
+    delivery = delivery_of(system, job)
+    assert delivery is not None
+    assert system.status(delivery) == "running", "killed mid-delivery: not recorded as delivered"
+
+    system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    system.wait_status(delivery, "succeeded", timeout=60)
+    assert [r["headers"]["webhook-id"] for r in receiver.requests] == [f"msg_{job.hex}"] * 2
+    assert list(receiver.processed) == [f"msg_{job.hex}"], "processed once"
+    # The first attempt's lease expired with its worker: recovered as crashed by the new worker's reaper.
+    assert system.outcomes(delivery) == ["crashed", "succeeded"]
+    assert system.q("SELECT response_status FROM outbox.webhooks WHERE job_id = %s", job) == [(204,)]
+
+
+def test_a_delivery_that_spends_its_retries_is_a_dead_letter(system: System, receiver: Receiver,
+                                                            allow_loopback: None) -> None:
+    receiver.status = lambda n: 503
+    system.relay()
+    system.worker("--queues", f"{APP_TIERS},normal", env=WORKER_ENV)
+    with psycopg.connect(system.settings.database_url) as conn:
+        job = outbox.enqueue(conn, "sample.otp", args=["+4912345"],
+                             webhook=outbox.Webhook(url=receiver.url(), secret="crm"))
+        # One retry instead of ten, set in the enqueuing transaction so it is in force at the outcome;
+        # two failed contacts, fewer than the five that would open the receiver's breaker.
+        conn.execute("UPDATE outbox.webhooks SET max_retries = 1 WHERE job_id = %s", (job,))
+    system.wait_status(job, "succeeded")
+    delivery = delivery_of(system, job)
+    assert delivery is not None
+    system.wait_status(delivery, "dead", timeout=40)
+    assert system.outcomes(delivery) == ["failed", "failed"]
+    assert len(receiver.requests) == 2 and receiver.processed == {}
+    assert {r["headers"]["webhook-id"] for r in receiver.requests} == {f"msg_{job.hex}"}
+    letter = system.dead_letter(delivery)
+    assert letter["task"] == webhooks.DELIVERY_TASK and letter["fingerprint"] == "webhook-retries-spent"
+    assert letter["reason"] == "non_retryable", letter
+    assert "answered 503" in letter["error_message"]
+    assert "gave up after 2 failed contacts (0 attempts found the breaker open)" in letter["error_message"]
+    groups = system.q("SELECT tasks, dead_letters FROM outbox.failure_groups WHERE fingerprint = %s",
+                      "webhook-retries-spent")
+    assert groups == [([webhooks.DELIVERY_TASK], 1)], groups
+    assert system.q("SELECT delivered_at, outcome FROM outbox.webhooks WHERE job_id = %s", job) == [(None, "succeeded")]
+    assert system.q("SELECT count(*) FROM outbox.breaker_events WHERE breaker = %s",
+                    f"webhook:127.0.0.1:{receiver.server.port}")[0][0] == 0, "the breaker stayed closed"

@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 
 import outbox
 from outbox import webhooks
-from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET
+from tests.webhooks.conftest import NEW_SECRET, OLD_SECRET, signed_by_hand
 from tierbox.webhooks import deliver, queries, signing, transport
 from tierbox.workers.outcomes import retry_delay_s
 
@@ -78,3 +78,19 @@ def test_every_secret_value_signs_and_a_missing_one_is_a_clear_refusal(monkeypat
     with pytest.raises(outbox.Reject) as err:
         signing.signature(["whsec_not*base64!"], "m", at, "{}", "TIERBOX_WEBHOOK_SECRET_X")
     assert "not*base64" not in str(err.value)
+
+
+def test_the_signatures_match_the_specification_computed_by_hand() -> None:
+    """Independent of the library that signs: each value of the secret gives the HMAC-SHA256 of
+    ``{id}.{timestamp}.{body}`` under its base64-decoded key, in the order the values are configured."""
+    at = dt.datetime(2026, 12, 2, 3, 0, 7, 900_000, tzinfo=dt.UTC)  # sent as whole seconds
+    body = '{"type":"job.succeeded","data":{"note":"caf\u00e9 \u2713"}}'
+    header = signing.signature([OLD_SECRET, NEW_SECRET], "msg_abc", at, body, "TIERBOX_WEBHOOK_SECRET_CRM")
+    expected = [signed_by_hand(s, "msg_abc", "1796180407", body.encode()) for s in (OLD_SECRET, NEW_SECRET)]
+    assert int(at.timestamp()) == 1796180407
+    assert header.split(" ") == expected
+    # The hand computation can tell signatures apart: another id, time, body or key gives another MAC.
+    assert signed_by_hand(OLD_SECRET, "msg_abd", "1796180407", body.encode()) not in header
+    assert signed_by_hand(OLD_SECRET, "msg_abc", "1796180408", body.encode()) not in header
+    assert signed_by_hand(OLD_SECRET, "msg_abc", "1796180407", body.encode() + b" ") not in header
+    assert signed_by_hand(NEW_SECRET, "msg_abc", "1796180407", body.encode()) != expected[0]
