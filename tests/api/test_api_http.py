@@ -125,7 +125,8 @@ def test_app_modules_give_the_dashboard_the_task_limits(settings: Settings, proc
     # TIERBOX_APP=sample_tasks comes from the settings; --app names the same modules on the command line.
     base = start_api(settings, procs, tmp_path, "--app", "sample_tasks")
     with httpx.Client(base_url=base, timeout=10) as http:
-        assert http.post("/ui/login", data={"token": READ_SECRET}).status_code == 200  # followed to /ui/tiers
+        login = http.post("/ui/login", data={"token": READ_SECRET})
+        assert login.status_code == 303 and login.headers["location"] == "/ui/tiers", login.text
         page = http.get("/ui/control").text
     assert 'id="limit-task-sample.rated"' in page and "5/s" in page and 'id="limits-no-app"' not in page
     missing = run_api(settings, "--app", "no_such_module", env={"TIERBOX_API_TOKENS": TOKENS_ENV})
