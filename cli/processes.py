@@ -177,9 +177,11 @@ def partitions(**overrides: Any) -> None:
 @click.option("--insecure-dev", is_flag=True, help="Serve without tokens, on 127.0.0.1 only (never in production).")
 @click.option("--database-url", help="Postgres URL.")
 @click.option("--amqp-url", help="RabbitMQ URL.")
+@click.option("--app", help="Modules that register tasks, comma-separated (or TIERBOX_APP): the dashboard "
+                            "then shows their rate and concurrency limits.")
 @one_line_errors
 def api_command(host: str | None, port: int | None, insecure_dev: bool, database_url: str | None,
-                amqp_url: str | None) -> None:
+                amqp_url: str | None, app: str | None) -> None:
     """Run the admin API."""
     import uvicorn
 
@@ -195,7 +197,8 @@ def api_command(host: str | None, port: int | None, insecure_dev: bool, database
                     "Never run this in production.\n%s", banner,
                     "no token is checked, every caller may redrive and discard" if config.auth_disabled
                     else "tokens are checked", banner)
-    settings = args.settings(database_url=database_url, amqp_url=amqp_url)
+    # The tasks are imported only to read their declared limits and breaker policies; the API runs none.
+    settings = args.load_app(database_url=database_url, amqp_url=amqp_url, app=app)
     event(log, "api.starting", host=config.host, port=config.port, tokens=len(config.tokens))
     uvicorn.run(create_app(settings, config), host=config.host, port=config.port, log_level="warning",
                 server_header=False, proxy_headers=False, access_log=False)

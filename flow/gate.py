@@ -114,6 +114,16 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     token: Hold | None = None
 
 
+class LimitState(msgspec.Struct, frozen=True, kw_only=True):
+    """A tier's or task's limits as Redis holds them now (:meth:`Gate.limit_states`)."""
+
+    #: Seconds until its rate bucket admits the next start (0: a job arriving now would start); None when
+    #: it has no rate limit, or (``rate_key``) its buckets are per kwarg value and not read.
+    next_start_in_s: float | None = None
+    #: Concurrency slots held now (leases not yet expired); None without a concurrency limit.
+    held: int | None = None
+
+
 def connect(settings: Settings, name: str | None = None) -> aioredis.Redis:
     """A Redis client for the gate: short timeouts and no retries, so a dead Redis costs ~0.5 s.
 
@@ -227,6 +237,21 @@ class Gate:
             self._redis_down("breaker_states", exc)
             raise FlowStateUnavailableError(f"Redis did not answer: {type(exc).__name__}: {exc}") from exc
 
+    async def limit_states(self, tasks: Iterable[Task]) -> dict[tuple[str, str], LimitState]:
+        """Now, for every rate-limited tier of the topology and every task of ``tasks`` with a rate or
+        concurrency limit: ``{("tier"|"task", name): LimitState}``. One pipeline: a GET per rate bucket
+        and a ZCOUNT per concurrency set, so it costs O(limits), never a scan of the keyspace (which is
+        why a ``rate_key`` task's per-value buckets are not read).
+
+        Raises :class:`~outbox.errors.FlowStateUnavailableError` when Redis does not answer (an empty
+        state would read as "idle" during the outage)."""
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S * 2):
+                return await self._limit_states(list(tasks))
+        except _REDIS_DOWN as exc:
+            self._redis_down("limit_states", exc)
+            raise FlowStateUnavailableError(f"Redis did not answer: {type(exc).__name__}: {exc}") from exc
+
     def policy(self, breaker: str) -> BreakerPolicy:
         """The policy of ``breaker`` (the default unless configured)."""
         return self.policies.get(breaker, DEFAULT_BREAKER_POLICY)
@@ -288,6 +313,38 @@ class Gate:
             text = spec.rate_limit if spec is not None else None
             self._tier_rates[tier] = parse_rate(text, f"tier {tier} rate_limit") if text else None
         return self._tier_rates[tier]
+
+    async def _limit_states(self, tasks: list[Task]) -> dict[tuple[str, str], LimitState]:
+        rated: list[tuple[tuple[str, str], str, RateLimit]] = []
+        for tier in self.settings.topology.tiers:
+            rate = self._tier_rate(tier)
+            if rate is not None:
+                rated.append((("tier", tier), f"{self.prefix}:rate:tier:{tier}", rate))
+        bounded: list[tuple[tuple[str, str], str]] = []
+        for task in tasks:
+            if task.rate_limit is not None and task.rate_key is None:
+                rated.append((("task", task.name), f"{self.prefix}:rate:task:{task.name}", task.rate_limit))
+            if task.concurrency is not None:
+                bounded.append((("task", task.name), f"{self.prefix}:conc:{task.name}"))
+        out = {("task", t.name): LimitState() for t in tasks if t.rate_limit is not None or t.concurrency is not None}
+        if not rated and not bounded:
+            return out
+        seconds, micros = await self.redis.time()
+        now_us = seconds * _US + micros
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, key, _ in rated:
+                pipe.get(key)
+            for _, key in bounded:
+                pipe.zcount(key, f"({now_us}", "+inf")  # leases expiring after now: held
+            replies = await pipe.execute()
+        for (name, _, rate), tat in zip(rated, replies[:len(rated)], strict=True):
+            # The GCRA script admits a job once now >= TAT - tolerance (an absent key: now).
+            interval = _us(rate.interval_s)
+            wait_us = max(int(tat or now_us) - min(interval // 2, _us(RATE_TOLERANCE_S)) - now_us, 0)
+            out[name] = LimitState(next_start_in_s=wait_us / _US)
+        for (name, _), held in zip(bounded, replies[len(rated):], strict=True):
+            out[name] = msgspec.structs.replace(out.get(name, LimitState()), held=int(held))
+        return out
 
     # -- breakers -----------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +22,9 @@ from outbox._sql import run_async
 from tierbox.ops import audit, queries
 from tierbox.ops.audit import Actor
 from tierbox.ops.errors import invalid
+
+if TYPE_CHECKING:
+    from outbox.registry import Task
 
 Scope = Literal["tier", "task"]
 #: The longest override accepted (a forgotten override must not route a task forever).
@@ -127,6 +130,64 @@ async def breakers(settings: Any, redis: Any = None) -> dict[str, dict[str, Any]
     # this process imported only fill in for a breaker no worker has recorded since that change.
     async with _redis(settings, redis) as client:
         return await Gate(settings, client, None, policies=registry.breakers).breaker_states()
+
+
+class RateLimitRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A configured limit (a tier's rate, a task's rate and concurrency) and its state in Redis now."""
+
+    scope: str
+    name: str
+    #: The task's tier (None for a tier row).
+    tier: str | None
+    #: Starts allowed, as configured (``"5/s"``); None: no rate limit.
+    rate: str | None
+    #: The kwarg whose every value has its own bucket of ``rate`` (None: one bucket).
+    rate_key: str | None
+    #: Jobs of the task running at once, at most; None: no limit.
+    concurrency: int | None
+    #: The state now (:class:`tierbox.flow.gate.LimitState`); None when Redis did not answer.
+    next_start_in_s: float | None = None
+    held: int | None = None
+
+
+def rate_text(count: float, period_s: float) -> str:
+    """A rate as it is written in code and topology: ``5/s``, ``10/m``, ``5/h``, ``3/10s``."""
+    unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(period_s)
+    return f"{count:g}/{unit}" if unit else f"{count:g}/{period_s:g}s"
+
+
+def configured_limits(settings: Any, tasks: Iterable[Task]) -> list[RateLimitRow]:
+    """Every rate-limited tier of the topology, then every task with a rate or concurrency limit, by name."""
+    rows = [RateLimitRow(scope="tier", name=name, tier=None, rate=spec.rate_limit, rate_key=None, concurrency=None)
+            for name, spec in settings.topology.tiers.items() if spec.rate_limit]
+    rows += [RateLimitRow(scope="task", name=t.name, tier=t.tier, rate_key=t.rate_key, concurrency=t.concurrency,
+                          rate=rate_text(t.rate_limit.count, t.rate_limit.period_s) if t.rate_limit else None)
+             for t in sorted(tasks, key=lambda t: t.name) if t.rate_limit is not None or t.concurrency is not None]
+    return rows
+
+
+async def rate_limits(settings: Any, redis: Any = None,
+                      tasks: Iterable[Task] | None = None) -> tuple[list[RateLimitRow], str | None]:
+    """The configured limits with their state in Redis now, and why the state is missing (None: it is not).
+
+    ``tasks``: the registered tasks (default: this process's registry, filled by the app modules
+    ``tierbox api --app`` imported). Redis trouble leaves the rows without state and says so, rather
+    than hiding the limits."""
+    from outbox.errors import FlowStateUnavailableError
+    from outbox.registry import registry
+    from tierbox.flow.gate import Gate
+
+    limited = [t for t in (registry if tasks is None else tasks) if t.rate_limit is not None or t.concurrency]
+    rows = configured_limits(settings, limited)
+    if not rows:
+        return rows, None
+    try:
+        async with _redis(settings, redis) as client:
+            states = await Gate(settings, client, None).limit_states(limited)
+    except FlowStateUnavailableError as exc:
+        return rows, str(exc)
+    return [msgspec.structs.replace(r, next_start_in_s=s.next_start_in_s, held=s.held)
+            if (s := states.get((r.scope, r.name))) is not None else r for r in rows], None
 
 
 async def scheduler_leader(settings: Any, redis: Any = None) -> tuple[str | None, float]:

@@ -5,7 +5,10 @@ read costs a ``tier_health`` query and a passive declare per queue on
 RabbitMQ. :class:`TierSnapshot` reads them once per ``max_age_s`` however many
 readers ask: readers that arrive while a refresh runs await that refresh (one
 shared task), never start their own. So ten open dashboards cost the broker
-and the database what one does.
+and the database what one does. The same refresh counts the open dead letters
+per tier (a GROUP BY over the open ones), the other read of the Tiers screen
+whose cost grows with the ledger; the pauses and overrides stay per request
+(two tiny tables), so a page shows a pause the moment it is made.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class TierSnapshot:
         self._broker = broker
         self.max_age_s = max_age_s
         self._value: list[TierHealth] | None = None
+        #: Open dead letters per tier, read by the same refresh as the view (tiers with none are absent).
+        self.open_dead_letters: dict[str, int] = {}
         self._read_at = 0.0
         self._refresh: asyncio.Task[list[TierHealth]] | None = None
         #: The app's shared client when given (the app closes it), else one of the snapshot's own.
@@ -68,7 +73,8 @@ class TierSnapshot:
             if self._redis is None:
                 self._redis = connect_redis(self._settings)
             value = await tiers.health(conn, self._settings, self._broker, self._redis)
-        self._value, self._read_at = value, time.monotonic()
+            open_dead = {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+        self._value, self.open_dead_letters, self._read_at = value, open_dead, time.monotonic()
         self.refreshes += 1
         return value
 

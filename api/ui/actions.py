@@ -4,14 +4,16 @@ Each action passes :func:`~tierbox.api.ui.web.actor_of_form` (same-site origin,
 the session's CSRF token, ``operate`` scope: 403 otherwise), then calls the same
 :mod:`tierbox.ops` function as the JSON API, so it is audited with the
 operator's token name. The browser is sent back (303) to the page it came from
-with what happened, or why it was refused, in the query string.
+with what happened, or why it was refused, in the query string, signed for the
+session (:func:`~tierbox.api.ui.web.back`): the page shows only a notice this
+server wrote for this session, never free text someone put in a link.
 """
 
 from __future__ import annotations
 
 import hmac
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -23,17 +25,11 @@ from tierbox.api import params
 from tierbox.api.auth import INSECURE_DEV, TokenStore
 from tierbox.api.ui.pages import GROUP_ACTION_LIMIT
 from tierbox.api.ui.session import COOKIE, CSRF_FIELD
-from tierbox.api.ui.web import actor_of_form, check_origin, codec, session_cookie, session_of
+from tierbox.api.ui.web import LOGIN_PROBLEMS, actor_of_form, back, check_origin, codec, session_cookie, session_of
 from tierbox.ops import control, group_actions
 from tierbox.ops import dead_letters as dlq
 from tierbox.ops.errors import RequestError, from_redrive_error
 from tierbox.ops.models import MAX_TEXT
-
-
-def back(path: str, *, done: str | None = None, error: str | None = None) -> Redirect:
-    """303 to ``path`` with a notice (``done``) or a refusal (``error``) to show."""
-    query = urlencode({k: v for k, v in (("done", done), ("error", error)) if v})
-    return Redirect(f"{path}?{query}" if query else path, status_code=303)
 
 
 def _text(fields: dict[str, str], name: str, *, required: bool = False) -> str | None:
@@ -54,7 +50,8 @@ async def login_form(request: Request[Any, Any, Any], state: State) -> Template 
         response = Redirect("/ui/tiers", status_code=303)
         response.set_cookie(session_cookie(request, codec(request).encode(codec(request).new(INSECURE_DEV))))
         return response
-    return Template("login.html", context={"problem": request.query_params.get("error"), "screen": "login"})
+    problem = LOGIN_PROBLEMS.get(request.query_params.get("error") or "")
+    return Template("login.html", context={"problem": problem, "screen": "login"})
 
 
 @post("/login", include_in_schema=False, status_code=303)
@@ -66,7 +63,7 @@ async def login(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     store: TokenStore = state.tokens
     principal = store.resolve(secret.strip()) if isinstance(secret, str) and secret.strip() else None
     if principal is None:
-        return back("/ui/login", error="unknown or revoked token")
+        return Redirect("/ui/login?error=token", status_code=303)
     response = Redirect("/ui/tiers", status_code=303)
     response.set_cookie(session_cookie(request, codec(request).encode(codec(request).new(principal))))
     return response
@@ -95,8 +92,8 @@ async def redrive(request: Request[Any, Any, Any], state: State, job_id: params.
     try:
         done = await dlq.redrive(state.engine, actor, parsed, tier=tier, reason=_text(fields, "reason"))
     except RedriveError as exc:
-        return back(f"/ui/dlq/{parsed}", error=from_redrive_error(exc).message)
-    return back(f"/ui/jobs/{done.new_job_id}", done=f"redriven from {parsed}")
+        return back(request, f"/ui/dlq/{parsed}", error=from_redrive_error(exc).message)
+    return back(request, f"/ui/jobs/{done.new_job_id}", done=f"redriven from {parsed}")
 
 
 @post("/dlq/{job_id:str}/discard", include_in_schema=False, status_code=303)
@@ -107,8 +104,8 @@ async def discard(request: Request[Any, Any, Any], state: State, job_id: params.
     try:
         await dlq.discard(state.engine, actor, parsed, reason=_text(fields, "reason"))
     except RedriveError as exc:
-        return back(f"/ui/dlq/{parsed}", error=from_redrive_error(exc).message)
-    return back(f"/ui/dlq/{parsed}", done="discarded")
+        return back(request, f"/ui/dlq/{parsed}", error=from_redrive_error(exc).message)
+    return back(request, f"/ui/dlq/{parsed}", done="discarded")
 
 
 def _group_path(fingerprint: str) -> str:
@@ -125,9 +122,9 @@ async def redrive_group(request: Request[Any, Any, Any], state: State,
         done = await group_actions.redrive_group(state.engine, actor, fingerprint, tier=tier,
                                                  reason=_text(fields, "reason"), limit=GROUP_ACTION_LIMIT)
     except RequestError as exc:
-        return back(_group_path(fingerprint), error=exc.message)
+        return back(request, _group_path(fingerprint), error=exc.message)
     more = f"; {done.remaining} remain: redrive again to continue" if done.remaining else ""
-    return back(_group_path(fingerprint), done=f"redriven {done.redriven} dead letter(s){more}")
+    return back(request, _group_path(fingerprint), done=f"redriven {done.redriven} dead letter(s){more}")
 
 
 @post("/dlq/groups/{fingerprint:str}/discard", include_in_schema=False, status_code=303)
@@ -138,8 +135,8 @@ async def discard_group(request: Request[Any, Any, Any], state: State,
     try:
         done = await group_actions.discard_group(state.engine, actor, fingerprint, reason=_text(fields, "reason"))
     except RequestError as exc:
-        return back(_group_path(fingerprint), error=exc.message)
-    return back(_group_path(fingerprint), done=f"discarded {done.discarded} dead letter(s)")
+        return back(request, _group_path(fingerprint), error=exc.message)
+    return back(request, _group_path(fingerprint), done=f"discarded {done.discarded} dead letter(s)")
 
 
 @post("/dlq/groups/{fingerprint:str}/status", include_in_schema=False, status_code=303)
@@ -152,8 +149,8 @@ async def group_status(request: Request[Any, Any, Any], state: State,
         done = await group_actions.set_group_status(state.engine, actor, fingerprint, status,
                                                     note=_text(fields, "note"))
     except RequestError as exc:
-        return back(_group_path(fingerprint), error=exc.message)
-    return back(_group_path(fingerprint), done=f"{done.previous} -> {done.status}")
+        return back(request, _group_path(fingerprint), error=exc.message)
+    return back(request, _group_path(fingerprint), done=f"{done.previous} -> {done.status}")
 
 
 def _scope(fields: dict[str, str]) -> control.Scope:
@@ -182,7 +179,8 @@ async def pause(request: Request[Any, Any, Any], state: State) -> Redirect:
     scope = _scope(fields)
     name = _name(state, scope, fields)
     changed = await control.pause(state.engine, actor, scope, name, _text(fields, "reason"))
-    return back(_return_to(fields), done=f"{scope} {name} paused" if changed else f"{scope} {name} was paused")
+    return back(request, _return_to(fields),
+                done=f"{scope} {name} paused" if changed else f"{scope} {name} was paused")
 
 
 @post("/control/resume", include_in_schema=False, status_code=303)
@@ -192,7 +190,8 @@ async def resume(request: Request[Any, Any, Any], state: State) -> Redirect:
     scope = _scope(fields)
     name = _name(state, scope, fields)
     changed = await control.resume(state.engine, actor, scope, name)
-    return back(_return_to(fields), done=f"{scope} {name} resumed" if changed else f"{scope} {name} was not paused")
+    return back(request, _return_to(fields),
+                done=f"{scope} {name} resumed" if changed else f"{scope} {name} was not paused")
 
 
 @post("/control/override", include_in_schema=False, status_code=303)
@@ -207,7 +206,8 @@ async def set_override(request: Request[Any, Any, Any], state: State) -> Redirec
         raise RequestError(422, "hours: a number of hours, e.g. 2 or 0.5", field="hours") from None
     end = control.expiry(None, hours)
     moved = await control.set_override(state.engine, actor, task, tier, end, _text(fields, "reason"))
-    return back("/ui/control", done=f"{task} goes to {tier} until {end:%Y-%m-%d %H:%M} UTC ({moved} moved)")
+    return back(request, "/ui/control",
+                done=f"{task} goes to {tier} until {end:%Y-%m-%d %H:%M} UTC ({moved} moved)")
 
 
 @post("/control/override/clear", include_in_schema=False, status_code=303)
@@ -216,7 +216,7 @@ async def clear_override(request: Request[Any, Any, Any], state: State) -> Redir
     actor, fields = await actor_of_form(request)
     task = _text(fields, "task", required=True) or ""
     changed = await control.clear_override(state.engine, actor, task)
-    return back("/ui/control", done=f"override of {task} ended" if changed else f"{task} had no override")
+    return back(request, "/ui/control", done=f"override of {task} ended" if changed else f"{task} had no override")
 
 
 ROUTES = [login_form, login, logout, redrive, discard, redrive_group, discard_group, group_status,

@@ -20,11 +20,12 @@ from litestar.response import Redirect, Template
 
 from outbox._sql import run_async
 from outbox.errors import FlowStateUnavailableError
+from outbox.registry import registry
 from tierbox.api import params
 from tierbox.api.ui import queries as ui_queries
 from tierbox.api.ui.session import CSRF_FIELD
-from tierbox.api.ui.web import session_of, viewer
-from tierbox.ops import control, group_actions, queries, triage
+from tierbox.api.ui.web import notices, session_of, viewer
+from tierbox.ops import control, group_actions, triage
 from tierbox.ops import dead_letters as dlq
 from tierbox.ops import jobs as ops_jobs
 from tierbox.ops.errors import RequestError
@@ -44,9 +45,9 @@ GROUP_ACTION_LIMIT = 1000
 
 def _context(request: Request[Any, Any, Any], screen: str, **values: Any) -> dict[str, Any]:
     principal, session = viewer(request)
+    notice, problem = notices(request, session)
     return {"principal": principal, "csrf_field": CSRF_FIELD, "csrf": session.csrf, "screen": screen,
-            "can_act": principal.may("operate"), "notice": request.query_params.get("done"),
-            "problem": request.query_params.get("error"), **values}
+            "can_act": principal.may("operate"), "notice": notice, "problem": problem, **values}
 
 
 @get("/", include_in_schema=False)
@@ -57,7 +58,8 @@ async def home(request: Request[Any, Any, Any]) -> Redirect:
 
 async def _tiers(state: State, db: Any) -> dict[str, Any]:
     health = await state.snapshot.get()
-    open_by_tier = {r.tier: int(r.open_count) for r in await run_async(db, queries.DLQ_OPEN_BY_TIER)}
+    open_by_tier = state.snapshot.open_dead_letters  # read with the view, by the same shared refresh
+    # Pauses and overrides: two tiny tables read per request, so the page right after a pause shows it.
     paused = {(p.scope, p.name): p for p in await control.pauses(db)}
     overrides = await control.overrides(db)
     running = {t.tier: t.running for t in health}
@@ -184,8 +186,12 @@ async def _control(state: State, db: Any) -> dict[str, Any]:
     except FlowStateUnavailableError as exc:
         breaker_error = str(exc)
     schedules = await run_async(db, scheduler_queries.LIST_SCHEDULES)
+    # Tier limits come from the topology; task limits from the tasks this process registered
+    # (`tierbox api --app`), each with its state in Redis now.
+    limits, limit_error = await control.rate_limits(state.settings, state.redis)
     return {"pauses": await control.pauses(db), "overrides": await control.overrides(db),
-            "breakers": breakers, "breaker_error": breaker_error,
+            "breakers": breakers, "breaker_error": breaker_error, "limits": limits, "limit_error": limit_error,
+            "tasks_known": len(registry),
             "schedules": [(s, _next_run(s.cron, s.tz)) for s in schedules],
             "leader": await _leader(state), "audit": await run_async(db, ui_queries.AUDIT_RECENT, {"limit": 30}),
             "tier_names": list(state.settings.topology.tiers)}
@@ -214,7 +220,8 @@ async def _leader(state: State) -> dict[str, Any]:
 
 @get("/control", include_in_schema=False)
 async def control_page(request: Request[Any, Any, Any], state: State, db: params.Db) -> Template:
-    """Pauses, overrides, breakers, schedules and the scheduler's leader, and the audit log."""
+    """Pauses, overrides, breakers, rate and concurrency limits, schedules and the scheduler's leader, and
+    the audit log."""
     return Template("control.html", context=_context(request, "control", **await _control(state, db)))
 
 

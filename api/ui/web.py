@@ -8,9 +8,11 @@ also checks the request's ``Origin``, the session's CSRF token and the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from litestar import Request, Response
 from litestar.datastructures import Cookie
@@ -32,6 +34,12 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+
+#: Query parameter carrying the signature of the ``done``/``error`` notice an action redirected with.
+NOTICE_SIG = "n"
+#: What the login page may say after a refused login (``?error=CODE``): a fixed set, never text from the URL.
+LOGIN_PROBLEMS = {"token": "unknown or revoked token"}
 
 
 class LoginRequired(Exception):  # noqa: N818 - a control-flow signal, not an error report
@@ -112,3 +120,37 @@ async def actor_of_form(request: Request[Any, Any, Any]) -> tuple[Actor, dict[st
         raise RequestError(403, f"token {principal.name!r} has scope {principal.scope!r}; this needs 'operate'",
                            code="forbidden")
     return Actor.of(principal, request.client.host if request.client else None), fields
+
+
+def _notice_mac(session: Session, kind: str, text: str) -> str:
+    # Keyed with the session's CSRF token (secret to that browser): a link someone else crafts, or a
+    # notice from another operator's session, does not verify, so the banner only shows what this
+    # server said to this session after one of its actions.
+    digest = hmac.new(session.csrf.encode(), f"{kind}\0{text}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def back(request: Request[Any, Any, Any], path: str, *, done: str | None = None,
+         error: str | None = None) -> Redirect:
+    """303 to ``path`` with a notice (``done``) or a refusal (``error``) to show, signed for this session.
+
+    The page shows the text only if the signature matches (:func:`notices`): the banner never repeats
+    free text from a URL that this server did not write for this session."""
+    found = session_of(request)
+    pairs = [(kind, text) for kind, text in (("done", done), ("error", error)) if text]
+    if not pairs or found is None:
+        return Redirect(path, status_code=303)
+    kind, text = pairs[0]
+    query = urlencode({kind: text, NOTICE_SIG: _notice_mac(found[1], kind, text)})
+    return Redirect(f"{path}?{query}", status_code=303)
+
+
+def notices(request: Request[Any, Any, Any], session: Session) -> tuple[str | None, str | None]:
+    """The (notice, problem) to show: the query's ``done``/``error`` when signed for ``session``, else none."""
+    signature = request.query_params.get(NOTICE_SIG) or ""
+    shown: dict[str, str | None] = {"done": None, "error": None}
+    for kind in shown:
+        text = request.query_params.get(kind)
+        if text and hmac.compare_digest(signature.encode(), _notice_mac(session, kind, text).encode()):
+            shown[kind] = text
+    return shown["done"], shown["error"]

@@ -376,6 +376,11 @@ def test_metrics_are_prometheus_text(client: TestClient[Any], db_url: str) -> No
                  "tierbox_broker_up 1.0", 'tierbox_jobs_outcomes_window{outcome="dead",tier="normal",window="5m"} 2.0'):
         assert line in text, text
     assert 'tierbox_pg_dead_tuples{table="jobs"}' in text and "tierbox_pg_oldest_xmin_age " in text
+    # The wait quantiles of the tier whose jobs ran, the p99 (what the SLO is judged on) among them.
+    waits = {line.split('quantile="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith("tierbox_wait_seconds{") and 'tier="normal"' in line}
+    assert set(waits) == {"0.5", "0.95", "0.99"}, text
+    assert waits["0.99"] >= waits["0.95"] >= waits["0.5"] >= 0
 
 
 # --- token configuration and redaction rules ------------------------------------------------------------

@@ -118,3 +118,16 @@ def test_insecure_dev_serves_loopback_only_and_says_so(settings: Settings, procs
     r: Any = httpx.get(f"{base}/admin/dlq", timeout=10)
     assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
     assert "INSECURE DEV MODE" in procs[-1].output()
+
+
+def test_app_modules_give_the_dashboard_the_task_limits(settings: Settings, procs: list[Proc],
+                                                        tmp_path: Path) -> None:
+    # TIERBOX_APP=sample_tasks comes from the settings; --app names the same modules on the command line.
+    base = start_api(settings, procs, tmp_path, "--app", "sample_tasks")
+    with httpx.Client(base_url=base, timeout=10) as http:
+        login = http.post("/ui/login", data={"token": READ_SECRET})
+        assert login.status_code == 303 and login.headers["location"] == "/ui/tiers", login.text
+        page = http.get("/ui/control").text
+    assert 'id="limit-task-sample.rated"' in page and "5/s" in page and 'id="limits-no-app"' not in page
+    missing = run_api(settings, "--app", "no_such_module", env={"TIERBOX_API_TOKENS": TOKENS_ENV})
+    assert missing.returncode == 1 and "cannot import no_such_module" in missing.stderr

@@ -106,6 +106,21 @@ def test_wheel_installs_only_outbox_and_tierbox_and_ships_the_migrations(dist: P
     assert "outbox/py.typed" in names and "tierbox/py.typed" in names
 
 
+def test_wheel_ships_the_dashboards_templates_and_vendored_assets(dist: Path) -> None:
+    """Every template and static file of the dashboard is in the wheel, byte for byte: ``tierbox api``
+    serves them from the installed package (no CDN), so one missing from package-data is a broken /ui."""
+    wheel = zipfile.ZipFile(next(dist.glob("tierbox-*.whl")))
+    ui = ROOT / "api" / "ui"
+    shipped = sorted(p for folder in ("templates", "static") for p in (ui / folder).iterdir() if p.is_file())
+    names = {p.relative_to(ui).as_posix() for p in shipped}
+    assert {"templates/base.html", "templates/control.html", "static/htmx-2.0.4.min.js", "static/app.js",
+            "static/app.css"} <= names
+    for path in shipped:
+        inside = f"tierbox/api/ui/{path.relative_to(ui).as_posix()}"
+        assert inside in wheel.namelist(), f"{inside} is missing from the wheel (pyproject package-data)"
+        assert wheel.read(inside) == path.read_bytes(), inside
+
+
 def test_installed_tierbox_runs_a_job_beside_the_applications_own_packages(
         venv: Path, project: Path, empty_db_url: str, prefix: str, service_urls: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> None:

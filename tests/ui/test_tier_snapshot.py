@@ -96,3 +96,30 @@ async def test_unacked_is_unknown_not_zero_while_redis_is_down(settings: Setting
         await snapshot.close()
         await broker.close()
         await engine.dispose()
+
+
+async def test_open_dead_letters_come_with_the_shared_refresh(settings: Settings) -> None:
+    import psycopg
+
+    from tests import sample_tasks  # noqa: F401 - registers the tasks dead_job fails
+    from tests.factories import dead_job
+    from tierbox.ops import dead_letters
+    from tierbox.ops.audit import Actor
+
+    with psycopg.connect(settings.database_url) as conn:
+        dead = [dead_job(conn), dead_job(conn, task="sample.effect")]
+    engine = db.create_engine(settings)
+    broker = BrokerProbe(settings.amqp_url, 3.0)
+    snapshot = TierSnapshot(engine, settings, broker, max_age_s=60)
+    try:
+        await asyncio.gather(*(snapshot.get() for _ in range(10)))
+        assert snapshot.refreshes == 1 and snapshot.open_dead_letters == {"normal": 1, "high": 1}
+        await dead_letters.discard(engine, Actor.os_user(), dead[0], reason="test")  # no longer open
+        await snapshot.get()
+        assert snapshot.open_dead_letters == {"normal": 1, "high": 1}  # still the shared second's view
+        snapshot.max_age_s = 0
+        await snapshot.get()
+        assert snapshot.refreshes == 2 and snapshot.open_dead_letters == {"high": 1}
+    finally:
+        await broker.close()
+        await engine.dispose()
