@@ -27,7 +27,10 @@ from tests.packaging.test_layout import _copied_before_install
 
 # One xdist worker runs the whole module: the module-scoped build then happens once, not once per
 # worker (two builds at once in one tree was a CI failure: one removed the other's release folder).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
+# The fixtures build, then pip-install the wheel and its dependencies into a fresh venv: on the shared 2-core box
+# (load average 23) that setup alone outlasted the suite's 120 s pytest-timeout; each subprocess has its own
+# 600 s limit in _run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging"), pytest.mark.timeout(900)]
 
 #: The only top-level names the wheel may install (besides its .dist-info).
 ALLOWED_TOP_LEVEL = {"outbox", "tierbox"}
