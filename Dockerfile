@@ -9,16 +9,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# Every folder of pyproject's package-dir, or pip stops on a missing one
+# (tests/packaging/test_layout.py checks the list).
 COPY pyproject.toml README.md ./
 COPY outbox ./outbox
 COPY tierbox ./tierbox
 COPY api ./api
+COPY celery_bridge ./celery_bridge
 COPY cli ./cli
 COPY flow ./flow
 COPY migrations ./migrations
 COPY ops ./ops
 COPY relay ./relay
 COPY scheduler ./scheduler
+COPY webhooks ./webhooks
 COPY workers ./workers
 # otel-sdk: the processes export spans when OTEL_* is set (compose.yml points them at Jaeger).
 RUN pip install '.[otel-sdk]' && useradd --system --no-create-home tierbox

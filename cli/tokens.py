@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
+from tierbox.cli.errors import one_line_errors
+
 
 @click.command("api-token", help="Make a random API token; prints the secret (give it to the client) and the "
                                  "NAME:SCOPE:SHA256HEX line to add to TIERBOX_API_TOKENS(_FILE).")
 @click.argument("name")
 @click.option("--scope", type=click.Choice(["read", "operate"]), default="read", show_default=True)
+@one_line_errors
 def api_token(name: str, scope: str) -> None:
     """Print a new token and its config line."""
     from tierbox.api.auth import new_token, parse_tokens

@@ -57,7 +57,7 @@ async def check_schema_async(conn: Any) -> None:
             raise SchemaOutdatedError(f"the database has no outbox schema (needs revision {REQUIRED_REVISION}): "
                                       "run `tierbox migrate` first") from exc
         raise
-    found = rows[0][0] if rows else None
+    found = rows[0].version_num if rows else None
     if found is None or str(found) < REQUIRED_REVISION:
         raise SchemaOutdatedError(f"the outbox schema is at revision {found}, this Tierbox needs {REQUIRED_REVISION}: "
                                   "run `tierbox migrate` first (then roll out the new code)")

@@ -8,10 +8,18 @@ from typing import Any, NamedTuple
 
 from outbox._sql import Statement
 
+
+class KeyedJobRow(NamedTuple):
+    """``JOB_IDS_BY_KEY``: the job that holds an idempotency key."""
+
+    idempotency_key: str
+    job_id: uuid.UUID
+
+
 # Look up ids by idempotency key (after a concurrent insert committed under our snapshot).
 JOB_IDS_BY_KEY = Statement("job_ids_by_key", """
-SELECT idempotency_key, id FROM outbox.jobs WHERE idempotency_key = ANY(CAST(:keys AS text[]))
-""")
+SELECT idempotency_key, id AS job_id FROM outbox.jobs WHERE idempotency_key = ANY(CAST(:keys AS text[]))
+""", row=KeyedJobRow)
 
 
 # Mirror the tier topology into outbox.tiers (read by SQL functions and views).
@@ -24,11 +32,40 @@ SET weight = EXCLUDED.weight, slo_s = EXCLUDED.slo_s, queue = EXCLUDED.queue, po
 """)
 
 
+class SchemaRevisionRow(NamedTuple):
+    """``SCHEMA_REVISION``: the outbox schema's alembic revision."""
+
+    version_num: str
+
+
 # The outbox schema's alembic revision (its own version table).
-SCHEMA_REVISION = Statement("schema_revision", "SELECT version_num FROM outbox.alembic_version")
+SCHEMA_REVISION = Statement("schema_revision", "SELECT version_num FROM outbox.alembic_version",
+                            row=SchemaRevisionRow)
 
 # --- Ledger transitions, shared by the workers and outbox.testing. Completion is fenced on the
 # attempt number: a stale worker finishing late changes nothing.
+
+
+class DueForTestingRow(NamedTuple):
+    """``TESTING_DUE``: a due job for ``outbox.testing.drain``."""
+
+    job_id: uuid.UUID
+    task: str
+    tier: str
+    #: ``jobs.payload`` as JSON text.
+    payload: str
+
+
+class JobForTestingRow(NamedTuple):
+    """``TESTING_JOBS``: a job as ``outbox.testing.enqueued`` shows it."""
+
+    job_id: uuid.UUID
+    task: str
+    tier: str
+    #: ``jobs.payload`` as JSON text.
+    payload: str
+    status: str
+    idempotency_key: str | None
 
 
 # Due pending jobs visible to the caller's transaction, for outbox.testing.drain (no broker).
@@ -39,7 +76,7 @@ WHERE p.available_at <= clock_timestamp() AND NOT (p.job_id = ANY(CAST(:skip AS 
   AND (CAST(:only AS uuid[]) IS NULL OR p.job_id = ANY(CAST(:only AS uuid[])))
 ORDER BY p.weight DESC, p.priority DESC, p.available_at
 LIMIT :limit
-""")
+""", row=DueForTestingRow)
 
 # Jobs visible to the caller's transaction, newest first, for outbox.testing assertions.
 TESTING_JOBS = Statement("testing.jobs", """
@@ -47,7 +84,7 @@ SELECT id, task, tier, payload::text, status, idempotency_key
 FROM outbox.jobs
 WHERE (CAST(:task AS text) IS NULL OR task = :task)
 ORDER BY enqueued_at DESC, id
-""")
+""", row=JobForTestingRow)
 
 
 # --- Job events (docs/progress.md): a handler's progress, and what the status resource and the SSE

@@ -29,6 +29,24 @@ class ClaimedRow(NamedTuple):
     expired: bool
 
 
+class EnqueuedRow(NamedTuple):
+    """One input row of ``ENQUEUE`` / ``ENQUEUE_ONE``: the job it wrote, or the job its idempotency key names."""
+
+    #: The input row's position (1-based; always 1 for ``ENQUEUE_ONE``).
+    ord: int
+    #: The new job, or the existing job of a used key; None when a concurrent transaction committed the
+    #: key after this one's snapshot (the caller looks it up with ``JOB_IDS_BY_KEY``).
+    job_id: uuid.UUID | None
+    #: True when this row inserted the job, False when its idempotency key was already used.
+    created: bool
+
+
+class RedriveRow(NamedTuple):
+    """``REDRIVE``: the job a redrive created."""
+
+    new_job_id: uuid.UUID
+
+
 class RedrivenRow(NamedTuple):
     """One dead letter a bulk redrive (``REDRIVE_WHERE``) turned into a new job."""
 

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from outbox._rows import ClaimedRow, GroupDiscardedRow, GroupRedrivenRow, MovedRow, RedrivenRow, RepublishedRow
+from outbox._rows import (
+    ClaimedRow,
+    EnqueuedRow,
+    GroupDiscardedRow,
+    GroupRedrivenRow,
+    MovedRow,
+    RedrivenRow,
+    RedriveRow,
+    RepublishedRow,
+)
 from outbox._sql import Statement
 from outbox._worker_rows import Changed, Deferred, Reaped, StartManyRow, StartRow, Succeeded
 
@@ -76,19 +85,19 @@ pend AS (
     SELECT ins.id, ins.tier, routed.route_weight, ins.priority, ins.available_at
     FROM ins JOIN routed ON routed.id = ins.id
 )
-SELECT input.ord, COALESCE(ins.id, existing.job_id) AS id, ins.id IS NOT NULL AS created
+SELECT input.ord, COALESCE(ins.id, existing.job_id) AS job_id, ins.id IS NOT NULL AS created
 FROM input
 LEFT JOIN ins ON ins.id = input.id
 LEFT JOIN outbox.idempotency_keys AS existing
        ON ins.id IS NULL AND existing.key = input.idempotency_key
 ORDER BY input.ord
-""")
+""", row=EnqueuedRow)
 
 # One job: the same effect as ENQUEUE for a single row, without the array machinery.
 # enqueue() is the hot path of every business transaction; measured on the 2-core box
 # this statement costs ~0.37 ms in the caller's transaction against ~1.1 ms for the
 # 14-array unnest form (bench/README.md, "enqueue overhead"). Returns the same
-# (ord, id, created) shape; a NULL id means a concurrent transaction committed the key
+# (ord, job_id, created) shape; a NULL id means a concurrent transaction committed the key
 # after our snapshot (the caller then looks it up by key).
 ENQUEUE_ONE = Statement("enqueue_one", """
 WITH ov AS (
@@ -121,15 +130,17 @@ pend AS (
            ins.available_at
     FROM ins
 )
-SELECT 1, COALESCE((SELECT id FROM ins),  -- COALESCE stops at the first non-null: no lookup when inserted
-                   (SELECT job_id FROM outbox.idempotency_keys WHERE key = CAST(:key AS text))),
-       EXISTS (SELECT FROM ins)
-""")
+SELECT 1 AS ord,
+       COALESCE((SELECT id FROM ins),  -- COALESCE stops at the first non-null: no lookup when inserted
+                (SELECT job_id FROM outbox.idempotency_keys WHERE key = CAST(:key AS text))) AS job_id,
+       EXISTS (SELECT FROM ins) AS created
+""", row=EnqueuedRow)
 
 # Redrive one dead letter through the shared SQL function; returns the new job id.
 REDRIVE = Statement("redrive", """
 SELECT outbox.redrive(CAST(:job_id AS uuid), CAST(:tier AS text), CAST(:by AS text), CAST(:reason AS text))
-""")
+       AS new_job_id
+""", row=RedriveRow)
 
 # Discard one dead letter (kept for audit, never redriven).
 DISCARD = Statement("discard", """

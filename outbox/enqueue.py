@@ -24,6 +24,8 @@ from outbox import _transitions as transitions
 from outbox import webhooks
 from outbox._encoding import encode_headers, encode_payload
 from outbox._ids import new_job_id
+from outbox._queries import KeyedJobRow
+from outbox._rows import EnqueuedRow
 from outbox._sql import AsyncSessionLike, Statement, SyncSession, run, run_async
 from outbox.config import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.errors import (
@@ -228,7 +230,7 @@ def _webhooks(specs: list[JobSpec], ids: list[uuid.UUID]) -> list[tuple[uuid.UUI
             if s.webhook is not None and job_id == s.id]
 
 
-def _statement(specs: list[JobSpec]) -> tuple[Statement[tuple[Any, ...]], dict[str, Any], dict[int, int]]:
+def _statement(specs: list[JobSpec]) -> tuple[Statement[EnqueuedRow], dict[str, Any], dict[int, int]]:
     """The statement for this batch: the single-row form for one job (the hot path), else the array form."""
     if len(specs) == 1:
         s = specs[0]
@@ -268,26 +270,27 @@ def _batch_params(specs: list[JobSpec]) -> tuple[dict[str, Any], dict[int, int]]
     return params, alias
 
 
-def _by_key(rows: list[Any]) -> dict[str, uuid.UUID]:
-    return {str(key): job_id for key, job_id in rows}
+def _by_key(rows: list[KeyedJobRow]) -> dict[str, uuid.UUID]:
+    return {str(row.idempotency_key): row.job_id for row in rows}
 
 
-def _missing_keys(specs: list[JobSpec], rows: list[Any], alias: dict[int, int]) -> list[str]:
+def _missing_keys(specs: list[JobSpec], rows: list[EnqueuedRow], alias: dict[int, int]) -> list[str]:
     unique = [s for i, s in enumerate(specs) if i not in alias]
     return [s.idempotency_key for s, row in zip(unique, rows, strict=True)
-            if row[1] is None and s.idempotency_key is not None]
+            if row.job_id is None and s.idempotency_key is not None]
 
 
-def _ids(specs: list[JobSpec], rows: list[Any], alias: dict[int, int], found: dict[str, uuid.UUID]) -> list[uuid.UUID]:
+def _ids(specs: list[JobSpec], rows: list[EnqueuedRow], alias: dict[int, int],
+         found: dict[str, uuid.UUID]) -> list[uuid.UUID]:
     unique_idx = [i for i in range(len(specs)) if i not in alias]
     by_index: dict[int, uuid.UUID] = {}
     for i, row in zip(unique_idx, rows, strict=True):
         key = specs[i].idempotency_key
-        job_id = row[1] if row[1] is not None else found.get(key) if key else None
+        job_id = row.job_id if row.job_id is not None else found.get(key) if key else None
         if job_id is None:
             raise RuntimeError(f"enqueue: no id for idempotency key {key!r}")  # a bug, not bad input
         by_index[i] = job_id
-        if row[2] and specs[i].tier != _task_tier(specs[i].task):
+        if row.created and specs[i].tier != _task_tier(specs[i].task):
             log.info("action=enqueue.tier_override job_id=%s task=%s tier=%s", job_id, specs[i].task, specs[i].tier)
     for i, first in alias.items():
         by_index[i] = by_index[first]

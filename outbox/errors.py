@@ -10,18 +10,23 @@
     │   ├── PayloadEncodeError     field "args" / "kwargs" / "headers"
     │   ├── PayloadTooLargeError   field "args"
     │   ├── InvalidScheduleError   field "delay" / "run_at" / "expires"
-    │   └── InvalidOptionError     field "priority" / "idempotency_key" / "max_retries" / an unknown option
+    │   ├── InvalidOptionError     field "priority" / "idempotency_key" / "max_retries" / an unknown option
+    │   └── WebhookError           field "webhook.url" / "webhook.secret"
     ├── RegistryError          a task definition is wrong (duplicate name, bad policy)
     ├── RedriveError           a redrive or discard was refused (already redriven, ...)
     ├── TopologyMismatchError  a queue exists with other arguments than the topology says
     ├── SchemaOutdatedError    the database's outbox schema is older than the code: run `tierbox migrate`
-    └── FlowStateUnavailableError  Redis (flow control's shared state) did not answer a report
+    ├── FlowStateUnavailableError  Redis (flow control's shared state) did not answer a report
+    ├── ProgressError          field "fraction" / "message" / "data" of a `ctx.progress` call
+    └── CapabilityError        a job capability is malformed, tampered with, expired or for another job
 
     Reject                     raised by a handler: fail now, never retry
                                (alias NonRetryable)
 
 Every error with a ``field`` names the argument or setting at fault, so a
-message can be shown to a user as it is.
+message can be shown to a user as it is. ``WebhookError`` lives in ``outbox.webhooks``,
+``ProgressError`` and ``CapabilityError`` in ``outbox._progress`` (next to the code that raises
+them); all are exported from ``outbox``.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def redrive(session: SyncSession, job_id: uuid.UUID | str, tier: Tier | str | No
     except (DBAPIError, psycopg.Error) as exc:
         _raise_refusal(exc)
         raise
-    return uuid.UUID(str(rows[0][0]))
+    return uuid.UUID(str(rows[0].new_job_id))
 
 
 def discard(session: SyncSession, job_id: uuid.UUID | str, *, by: str = "python", reason: str | None = None) -> None:
@@ -64,7 +64,7 @@ async def redrive_async(session: AsyncSessionLike, job_id: uuid.UUID | str, tier
     except (DBAPIError, psycopg.Error) as exc:
         _raise_refusal(exc)
         raise
-    return uuid.UUID(str(rows[0][0]))
+    return uuid.UUID(str(rows[0].new_job_id))
 
 
 def _raise_refusal(exc: Exception) -> None:

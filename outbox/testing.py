@@ -76,9 +76,9 @@ def enqueued(session: Any, task: Task | str | None = None) -> list[EnqueuedJob]:
     """Jobs visible to ``session``'s transaction (optionally of one task), newest first."""
     name = task.name if isinstance(task, Task) else task
     out = []
-    for job_id, task_name, tier, payload, status, key in run(session, queries.TESTING_JOBS, {"task": name}):
-        p = decode_payload(payload.encode())
-        out.append(EnqueuedJob(job_id, task_name, tier, p.args, p.kwargs, status, key))
+    for row in run(session, queries.TESTING_JOBS, {"task": name}):
+        p = decode_payload(row.payload.encode())
+        out.append(EnqueuedJob(row.job_id, row.task, row.tier, p.args, p.kwargs, row.status, row.idempotency_key))
     return out
 
 
@@ -110,9 +110,9 @@ def drain(session: Any, *, max_jobs: int = 1000, registry_: Registry | None = No
         rows = run(session, queries.TESTING_DUE, {"skip": seen, "limit": 100, "only": only})
         if not rows:
             break
-        for job_id, task_name, tier, payload in rows:
-            seen.append(job_id)
-            results.append(_run_one(session, reg, job_id, task_name, tier, payload))
+        for row in rows:
+            seen.append(row.job_id)
+            results.append(_run_one(session, reg, row.job_id, row.task, row.tier, row.payload))
     return results
 
 

@@ -29,6 +29,24 @@ from tierbox.workers import queries
 #: Bytes of an unrunnable message's body kept in dead_letters.raw_body (the size is always recorded).
 MAX_RAW_BODY_BYTES = 64 * 1024
 
+
+def dead_message_params(*, tier: str, reason: str, error: ErrorInfo, raw_body: bytes | None, headers: dict[str, Any],
+                        job_id: uuid.UUID | None = None, task: str | None = None, payload: bytes | None = None,
+                        priority: int | None = None) -> dict[str, Any]:
+    """``DEAD_MESSAGE``'s parameters for an unrunnable message: its body cut to :data:`MAX_RAW_BODY_BYTES`.
+
+    A function of its own so that tests (``tests/factories.py``) record such a dead letter exactly as
+    :meth:`Ledger.dead_message` does, inside their own transaction.
+    """
+    if raw_body is not None and len(raw_body) > MAX_RAW_BODY_BYTES:
+        headers = {**headers, "body_bytes": len(raw_body), "body_truncated": True}
+        raw_body = raw_body[:MAX_RAW_BODY_BYTES]
+    return {
+        "job_id": job_id, "task": task, "tier": tier, "priority": priority,
+        "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),
+        "raw_body": raw_body, "reason": reason, **error.params(),
+    }
+
 R = TypeVar("R", bound=tuple[Any, ...])
 
 
@@ -122,14 +140,9 @@ class Ledger:
                            headers: dict[str, Any], job_id: uuid.UUID | None = None, task: str | None = None,
                            payload: bytes | None = None, priority: int | None = None) -> None:
         """Record a message that names no job we can run, keeping (the head of) its body."""
-        if raw_body is not None and len(raw_body) > MAX_RAW_BODY_BYTES:
-            headers = {**headers, "body_bytes": len(raw_body), "body_truncated": True}
-            raw_body = raw_body[:MAX_RAW_BODY_BYTES]
-        await self._one(transitions.DEAD_MESSAGE, {
-            "job_id": job_id, "task": task, "tier": tier, "priority": priority,
-            "payload": payload.decode() if payload else None, "headers": msgspec.json.encode(headers).decode(),
-            "raw_body": raw_body, "reason": reason, **error.params(),
-        })
+        await self._one(transitions.DEAD_MESSAGE, dead_message_params(
+            tier=tier, reason=reason, error=error, raw_body=raw_body, headers=headers, job_id=job_id, task=task,
+            payload=payload, priority=priority))
 
     async def defer(self, job_id: uuid.UUID, delay_s: float, conn: AsyncConnection | None = None) -> bool:
         """Put a job back through the outbox, due in ``delay_s``, consuming no attempt; False if left alone."""

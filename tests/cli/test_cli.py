@@ -211,6 +211,16 @@ def test_check_bad_topology_file_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "TIERBOX_TOPOLOGY_FILE" in lines[0], result.stderr
 
 
+def test_api_token_with_a_bad_name_is_one_line() -> None:
+    result = run_cli("api-token", "no spaces allowed")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert stderr_lines(result) == ["tierbox: TIERBOX_API_TOKENS: token name 'no spaces allowed': letters, digits, _.@- "
+                                    "only, at most 64"], result.stderr
+    made = run_cli("api-token", "ci-bot", "--scope", "operate")
+    assert made.returncode == 0 and "config: ci-bot:operate:" in made.stdout
+
+
 def test_unmigrated_database_is_one_line(empty_db_url: str) -> None:
     result = run_cli("prune", env={"TIERBOX_DATABASE_URL": empty_db_url})
     assert result.returncode == 1

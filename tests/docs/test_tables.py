@@ -19,7 +19,8 @@ from tests.docs.blocks import ROOT, pages
 from tierbox.cli.main import cli
 
 #: Where the code that reads TIERBOX_* variables lives (the repository folders of both packages, the demo).
-SOURCE_DIRS = ("outbox", "api", "cli", "flow", "migrations", "ops", "relay", "scheduler", "workers", "examples")
+SOURCE_DIRS = ("outbox", "api", "celery_bridge", "cli", "flow", "migrations", "ops", "relay", "scheduler", "webhooks",
+               "workers", "examples")
 ENV_NAME = re.compile(r"\bTIERBOX_[A-Z0-9_]*[A-Z0-9]\b")
 
 

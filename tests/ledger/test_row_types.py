@@ -26,9 +26,27 @@ def result_columns(tx: psycopg.Connection, stmt: Statement) -> int:
         tx.execute("DEALLOCATE tierbox_row")
 
 
+#: outbox statements that return columns nobody reads, so they need no row type. Anything else of
+#: outbox's that returns rows must name one (the positional reads it replaces: ``rows[0][0]``).
+UNREAD = {
+    "outbox._transitions.DISCARD": "outbox.discard() returns void; the caller only wants its refusal",
+    "outbox._transitions.LOCK_JOBS": "selected FOR UPDATE for the locks it takes, in id order",
+    "outbox._transitions.DEAD_MESSAGE": "the failure group count is for the statement's own upsert",
+    "outbox._queries.INSERT_PROGRESS": "best-effort write; the event id and notify count are not used",
+}
+
+
 def test_typed_statements_are_found() -> None:
     assert {"outbox._transitions.CLAIM", "tierbox.relay.queries.LAG", "tierbox.ops.queries.ATTEMPTS",
-            "tierbox.scheduler.queries.LIST_SCHEDULES"} <= {name for name, _ in TYPED}
+            "tierbox.scheduler.queries.LIST_SCHEDULES", "outbox._transitions.ENQUEUE", "outbox._transitions.ENQUEUE_ONE",
+            "outbox._transitions.REDRIVE", "outbox._queries.JOB_IDS_BY_KEY", "outbox._queries.SCHEMA_REVISION",
+            "outbox._queries.TESTING_DUE", "outbox._queries.TESTING_JOBS"} <= {name for name, _ in TYPED}
+
+
+def test_every_outbox_statement_that_returns_rows_names_its_row_type(tx: psycopg.Connection) -> None:
+    untyped = {name for name, stmt in STATEMENTS
+               if name.startswith("outbox.") and stmt.row is None and result_columns(tx, stmt) > 0}
+    assert untyped == set(UNREAD)
 
 
 @pytest.mark.parametrize(("attr", "stmt"), TYPED, ids=[name for name, _ in TYPED])

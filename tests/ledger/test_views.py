@@ -12,7 +12,8 @@ import pytest
 import outbox
 import tierbox.ops.queries
 from outbox._sql import Statement
-from tests.factories import dead_job
+from outbox.registry import registry
+from tests.factories import dead_job, undecodable_message
 from tests.ledger.test_statements import positional
 
 API_STATEMENTS = [(f"ops.queries.{k}", v) for k, v in sorted(vars(tierbox.ops.queries).items()) if isinstance(v, Statement)]
@@ -80,14 +81,16 @@ def test_tier_health_counts_live_jobs_outcomes_waits_and_slo(tx: psycopg.Connect
 
 
 def test_failures_show_the_last_attempt_and_state(tx: psycopg.Connection) -> None:
-    job = finished_job(tx, "sample.invoice", ["failed", "timeout"], status="dead")
-    tx.execute("""INSERT INTO outbox.dead_letters (job_id, task, tier, payload, reason, attempts, raw_body)
-                  VALUES (%s, 'sample.invoice', 'normal', '{}', 'timeout', 2, NULL)""", (job,))
-    tx.execute("INSERT INTO outbox.dead_letters (tier, reason, raw_body) VALUES ('high', 'undecodable', 'garbage')")
+    job = dead_job(tx, "sample.invoice", reason="timeout")  # every attempt past its timeout_s
+    undecodable_message(tx, b"garbage", tier="high")
+    task = registry.get("sample.invoice")
+    assert task is not None
+    attempts = task.max_retries + 1
     got = rows(tx, "SELECT reason, error_type, state, last_attempt, last_outcome, raw_body_bytes "
                    "FROM outbox.failures ORDER BY id")
-    assert got == [("timeout", "RuntimeError", "open", 2, "timeout", None),
-                   ("undecodable", None, "open", None, None, 7)]
+    # error_type: the worker's timeout error, and the envelope decoder's error for the garbage body.
+    assert got == [("timeout", "AttemptTimeout", "open", attempts, "timeout", None),
+                   ("undecodable", "DecodeError", "open", None, None, 7)]
     outbox.redrive(tx, job)
     assert rows(tx, "SELECT state FROM outbox.failures WHERE job_id = %s", job) == [("redriven",)]
 
@@ -105,6 +108,8 @@ def test_failure_summary_groups_by_tier_task_reason_and_error_type(tx: psycopg.C
 
 
 def test_job_timeline_tells_the_story_in_order(tx: psycopg.Connection) -> None:
+    # Written in SQL on purpose: the order is asserted on timestamps set 20 s apart, which a real run
+    # (all within the same millisecond) cannot give.
     job = outbox.enqueue(tx, "sample.invoice", args=[1])
     tx.execute("DELETE FROM outbox.pending WHERE job_id = %s", (job,))
     for n in (1, 2):  # two failed attempts, 20 s apart, all in the past (the redrive happens at now())
@@ -135,6 +140,7 @@ def _plan(conn: psycopg.Connection, sql: str) -> str:
 def test_views_read_through_indexes_on_a_large_history(db_url: str) -> None:
     """50k finished jobs: no view nor DLQ page scans jobs, attempts or dead_letters."""
     with psycopg.connect(db_url) as conn:
+        # Bulk SQL on purpose: 50k jobs (5k dead letters) through the real path would take minutes.
         conn.execute("""
             INSERT INTO outbox.jobs (id, task, tier, priority, payload, status, attempts, max_retries,
                                      enqueued_at, available_at, started_at, finished_at)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -22,10 +23,14 @@ import psycopg
 import pytest
 
 from tests.helpers import ROOT, wait_until
+from tests.packaging.test_layout import _copied_before_install
 
 # One xdist worker runs the whole module: the module-scoped build then happens once, not once per
 # worker (two builds at once in one tree was a CI failure: one removed the other's release folder).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
+# The fixtures build, then pip-install the wheel and its dependencies into a fresh venv: on the shared 2-core box
+# (load average 23) that setup alone outlasted the suite's 120 s pytest-timeout; each subprocess has its own
+# 600 s limit in _run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging"), pytest.mark.timeout(900)]
 
 #: The only top-level names the wheel may install (besides its .dist-info).
 ALLOWED_TOP_LEVEL = {"outbox", "tierbox"}
@@ -119,6 +124,27 @@ def test_wheel_ships_the_dashboards_templates_and_vendored_assets(dist: Path) ->
         inside = f"tierbox/api/ui/{path.relative_to(ui).as_posix()}"
         assert inside in wheel.namelist(), f"{inside} is missing from the wheel (pyproject package-data)"
         assert wheel.read(inside) == path.read_bytes(), inside
+
+
+def test_the_dockerfiles_build_context_builds_the_wheel(tmp_path: Path) -> None:
+    """What the image's ``pip install`` sees, without a Docker engine: only the paths the Dockerfile copies.
+
+    The image broke once this way (``package directory 'celery_bridge' does not exist``) while every
+    other test passed, since they all build from the whole checkout.
+    """
+    context = tmp_path / "context"
+    copied = _copied_before_install((ROOT / "Dockerfile").read_text())
+    listed = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *copied], cwd=ROOT)
+    for name in filter(None, listed.stdout.split("\0")):
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        # COPY keeps tierbox/'s links as links; copy them the same way.
+        shutil.copy2(ROOT / name, context / name, follow_symlinks=False)
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+          "--wheel-dir", tmp_path / "wheel", context])
+    names = zipfile.ZipFile(next((tmp_path / "wheel").glob("tierbox-*.whl"))).namelist()
+    installed = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith(".py")}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert installed == set(packages)
 
 
 def test_installed_tierbox_runs_a_job_beside_the_applications_own_packages(

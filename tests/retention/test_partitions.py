@@ -17,6 +17,7 @@ from outbox._ids import floor_id, id_time, new_job_id
 from outbox._maintenance import prune, prune_detailed
 from outbox._sql import run
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
+from tests.factories import dead_job
 from tierbox import migrations
 
 DAY = dt.timedelta(days=1)
@@ -82,12 +83,8 @@ def test_sql_uuid7_is_v7_ordered_and_agrees_with_python(db_url: str) -> None:
 
 def test_enqueue_redrive_and_webhook_deliveries_get_v7_ids(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
-        job = outbox.enqueue(conn, "sample.invoice", args=[1])
+        job = dead_job(conn, "sample.invoice")  # enqueued (outbox.enqueue), then run to its dead letter
         assert job.version == 7 and _where(conn, job) == f"outbox.jobs_p{_today():%Y%m%d}"
-        conn.execute("DELETE FROM outbox.pending")
-        conn.execute("UPDATE outbox.jobs SET status = 'dead', finished_at = now() WHERE id = %s", (job,))
-        conn.execute("INSERT INTO outbox.dead_letters (job_id, task, tier, payload, reason) "
-                     "VALUES (%s, 'sample.invoice', 'normal', '{}', 'failed')", (job,))
         new = outbox.redrive(conn, job, by="test")
         assert new.version == 7 and _where(conn, new) == f"outbox.jobs_p{_today():%Y%m%d}"
         conn.execute("INSERT INTO outbox.webhooks (job_id, url, secret_name, tier, weight, priority, max_retries) "

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 import outbox
+from tests.factories import dead_job, undecodable_message
 from tests.helpers import Proc, free_port, scrape
 from tests.system import System
 from tierbox.relay import Relay
@@ -262,6 +263,13 @@ def test_timeout_and_non_retryable_are_dead_lettered(system: System) -> None:
     assert system.outcomes(slow) == ["timeout"]
     assert system.dead_letter(rejected)["reason"] == "non_retryable"
     assert system.runs(rejected) == 1
+    # tests.factories.dead_job(reason="timeout") stands in for this run in the ledger tests: same dead letter.
+    fields = "reason, error_type, error_message, attempts"
+    real = system.q(f"SELECT {fields} FROM outbox.dead_letters WHERE job_id = %s", slow)
+    with psycopg.connect(system.settings.database_url) as conn:
+        made = dead_job(conn, "sample.slow_async", reason="timeout")
+        assert conn.execute(f"SELECT {fields} FROM outbox.dead_letters WHERE job_id = %s", (made,)).fetchall() == real
+        conn.rollback()
 
 
 async def test_poison_message_is_dead_lettered_and_worker_keeps_going(system: System) -> None:
@@ -273,6 +281,16 @@ async def test_poison_message_is_dead_lettered_and_worker_keeps_going(system: Sy
                timeout=20, what="poison dead-lettered")
     raw = {bytes(r[0]) for r in system.q("SELECT raw_body FROM outbox.dead_letters WHERE reason = 'undecodable'")}
     assert raw == {b"\x00\xffnot json at all", b'{"v": 1, "id": "not-a-uuid"}'}
+    # tests.factories.undecodable_message stands in for this in the ledger tests: same dead letters.
+    fields = "reason, tier, error_type, error_message, raw_body, job_id"
+    real = system.q(f"SELECT {fields} FROM outbox.dead_letters WHERE reason = 'undecodable' ORDER BY raw_body")
+    with psycopg.connect(system.settings.database_url) as conn:
+        conn.execute("DELETE FROM outbox.dead_letters")
+        for body in raw:
+            undecodable_message(conn, body, tier="high")
+        made = conn.execute(f"SELECT {fields} FROM outbox.dead_letters ORDER BY raw_body").fetchall()
+        conn.rollback()
+    assert made == real and len(made) == 2
     job = system.enqueue("sample.effect", "after poison")
     system.wait_status(job, "succeeded")
 
