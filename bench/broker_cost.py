@@ -15,10 +15,13 @@ RabbitMQ hit its memory watermark. Here, in sequence on the same fresh node (nev
   ``--jobs`` no-op tasks sent to them.
 
 Per side, idle (after a settle) and under load: broker memory (``rabbitmqctl status``: total
-allocated by the VM), connections, channels, consumers, queues, and the background AMQP traffic:
-frames per second in + out summed over every connection (``list_connections recv_cnt send_cnt``,
-sampled ``--sample-s`` apart; the management plugin, which would give message rates, is not
-enabled here). Per worker: (side - empty node) / N.
+allocated by the VM), connections, channels, consumers, queues, and the background traffic: socket
+packets per second in + out summed over every connection (``list_connections recv_cnt send_cnt``,
+which ``man rabbitmqctl`` defines as packets received and sent, sampled ``--sample-s`` apart). A
+packet is what one read or write of the connection's socket carried: an idle connection's AMQP
+heartbeat is one, while a burst of frames may share one. It is neither an AMQP frame count nor a
+message rate (the management plugin, which would give message rates, is not enabled here). Per
+worker: (side - empty node) / N.
 """
 
 from __future__ import annotations
@@ -126,30 +129,30 @@ def memory_mib() -> float:
     return int(mem or 0) / 2**20
 
 
-def frames() -> tuple[int, int]:
-    """(connections, AMQP frames in + out so far, summed over them)."""
+def packets() -> tuple[int, int]:
+    """(connections, socket packets in + out so far (``recv_cnt + send_cnt``), summed over them)."""
     conns = json.loads(ctl("-q", "list_connections", "--formatter", "json", "recv_cnt", "send_cnt") or "[]")
     return len(conns), sum(int(c.get("recv_cnt") or 0) + int(c.get("send_cnt") or 0) for c in conns)
 
 
 def sample(seconds: float, during: Callable[[], None] | None = None) -> dict[str, float]:
-    """Frames/s over the next ``seconds`` (``during`` runs first, inside them), the peak memory
+    """Socket packets/s over the next ``seconds`` (``during`` runs first, inside them), the peak memory
     meanwhile, then connections, channels, consumers and queues. (Each rabbitmqctl call starts an
     Erlang VM: seconds on a loaded box, so memory is polled as often as that allows.)"""
-    _, f0 = frames()
+    _, f0 = packets()
     began = time.monotonic()
     if during:
         during()
     peak = memory_mib()
     while time.monotonic() - began < seconds:
         peak = max(peak, memory_mib())
-    conns, f1 = frames()
+    conns, f1 = packets()
     elapsed = time.monotonic() - began
     channels = json.loads(ctl("-q", "list_channels", "--formatter", "json", "pid") or "[]")
     consumers = json.loads(ctl("-q", "list_consumers", "--formatter", "json") or "[]")
     queues = json.loads(ctl("-q", "list_queues", "--formatter", "json", "name") or "[]")
     return {"memory_mib": peak, "connections": conns, "channels": len(channels), "consumers": len(consumers),
-            "queues": len(queues), "frames_s": (f1 - f0) / elapsed}
+            "queues": len(queues), "packets_s": (f1 - f0) / elapsed}
 
 
 class Fleet:
@@ -269,7 +272,8 @@ def celery_side(n: int, jobs: int, sample_s: float, amqp: str, logdir: Path) -> 
 
 def table(n: int, base: dict[str, float], sides: dict[str, dict[str, Any]]) -> str:
     keys = [("memory_mib", "broker memory (MiB)", 1), ("connections", "connections", 0), ("channels", "channels", 0),
-            ("consumers", "consumers", 0), ("queues", "queues", 0), ("frames_s", "AMQP frames/s in+out", 1)]
+            ("consumers", "consumers", 0), ("queues", "queues", 0),
+            ("packets_s", "socket packets/s in+out (recv_cnt+send_cnt)", 1)]
     head = "| | empty node | " + " | ".join(f"{s} idle | {s} under load | {s} idle, per worker" for s in sides) + " |"
     lines = [head, "|" + "---|" * (2 + 3 * len(sides))]
     for key, label, digits in keys:

@@ -126,10 +126,12 @@ def wait_for_consumers(settings: Settings, tiers: Iterable[str], timeout_s: floa
     import aio_pika
     import aiormq
 
+    from outbox._brokers import connect  # every node of a comma-separated TIERBOX_AMQP_URL, as the processes
+
     wanted = list(tiers)
 
     async def ready() -> bool:
-        conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+        conn = await connect(settings.amqp_url, timeout=5)
         async with conn:
             for tier in wanted:
                 channel = await conn.channel()
@@ -166,8 +168,10 @@ def delete_broker_objects(settings: Settings) -> None:
     """Delete the queues and exchanges of ``settings``' prefix (absent ones are fine)."""
     import aio_pika
 
+    from outbox._brokers import connect  # every node of a comma-separated TIERBOX_AMQP_URL, as the processes
+
     async def clean() -> None:
-        conn = await aio_pika.connect(settings.amqp_url, timeout=5)
+        conn = await connect(settings.amqp_url, timeout=5)
         async with conn:
             names = [(n, "queue") for t in settings.topology.tiers
                      for n in (settings.queue_name(t), settings.dlq_name(t))]

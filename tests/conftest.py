@@ -217,7 +217,7 @@ def system(settings: Settings, procs: list[Proc], tmp_path: Path) -> Iterator[Sy
 
 #: Session fixtures that start RabbitMQ nodes of their own: the tests using one share an xdist group
 #: (``--dist loadgroup``), so one worker starts the node(s) once instead of every worker.
-NODE_FIXTURES = ("private_broker", "rabbit_cluster", "cluster")
+NODE_FIXTURES = ("private_broker", "cluster")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -37,11 +37,12 @@ def _wait_for_consumers(settings: Settings) -> None:
     """Block until every tier queue has a consumer (the pools are up), at most WAIT_S."""
     import asyncio
 
-    import aio_pika
     import aiormq
 
+    from outbox._brokers import connect  # every node of a comma-separated TIERBOX_AMQP_URL, as the processes
+
     async def ready() -> bool:
-        conn = await aio_pika.connect(settings.amqp_url)
+        conn = await connect(settings.amqp_url)
         async with conn:
             for tier in settings.topology.tiers:
                 channel = await conn.channel()

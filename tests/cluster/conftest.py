@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,6 +133,34 @@ class Cluster:
         raise AssertionError(f"cluster never showed {count} running nodes: {self.running()}")
 
 
+def node_processes(prefix: str) -> list[int]:
+    """Pids of the live processes of the nodes ``<prefix>1..3`` (the Erlang VM and its helpers), found by
+    the ``RABBITMQ_NODENAME`` their environment carries: a node whose data directory (and pid file) is
+    gone is still found."""
+    wanted = re.compile(rb"RABBITMQ_NODENAME=" + re.escape(prefix.encode()) + rb"[123]@localhost")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()  # empty for a zombie: exited, not running
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if any(wanted.fullmatch(var) for var in environ.split(b"\0")):
+            pids.append(int(proc.name))
+    return pids
+
+
+def leftovers(c: Cluster, timeout: float = 30) -> list[str]:
+    """What of cluster ``c`` is still there: node processes, data directories. Processes get
+    ``timeout`` seconds to finish exiting (``rabbitmqctl stop`` may return before the VM's helpers end)."""
+    end = time.monotonic() + timeout
+    while node_processes(c.prefix) and time.monotonic() < end:
+        time.sleep(0.5)
+    return ([f"process {pid}" for pid in node_processes(c.prefix)]
+            + [f"directory {RABBIT_DIR / n}" for n in c.names if (RABBIT_DIR / n).exists()])
+
+
 def _base_port() -> int:
     for _ in range(20):
         base = rabbit_node.free_port_pair()
@@ -141,7 +172,8 @@ def _base_port() -> int:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """A three-node cluster for this session, stopped and deleted afterwards (even on failure)."""
+    """A three-node cluster for this session, stopped and deleted afterwards (even on failure); what
+    survives the stop is removed and fails the session's last cluster test (at its teardown)."""
     why = rabbit_node.unavailable()
     if why:
         pytest.skip(f"no private RabbitMQ cluster: {why}")
@@ -159,6 +191,18 @@ def cluster() -> Iterator[Cluster]:
         yield c
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, capture_output=True, timeout=300, check=False)
+        left = leftovers(c)
+        # The script's stop is `rabbitmqctl stop`, then the data is deleted: a node that did not answer
+        # would keep running (and its ports taken) for every later run. Remove it here, and say so.
+        for pid in node_processes(c.prefix):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for n in c.names:
+            shutil.rmtree(RABBIT_DIR / n, ignore_errors=True)
+        if sys.exc_info()[0] is None:  # a failed start's own error says more than this
+            assert not left, f"cluster {c.prefix} left after its stop: {left}"
 
 
 @pytest.fixture

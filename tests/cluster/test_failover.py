@@ -86,3 +86,32 @@ def test_relay_and_worker_fail_over_between_nodes(cluster: Cluster, cluster_sett
         cluster.wait_running(3)
 
 
+def test_relay_reconnects_to_another_node_when_its_own_dies(cluster: Cluster, cluster_settings: Settings,
+                                                             system: System) -> None:
+    """The one relay's node SIGKILLed: the relay reconnects to a surviving node and publishes what is
+    committed after the kill. ``--lane main`` so that one connection publishes every tier (the default
+    relay also runs the urgent lane on a connection of its own, which may sit on another node and
+    would publish these jobs whether the main lane came back or not)."""
+    system.settings = cluster_settings
+    name = f"tierbox-relay {cluster_settings.queue_prefix}"
+    killed = None
+    try:
+        relay = system.start("relay", "--lane", "main")
+        system.wait(lambda: "relay.connected" in relay.output(), timeout=60, what="relay connected")
+        system.worker("--pool", "urgent")
+        before = [system.enqueue("sample.effect", f"a{i}") for i in range(5)]
+        system.wait(lambda: all(system.status(j) == "succeeded" for j in before), timeout=60, what="jobs before")
+        killed = cluster.connected_node(name)
+        cluster.kill(killed)
+        after = [system.enqueue("sample.effect", f"b{i}") for i in range(20)]
+        system.wait(lambda: all(system.status(j) == "succeeded" for j in after), timeout=90,
+                    what=f"jobs committed after the relay's node {killed} was killed")
+        now = cluster.connected_node(name)  # raises if the relay has no connection at all
+        assert now != killed and now in cluster.names
+        assert relay.alive(), relay.output()[-3000:]
+        rows = system.q("SELECT job_id, count(*) FROM public.test_effects GROUP BY job_id")
+        assert {r[0] for r in rows} == set(before + after) and all(r[1] == 1 for r in rows)
+    finally:
+        if killed:
+            cluster.restart(killed)
+        cluster.wait_running(3)
