@@ -20,7 +20,9 @@ from tests import rabbit_node
 from tests.examples.claims import claims, number
 from tests.helpers import ROOT, settings_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(450)]
+# At a load average of 16-20 on this 2-core box a small run with the restart took 5 min 15 s
+# (the private node's stop_app/start_app alone 50 s): 400 s was not enough there.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(780)]
 
 RESTART = "a RabbitMQ restart loses nothing"
 NO_RESTART = "nothing committed is lost or run twice (no restart)"
@@ -31,7 +33,7 @@ def test_the_hotel_platform_keeps_otps_fast_loses_nothing_and_redrives_into_anot
     env = settings_env(settings)
     env.pop("TIERBOX_APP")  # the example names its own task module
     argv = [sys.executable, "-m", "examples.hotel", "--size", "small", *([] if restart else ["--no-restart"])]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=720)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     table = claims(done.stdout)
