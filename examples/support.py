@@ -222,19 +222,30 @@ def percentile(values: Sequence[float], p: float) -> float:
 
 @dataclass(frozen=True)
 class Claim:
-    """One published claim and what this run measured for it."""
+    """One published claim and what this run measured for it.
+
+    ``held`` is None for a claim this run was asked not to test (printed ``not run``); a runner's
+    exit code counts such a row as neither held nor failed.
+    """
 
     claim: str
     measured: str
-    held: bool
+    held: bool | None
+
+    @property
+    def verdict(self) -> str:
+        """The table's held column: ``yes``, ``NO`` or ``not run``."""
+        return "not run" if self.held is None else "yes" if self.held else "NO"
 
 
 def print_claims(title: str, claims: Sequence[Claim], context: str = "") -> None:
     """The closing table: claim | measured | held, plus the run's date and load average."""
     width = max(len(c.claim) for c in claims)
+    # As wide as the widest verdict, so a table of yes/NO only looks as it always has.
+    held_width = max(4, *(len(c.verdict) for c in claims))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\n{title} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load}{context})")
-    print(f"{'claim':<{width}} | {'held':<4} | measured")
-    print(f"{'-' * width}-+------+-{'-' * 40}")
+    print(f"{'claim':<{width}} | {'held':<{held_width}} | measured")
+    print(f"{'-' * width}-+-{'-' * held_width}-+-{'-' * 40}")
     for c in claims:
-        print(f"{c.claim:<{width}} | {'yes' if c.held else 'NO':<4} | {c.measured}")
+        print(f"{c.claim:<{width}} | {c.verdict:<{held_width}} | {c.measured}")

@@ -18,13 +18,17 @@ from outbox import Tier
 #: The downstream's base URL (the runner starts it and passes it to the workers).
 DOWNSTREAM_URL = os.environ.get("DOWNSTREAM_URL", "http://127.0.0.1:8765")
 
-outbox.breaker("downstream", threshold=10, window_s=5, open_s=2, probes=1, probe_retry_s=0.5)
+#: The breaker's name, shared by every worker process (its state is in Redis).
+BREAKER_NAME = "downstream"
+#: 10 failures within 5 s open it for 2 s; then one probe at a time (the run bounds the outage's
+#: requests with these figures).
+BREAKER = outbox.breaker(BREAKER_NAME, threshold=10, window_s=5, open_s=2, probes=1, probe_retry_s=0.5)
 
 # One client per worker process: its connection pool is shared by the pool's handler threads.
 _client = httpx.Client(base_url=DOWNSTREAM_URL, timeout=10)
 
 
-@outbox.task(tier=Tier.NORMAL, name="jobs.render_document", breaker="downstream", max_retries=6,
+@outbox.task(tier=Tier.NORMAL, name="jobs.render_document", breaker=BREAKER_NAME, max_retries=6,
              retry_backoff_s=0.2, retry_backoff_max_s=2)
 def render_document(ctx: outbox.TaskContext, document_id: int) -> None:
     """Render one document; the job id is the downstream's idempotency key, so a re-run applies nothing twice."""
