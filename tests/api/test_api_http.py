@@ -44,7 +44,9 @@ def start_api(settings: Settings, procs: list[Proc], tmp_path: Path, *args: str,
         except httpx.TransportError:
             return False
 
-    wait_until(up, timeout=20, what="tierbox api answering")
+    # 60 s, not 20: on a loaded 2-core box the API's start-up (imports, Litestar app) was measured at
+    # 15 s (load average 20); a dead process still fails at once through up()'s alive() check.
+    wait_until(up, timeout=60, what="tierbox api answering")
     return base
 
 
