@@ -157,11 +157,11 @@ class Reconciler:
         for tier in names:
             try:
                 ready[tier] = await self._ready(tier)
-            except Exception as exc:
-                if self.connection.is_closed:
-                    raise  # the connection is gone, not the queue: every tier would fail; the caller reconnects
-                # One queue that cannot be read (a classic queue whose home node is down, an exclusive queue
-                # of that name) must not stop the round for every other tier.
+            except aiormq.exceptions.ChannelClosed as exc:
+                # The broker refused this queue (404: a classic queue whose home node is down; 405: an exclusive
+                # queue of that name; 403): that must not stop the round for every other tier. Anything else
+                # (a closed connection, a timeout) propagates: the caller reconnects. A reset under a running
+                # relay showed why: a catch-all skipped every tier on a dead connection, round after round.
                 skipped_tiers[tier] = f"{type(exc).__name__}: {exc}"
                 event(log, "relay.reconcile_tier_skipped", logging.WARNING, tier=tier,
                       queue=self.settings.queue_name(tier), error=skipped_tiers[tier])

@@ -90,6 +90,7 @@ def test_after_a_reset_recreating_the_vhost_and_user_is_all_an_operator_does(
     assert_recovered(system, relay, worker, base, before=5)
 
 
+@pytest.mark.timeout(300)  # a reset is three rabbitmqctl calls (about 6 s each here), then 1 s reconcile rounds
 def test_jobs_queued_at_a_reset_run_once(private_settings: Settings, private_broker: PrivateBroker,
                                          procs: list[Proc], tmp_path: Path) -> None:
     """Published jobs still queued when the broker is reset are lost with its queues: reconciliation (every
