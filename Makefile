@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PACKAGES := outbox tierbox api celery_bridge cli flow migrations ops relay scheduler workers webhooks
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: help demo test lint typecheck docs bench chaos clean
+.PHONY: help demo test lint typecheck docs bench chaos fuzz clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ bench: $(BENCH_STAMP)  ## Benchmarks (not part of `make test`); BENCH_ARGS=--qui
 
 chaos: $(STAMP)  ## Long chaos profile: 1,000,000 jobs over 30 min under faults (release check; not in `make test`)
 	$(BIN)/python -m tests.chaos --jobs 1000000 --minutes 30
+
+# The admin API fuzz at release length; `make test` runs the same tests with 12 examples (docs/bad_input.md).
+FUZZ_EXAMPLES ?= 500
+
+fuzz: $(STAMP)  ## Admin API fuzz, FUZZ_EXAMPLES (500) per operation, mode and auth (release check; not in `make test`)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider --durations=10 tests/api/test_api_fuzz.py
 
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

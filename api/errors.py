@@ -94,7 +94,7 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
     headers = {"WWW-Authenticate": 'Bearer realm="tierbox"'} if status == 401 else None
     # The API reads no body but JSON, so every 400 Litestar raises (truncated, not UTF-8, ...) is a body
     # that is not JSON; ``params.screen`` refuses those first, this keeps the code right if one slips past.
-    code = "malformed_json" if status == 400 else _CODES.get(status, "error")
+    code = _CODES.get(status, "error")
     return _respond(status, code, str(exc.detail), None, headers)
 
 

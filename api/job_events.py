@@ -47,6 +47,7 @@ from outbox._sql import run_async
 from outbox.config import Settings
 from outbox.schema import FINISHED_STATUSES
 from tierbox.api import errors
+from tierbox.ops import cursors
 from tierbox.ops.errors import RequestError, invalid
 
 log = logging.getLogger("tierbox.api.job_events")
@@ -184,7 +185,7 @@ def last_event_id(request: Request[Any, Any, Any]) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 19:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= cursors.BIGINT_MAX):
         raise invalid("Last-Event-ID", "must be an event id this stream sent (a non-negative integer)")
     return int(raw)
 

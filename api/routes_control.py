@@ -43,7 +43,7 @@ class OverrideRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     tier: Annotated[str, msgspec.Meta(max_length=64)]
     until: dt.datetime | None = None
-    hours: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    hours: Annotated[float, msgspec.Meta(gt=0, le=control.MAX_OVERRIDE_HOURS)] | None = None
     reason: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)] | None = None
 
 

@@ -45,6 +45,8 @@ class ReconcileResult(msgspec.Struct, frozen=True, kw_only=True):
     dry_run: bool
     republished: int
     tiers: list[TierRound]
+    #: Tiers left out because their queue could not be read (tier -> the broker's error); the others ran.
+    skipped_tiers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 @post("/admin/reconcile", guards=[require("operate")], status_code=200, responses=RESPONSES,
@@ -61,4 +63,5 @@ async def reconcile(request: Request[Any, Any, Any], state: State,
     if done.skipped:
         raise RequestError(409 if done.skipped == SKIPPED_LOCKED else 503, f"round skipped: {done.skipped}")
     would = sum(len(t.republished) for t in done.tiers)
-    return ReconcileResult(dry_run=body.dry_run, republished=0 if body.dry_run else would, tiers=done.tiers)
+    return ReconcileResult(dry_run=body.dry_run, republished=0 if body.dry_run else would, tiers=done.tiers,
+                           skipped_tiers=done.skipped_tiers)

@@ -42,6 +42,8 @@ def reconcile(tier: str | None, dry_run: bool, force: bool, reason: str | None, 
                                                               force=force, reason=reason))
     if as_json_:
         click.echo(as_json(done))
+        if done.skipped:  # the same exit status as the table form: a script must not read "done" from 0
+            raise SystemExit(1)
         return
     if done.skipped:
         raise click.ClickException(f"round skipped: {done.skipped}")
@@ -53,3 +55,5 @@ def reconcile(tier: str | None, dry_run: bool, force: bool, reason: str | None, 
         for job_id in t.republished:
             click.echo(f"{verb} {t.tier} {job_id}")
     click.echo(f"{verb} {sum(len(t.republished) for t in done.tiers)} job(s)")
+    for tier, error in done.skipped_tiers.items():
+        click.echo(f"tier {tier} skipped (its queue could not be read): {error}", err=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 Scope = Literal["tier", "task"]
 #: The longest override accepted (a forgotten override must not route a task forever).
 MAX_OVERRIDE = dt.timedelta(days=90)
+#: The same bound in hours, for a request's ``hours`` (checked before any datetime arithmetic).
+MAX_OVERRIDE_HOURS = MAX_OVERRIDE.total_seconds() / 3600
 
 
 class Pause(msgspec.Struct, frozen=True):
@@ -207,6 +210,9 @@ def expiry(until: dt.datetime | None, hours: float | None) -> dt.datetime:
     """When an override ends; 422 unless exactly one of ``until``/``hours`` puts it within 90 days."""
     if (until is None) == (hours is None):
         raise invalid("until", "give until or hours (exactly one)")
+    if hours is not None and not (math.isfinite(hours) and 0 < hours <= MAX_OVERRIDE_HOURS):
+        # Checked before timedelta(): a huge value overflows it (OverflowError), nan compares false everywhere.
+        raise invalid("hours", f"a number of hours above 0 and at most {MAX_OVERRIDE_HOURS:g} (90 days)")
     now = dt.datetime.now(dt.UTC)
     if until is not None and until.tzinfo is None:
         raise invalid("until", "give a time zone (e.g. 2026-12-01T00:00:00Z)")

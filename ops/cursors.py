@@ -7,6 +7,10 @@ from datetime import datetime
 
 from tierbox.ops.errors import invalid
 
+#: The largest Postgres ``bigint``: a numeric key or id from a caller above it is refused before a query (Postgres
+#: would raise ``NumericValueOutOfRange``, a 500).
+BIGINT_MAX = 2**63 - 1
+
 
 def encode(at: datetime, key: object) -> str:
     """A cursor after the row sorted at (``at``, ``key``)."""

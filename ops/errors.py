@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from outbox.errors import RedriveError
 
-#: The stable error code of each status (the admin API's documented codes).
-CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+#: The stable error code of each status (the admin API's documented codes). The API reads no body but JSON,
+#: so its one 400 is ``malformed_json`` (``bad_request`` was never documented; truncated JSON answered it).
+CODES = {400: "malformed_json", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
          409: "conflict", 413: "body_too_large", 415: "unsupported_media_type", 422: "invalid",
-         429: "too_many_requests", 503: "unavailable"}
+         503: "unavailable"}
 
 
 class RequestError(Exception):

@@ -36,6 +36,7 @@ async def reconcile_now(engine: AsyncEngine, settings: Settings, actor: Actor, t
 
 def _detail(done: Round, tier: str | None, dry_run: bool, force: bool, reason: str | None) -> dict[str, Any]:
     return {"tier": tier, "dry_run": dry_run, "force": force, "reason": reason, "skipped": done.skipped,
+            "skipped_tiers": done.skipped_tiers,
             "tiers": {t.tier: {"owed": t.owed, "ready": t.ready, "held": t.held, "shortfall": t.shortfall,
                                "candidates": len(t.candidates), "republished": len(t.republished)}
                       for t in done.tiers}}

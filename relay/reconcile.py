@@ -5,8 +5,9 @@ published ones. One round, per tier queue, in one relay at a time (``pg_try_advi
 for the round's transaction):
 
 1. ``cut`` = Postgres's clock; ``ready`` = the queue's ready messages by passive declare (a missing
-   queue counts 0 and is declared again); after :data:`INFLIGHT_SETTLE_S` (so every pool has
-   published once since), ``inflight`` = the job ids the worker pools hold, from Redis
+   queue counts 0 and is declared again; a queue that cannot be read at all leaves its tier out of the
+   round, ``relay.reconcile_tier_skipped``, and the other tiers go on); after :data:`INFLIGHT_SETTLE_S`
+   (so every pool has published once since), ``inflight`` = the job ids the worker pools hold, from Redis
    (:mod:`tierbox.workers.inflight`). Redis unreachable: the round is skipped, never run blind.
 2. ``owed`` = jobs of the tier ``published`` before ``cut``, not started, not pending;
    ``shortfall = owed - ready - |inflight ∩ owed|``. If positive, the candidates are the oldest
@@ -80,6 +81,8 @@ class Round(msgspec.Struct, kw_only=True):
 
     tiers: list[TierRound] = msgspec.field(default_factory=list)
     skipped: str | None = None
+    #: Tiers left out of this round because their queue could not be read (tier -> the broker's error).
+    skipped_tiers: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def republished(self) -> int:
@@ -149,7 +152,20 @@ class Reconciler:
             return Round(skipped=SKIPPED_LOCKED)
         names = list(tiers or self.settings.topology.tiers)
         cut = (await run_async(conn, queries.DB_NOW))[0].now
-        ready = {tier: await self._ready(tier) for tier in names}
+        ready: dict[str, int] = {}
+        skipped_tiers: dict[str, str] = {}
+        for tier in names:
+            try:
+                ready[tier] = await self._ready(tier)
+            except aiormq.exceptions.ChannelClosed as exc:
+                # The broker refused this queue (404: a classic queue whose home node is down; 405: an exclusive
+                # queue of that name; 403): that must not stop the round for every other tier. Anything else
+                # (a closed connection, a timeout) propagates: the caller reconnects. A reset under a running
+                # relay showed why: a catch-all skipped every tier on a dead connection, round after round.
+                skipped_tiers[tier] = f"{type(exc).__name__}: {exc}"
+                event(log, "relay.reconcile_tier_skipped", logging.WARNING, tier=tier,
+                      queue=self.settings.queue_name(tier), error=skipped_tiers[tier])
+        names = [tier for tier in names if tier in ready]
         await asyncio.sleep(INFLIGHT_SETTLE_S)
         try:
             held = {tier: await self._inflight(tier) for tier in names}
@@ -159,7 +175,7 @@ class Reconciler:
             event(log, "relay.reconcile_skipped", logging.WARNING, reason="redis unreachable",
                   error=f"{type(exc).__name__}: {exc}")
             return Round(skipped=f"Redis unreachable ({type(exc).__name__})")
-        done = Round()
+        done = Round(skipped_tiers=skipped_tiers)
         for tier in names:
             found = await self._tier(conn, tier, cut, ready[tier], held[tier], previous[tier], dry_run, force)
             done.tiers.append(found)

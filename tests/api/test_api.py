@@ -80,6 +80,19 @@ def test_literals_match_the_schema() -> None:
     assert get_args(JobStatus) == JOB_STATUSES
 
 
+def test_every_status_maps_to_a_documented_code() -> None:
+    import re
+    from pathlib import Path
+
+    from tierbox.ops.errors import CODES, RequestError
+
+    table = (Path(__file__).parents[2] / "docs" / "admin-api.md").read_text()
+    documented = {int(status): set(re.findall(r"`([a-z_]+)`", codes))
+                  for status, codes in re.findall(r"^\| (\d{3}) \| ([^|]+) \|", table, re.MULTILINE)}
+    assert {s: c for s, c in CODES.items() if c not in documented.get(s, set())} == {}
+    assert RequestError(400, "x").code == "malformed_json"
+
+
 # --- auth ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("method", "path"), [

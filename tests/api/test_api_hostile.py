@@ -7,6 +7,7 @@ still answer 422 (a request that got as far as a query would answer 503 ``unavai
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -77,6 +78,40 @@ BODY_NUL: list[tuple[str, str, bytes, str]] = [
     ("POST", f"/admin/dlq/{uuid.UUID(int=1)}/discard", b'{"\\u0000": 1}', "\\u0000"),
 ]
 
+#: (method, path, body, field): a number out of its range in a body or parameter, refused 422 before any
+#: arithmetic or query. ``hours`` 1e10 once overflowed ``timedelta`` (OverflowError, a 500); a Last-Event-ID
+#: above the bigint range, or a digit that is not ASCII ('\u00b2' passes str.isdigit(), not int()), was let through.
+NUMBERS: list[tuple[str, str, bytes | None, str]] = [
+    ("PUT", "/admin/overrides/t", b'{"tier": "high", "hours": 1e10}', "hours"),
+    ("PUT", "/admin/overrides/t", b'{"tier": "high", "hours": 1e300}', "hours"),
+    ("PUT", "/admin/overrides/t", b'{"tier": "high", "hours": 2160.001}', "hours"),  # just over 90 days
+    ("PUT", "/admin/overrides/t", b'{"tier": "high", "hours": 0}', "hours"),
+    ("PUT", "/admin/overrides/t", b'{"tier": "high", "hours": -1e300}', "hours"),
+    ("GET", f"/admin/jobs/{uuid.UUID(int=1)}/events?last_event_id=9999999999999999999", None, "Last-Event-ID"),
+    ("GET", f"/admin/jobs/{uuid.UUID(int=1)}/events?last_event_id=%C2%B2", None, "Last-Event-ID"),
+    ("POST", "/admin/failure-groups/f/redrive", b'{"limit": 99999999999999999999999}', "limit"),
+    ("POST", "/admin/failure-groups/f/redrive", b'{"batch": 1001}', "batch"),
+    ("POST", "/admin/failure-groups/f/redrive", b'{"rate": 1e308}', "rate"),
+    ("POST", "/admin/failure-groups/f/redrive", b'{"rate": 0.5}', "rate"),
+]
+#: The same for a page size: checked once the route has its read connection, so not in the offline test.
+LIMITS: list[tuple[str, str, bytes | None, str]] = [
+    ("GET", f"/admin/jobs?limit={'9' * 30}", None, "limit"),
+    ("GET", "/admin/dlq?limit=-1", None, "limit"),
+    ("GET", "/admin/failure-groups?limit=1e400", None, "limit"),
+]
+
+
+def _cursor(raw: str) -> str:
+    """A cursor as the API encodes one (``ops/cursors.py``), here around a forged sort key."""
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+#: Forged DLQ cursors whose key is not a bigint: once ``int()`` raised (a 500) or Postgres refused the value.
+FORGED_CURSORS = [_cursor("2026-01-01T00:00:00+00:00|99999999999999999999999"),
+                  _cursor("2026-01-01T00:00:00+00:00|9223372036854775808"),  # bigint maximum + 1
+                  _cursor("2026-01-01T00:00:00+00:00|\u00b2")]
+
 #: Bodies that are not the JSON object the route reads, each answered 400 ``malformed_json``.
 MALFORMED: list[tuple[str, bytes]] = [
     ("truncated", b'{"reason": '),
@@ -124,6 +159,32 @@ def test_hostile_parameters_are_422_naming_the_field(client: TestClient[Any], db
 def test_hostile_input_never_reaches_postgres(offline: TestClient[Any], method: str, path: str, body: bytes | None,
                                               field: str) -> None:
     assert_error(call(offline, method, path, body, _token(method)), 422, "invalid", field)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [*NUMBERS, *LIMITS],
+                         ids=[f"{m} {p[:50]} {b!r}"[:100] for m, p, b, _ in [*NUMBERS, *LIMITS]])
+def test_a_number_out_of_range_is_422_naming_the_field(client: TestClient[Any], db_url: str, method: str, path: str,
+                                                       body: bytes | None, field: str) -> None:
+    assert_error(call(client, method, path, body, _token(method)), 422, "invalid", field)
+    assert audit_rows(db_url) == [] and q(db_url, "SELECT count(*) FROM outbox.tier_overrides") == [(0,)]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), NUMBERS, ids=[f"{m} {p[:50]} {b!r}"[:100]
+                                                                            for m, p, b, _ in NUMBERS])
+def test_a_number_out_of_range_never_reaches_postgres(offline: TestClient[Any], method: str, path: str,
+                                                      body: bytes | None, field: str) -> None:
+    assert_error(call(offline, method, path, body, _token(method)), 422, "invalid", field)
+
+
+@pytest.mark.parametrize("cursor", FORGED_CURSORS, ids=["huge", "bigint+1", "superscript two"])
+def test_a_forged_dlq_cursor_is_422_not_500(client: TestClient[Any], cursor: str) -> None:
+    assert_error(client.get(f"/admin/dlq?cursor={cursor}", headers=READ), 422, "invalid", "cursor")
+
+
+def test_the_longest_override_is_accepted(client: TestClient[Any], db_url: str) -> None:
+    r = call(client, "PUT", "/admin/overrides/t", b'{"tier": "high", "hours": 2160}', OPERATE)
+    assert r.status_code == 200, r.text
+    assert q(db_url, "SELECT task, tier FROM outbox.tier_overrides") == [("t", "high")]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "field"), BODY_NUL, ids=[f"{m} {p} {b!r}"[:100]

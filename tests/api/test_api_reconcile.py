@@ -74,3 +74,36 @@ async def test_reconcile_dry_run_then_real_is_audited(client: TestClient[Any], q
                      ("alice", "reconcile", "ok", 0, "false", None),
                      ("alice", "reconcile", "ok", 3, "false", "second look")]
     assert q(quick.database_url, "SELECT count(*) FROM outbox.pending") == [(3,)]  # the relay publishes them again
+
+
+async def test_reconcile_while_another_round_holds_the_lock_is_409_and_audited_as_refused(
+        client: TestClient[Any], quick: Settings) -> None:
+    from tierbox.relay.reconcile import Reconciler
+
+    holder = await Reconciler.connect(quick, actor="test-relay")
+    try:
+        assert holder.db is not None
+        async with holder.db.transaction():
+            await holder.round(holder.db, ["critical"])  # holds the advisory lock until this transaction ends
+            r = client.post("/admin/reconcile", json={"tier": "critical", "force": True}, headers=OPERATE)
+    finally:
+        await holder.close()
+    assert_error(r, 409, "conflict")
+    assert "another relay's round holds the lock" in r.json()["error"]["message"]
+    assert q(quick.database_url, "SELECT actor, action, result FROM outbox.admin_audit") == [
+        ("alice", "reconcile", "refused")]
+    assert q(quick.database_url, "SELECT count(*) FROM outbox.republished") == [(0,)]
+
+
+async def test_reconcile_without_redis_is_503_and_audited_as_refused(
+        quick: Settings, amqp: aio_pika.abc.AbstractConnection) -> None:
+    """Without the pools' in-flight sets every buffered message would look lost: no round, never a blind one."""
+    await purged_jobs(quick, amqp, 2)
+    blind = msgspec.structs.replace(quick, redis_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(blind, ApiConfig(tokens=TOKENS))) as c:
+        r = c.post("/admin/reconcile", json={"tier": "critical", "force": True}, headers=OPERATE)
+    assert_error(r, 503, "unavailable")
+    assert "Redis unreachable" in r.json()["error"]["message"]
+    assert q(quick.database_url, "SELECT actor, action, result FROM outbox.admin_audit") == [
+        ("alice", "reconcile", "refused")]
+    assert q(quick.database_url, "SELECT count(*) FROM outbox.republished") == [(0,)]

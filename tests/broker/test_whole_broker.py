@@ -88,3 +88,26 @@ def test_after_a_reset_recreating_the_vhost_and_user_is_all_an_operator_does(
                 and readyz(base)[0] == 503, timeout=30, what="every process failing to connect")
     private_broker.add_vhost_and_user(vhost, user, password)  # the documented steps, nothing else
     assert_recovered(system, relay, worker, base, before=5)
+
+
+@pytest.mark.timeout(300)  # a reset is three rabbitmqctl calls (about 6 s each here), then 1 s reconcile rounds
+def test_jobs_queued_at_a_reset_run_once(private_settings: Settings, private_broker: PrivateBroker,
+                                         procs: list[Proc], tmp_path: Path) -> None:
+    """Published jobs still queued when the broker is reset are lost with its queues: reconciliation (every
+    second, 1 s grace) republishes each once, and a worker started afterwards runs each exactly once."""
+    n = 12
+    system = System(msgspec.structs.replace(private_settings, reconcile_interval_s=1.0, reconcile_grace_s=1.0),
+                    procs, tmp_path)
+    relay = system.relay()  # no worker yet: every message waits in the queue
+    jobs = enqueue_effects(system, n, "queued at reset ")
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.jobs WHERE status = 'published' AND id = ANY(%s)",
+                                 jobs)[0][0] == n, what="all published")
+    assert queue_stats(system.settings.amqp_url, system.settings.queue_name("high")) == (n, 0)
+    private_broker.reset()  # the queue and its n messages are gone
+    system.wait(lambda: system.q("SELECT count(*) FROM outbox.republished")[0][0] >= n, timeout=60,
+                what=f"{n} republished")
+    worker = system.worker("--pool", "urgent")
+    assert_each_ran_once(system, jobs, timeout=90)
+    again = [r[0] for r in system.q("SELECT job_id FROM outbox.republished")]
+    assert sorted(again) == sorted(jobs), "each lost job republished exactly once, and no other"
+    assert "relay.republished" in relay.output() and relay.alive() and worker.alive()

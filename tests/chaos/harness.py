@@ -81,6 +81,11 @@ class Report:
     stranded: list[str] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, list[float]] = field(default_factory=dict)
+    #: Broker-loss kinds only: per fault that lost jobs, seconds from the fault until the last job
+    #: republished because of it had its effect (see :meth:`ChaosRun.check` for the attribution).
+    lost_rerun_s: dict[str, list[float]] = field(default_factory=dict)
+    #: Broker-loss kinds only: jobs republished after each fault (summed over the kind's faults).
+    lost_jobs: dict[str, int] = field(default_factory=dict)
     unclean_exits: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     wait_p99_s: dict[str, float] = field(default_factory=dict)
@@ -114,6 +119,12 @@ class Report:
             rec = sorted(self.recovery_s.get(kind, []))
             p99 = rec[min(len(rec) - 1, int(len(rec) * 0.99))] if rec else float("nan")
             rows.append((f"fault {kind}", f"{self.faults[kind]}x, p99 recovery {p99:.2f} s"))
+            if kind in BROKER_LOSS_FAULTS:
+                rerun = sorted(self.lost_rerun_s.get(kind, []))
+                worst = f"p99 {rerun[min(len(rerun) - 1, int(len(rerun) * 0.99))]:.2f} s" if rerun else "-"
+                rows.append((f"fault {kind}: lost jobs ran again",
+                             f"{len(rerun)} of {self.faults[kind]} faults lost jobs ({self.lost_jobs.get(kind, 0)} "
+                             f"republished), {worst} from the fault to the last one's effect"))
         width = max(len(str(k)) for k, _ in rows)
         return "\n".join(f"{k!s:<{width}}  {v}" for k, v in rows)
 
@@ -187,7 +198,8 @@ class ChaosRun:
         self.relays = [self._proc("relay", label=str(i)) for i in range(self.n_relays)]
         for pool in POOLS:
             self._start_pool(pool)
-        self._wait(lambda: all("worker.started" in p.output() for p in self.pools.values()), 30, "pools up")
+        # 90 s: on the shared 2-core box (load average above 20) four pools took over 30 s to import and start.
+        self._wait(lambda: all("worker.started" in p.output() for p in self.pools.values()), 90, "pools up")
         self._start_producers()
 
     def _enqueue_backlog(self) -> None:
@@ -459,8 +471,8 @@ class ChaosRun:
 
     def run(self) -> Report:
         began = time.monotonic()
-        self.start()
         try:
+            self.start()  # inside: a start that times out must not leave its relays and pools running
             pending = self.schedule() if self.faults_on else []
             deadline = began + self.timeout_s
             while self.faults_on and time.monotonic() < deadline:
@@ -540,6 +552,11 @@ class ChaosRun:
                 GROUP BY j.tier"""):
                 r.wait_p99_s[tier] = float(p99)
             r.republished = q("SELECT count(*) FROM outbox.republished")[0][0]
+            # Each job's first republish and its effect (None: it has none, e.g. dead-lettered).
+            republished = [(str(tier), float(at_), None if eff is None else float(eff)) for tier, at_, eff in q("""
+                SELECT r.tier, EXTRACT(EPOCH FROM min(r.at)),
+                       (SELECT EXTRACT(EPOCH FROM min(e.at)) FROM public.chaos_effects e WHERE e.job_id = r.job_id)
+                FROM outbox.republished r GROUP BY r.job_id, r.tier""")]
             effects: dict[str, list[float]] = {}
             for at_, tier in q("""
                 SELECT e.at, o.tier FROM public.chaos_effects e JOIN public.chaos_orders o USING (job_id)
@@ -558,6 +575,34 @@ class ChaosRun:
             if nexts:
                 after = max(nexts) if kind in BROKER_LOSS_FAULTS else min(nexts)
                 r.recovery_s.setdefault(kind, []).append(after - at)
+        self._measure_lost_rerun(republished)
+
+    def _measure_lost_rerun(self, republished: list[tuple[str, float, float | None]]) -> None:
+        """For each broker-loss fault: the time from the fault until every job it lost ran again.
+
+        A job is charged to the latest broker-loss fault before its republish that touched its tier (no
+        other fault drops a published message: a killed worker's or a closed connection's unacked
+        messages are requeued, and ``queue_limit`` dead-letters what it drops). A republished job
+        without an effect (dead-lettered instead) ends its fault's measure at the checker, never early.
+        """
+        losses = [(at, kind, tiers) for kind, at, tiers in self._fault_times if kind in BROKER_LOSS_FAULTS]
+        losses.sort()
+        last_effect: dict[int, float] = {}
+        jobs: dict[int, int] = {}
+        for tier, republished_at, effect_at in republished:
+            owner = None
+            for i, (at, _kind, tiers) in enumerate(losses):
+                if at <= republished_at and tier in tiers:
+                    owner = i
+            if owner is None:
+                continue
+            done = effect_at if effect_at is not None else time.time()
+            last_effect[owner] = max(last_effect.get(owner, 0.0), done)
+            jobs[owner] = jobs.get(owner, 0) + 1
+        for i, (at, kind, _tiers) in enumerate(losses):
+            if i in last_effect:
+                self.report.lost_rerun_s.setdefault(kind, []).append(max(last_effect[i] - at, 0.0))
+                self.report.lost_jobs[kind] = self.report.lost_jobs.get(kind, 0) + jobs[i]
 
 
 def _skipped(log: str) -> int:

@@ -299,6 +299,62 @@ async def test_a_deleted_queue_is_declared_again_and_its_jobs_run_once(
     run_once_each(system, jobs)
 
 
+async def test_delete_while_consuming_republishes_only_the_lost(
+        system_quick: System, amqp: aio_pika.abc.AbstractConnection) -> None:
+    """As the purge test, but the queue is deleted under the consuming worker (the broker cancels its
+    consumer): the worker runs 8 and buffers 1. Lost are the messages still in the queue and the buffered
+    one (the pool reconnects on the cancel, so its unacked delivery goes back to a queue that is gone).
+    Only those are republished, none that had started, and every job runs once after the queue is
+    declared again."""
+    system = system_quick
+    system.relay()
+    jobs = [system.enqueue("sample.sleep", 1.5, f"deleted under a worker {i}") for i in range(30)]
+    wait_published(system, jobs)
+    worker = system.worker("--pool", "urgent")
+    queue = system.settings.queue_name("high")
+    system.wait(lambda: system.q("SELECT count(*) FROM public.test_runs")[0][0] >= 8, what="slots busy")
+    channel = await amqp.channel()
+    deleted = int((await channel.queue_delete(queue)).message_count or 0)
+    await channel.close()
+    started = {r[0] for r in system.q("SELECT job_id FROM public.test_runs")}
+    assert 0 < deleted <= 30 - 8
+    run_once_each(system, jobs)
+    again = republished(system.settings)
+    assert len(set(again)) == len(again), "a job republished twice"
+    assert deleted <= len(again) <= deleted + 1  # the queue's messages, and the buffered one unless it started
+    assert set(again) <= set(jobs) - started  # none that had started when the queue was deleted
+    out = worker.output()
+    assert "worker.consumer_cancelled" in out or "worker.consumer_missing" in out, out[-2000:]
+
+
+async def test_one_unreadable_queue_leaves_only_its_tier_out_of_the_round(
+        quick: Settings, reconciler: Reconciler, amqp: aio_pika.abc.AbstractConnection,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A queue the broker refuses to declare (here: another connection's exclusive queue of that name, as
+    unreadable as a classic queue whose home node is down) is skipped and logged; the other tiers go on."""
+    jobs = enqueue(quick, "sample.critical_effect", 3)
+    assert await publish_all(quick) == 3
+    assert await purge(amqp, quick.queue_name("critical")) == 3
+    owner = await aio_pika.connect(quick.amqp_url)
+    try:
+        channel = await owner.channel()
+        await channel.queue_delete(quick.queue_name("high"))
+        await channel.declare_queue(quick.queue_name("high"), exclusive=True)  # RESOURCE_LOCKED to all others
+        assert reconciler.db is not None
+        with caplog.at_level("WARNING", logger="tierbox.relay"):
+            async with reconciler.db.transaction():
+                done = await reconciler.round(reconciler.db, force=True)
+    finally:
+        await owner.close()
+    assert done.skipped is None
+    assert set(done.skipped_tiers) == {"high"} and "RESOURCE_LOCKED" in done.skipped_tiers["high"].upper()
+    assert "high" not in {t.tier for t in done.tiers}
+    assert {t.tier for t in done.tiers} == set(quick.topology.tiers) - {"high"}
+    assert sorted(republished(quick)) == sorted(jobs)  # critical was reconciled all the same
+    assert any("relay.reconcile_tier_skipped" in r.getMessage() and "high" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 #: Jobs of the healthy-backlog test and the draining pool's slots; docs/reliability.md quotes runs with
 #: 20,000 (2 slots) and 100,000 (RECONCILE_TEST_BACKLOG=100000 RECONCILE_TEST_SLOTS=8).
 BACKLOG = int(os.environ.get("RECONCILE_TEST_BACKLOG", "3000"))
@@ -327,6 +383,7 @@ def test_a_healthy_bulk_backlog_draining_republishes_nothing(system_quick: Syste
     drained_s = time.monotonic() - began
     rounds = relay.output().count("relay.reconcile_shortfall")
     assert republished(system.settings) == []
+    assert rounds == 0, "a round saw a shortfall in a healthy backlog (the two-round rule hid it)"
     assert system.q("SELECT count(*) FROM outbox.attempts")[0][0] == BACKLOG
     print(f"{BACKLOG} BULK jobs drained in {drained_s:.1f} s by {SLOTS} slots; rounds with a shortfall: {rounds}; "
           "republished: 0")
@@ -367,3 +424,18 @@ async def test_cli_dry_run_says_what_it_would_republish_and_changes_nothing(
     assert q(quick, "SELECT DISTINCT reason FROM outbox.republished") == [("manual",)]
     last = q(quick, "SELECT job_ids, detail->>'reason' FROM outbox.admin_audit ORDER BY id DESC LIMIT 1")[0]
     assert sorted(last[0]) == sorted(jobs) and last[1] == "queue purged by hand"
+
+
+async def test_cli_json_exits_1_on_a_skipped_round(quick: Settings) -> None:
+    """Like the table form: a script reading ``--json`` must not take a round that never ran for done."""
+    from click.testing import CliRunner
+
+    from tests.helpers import settings_env
+    from tierbox.cli.main import cli
+
+    env = settings_env(msgspec.structs.replace(quick, redis_url="redis://127.0.0.1:1/0"))
+    result = await asyncio.to_thread(lambda: CliRunner().invoke(cli, ["reconcile", "--json"], env=env,
+                                                                catch_exceptions=False))
+    assert result.exit_code == 1, result.output
+    body = msgspec.json.decode(result.output)
+    assert "Redis unreachable" in body["skipped"] and body["tiers"] == []

@@ -160,6 +160,17 @@ def test_actions_are_audited_with_the_operator(client: TestClient[Any], db_url: 
     assert "override_clear" in client.get("/ui/control").text
 
 
+@pytest.mark.parametrize("hours", ["inf", "-inf", "nan", "1e400", "1e10", "2160.5", "0", "two"])
+def test_an_override_form_with_hours_out_of_range_is_422_naming_hours(client: TestClient[Any], db_url: str,
+                                                                      hours: str) -> None:
+    # float() takes 'inf', 'nan' and '1e400'; each once reached timedelta() (OverflowError, ValueError: a 500).
+    csrf = login(client, OPERATE_SECRET)
+    r = client.post("/ui/control/override", data={"csrf_token": csrf, "task": "sample.invoice", "tier": "bulk",
+                                                  "hours": hours}, follow_redirects=False)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "hours", r.text
+    assert audit_rows(db_url) == [] and q(db_url, "SELECT count(*) FROM outbox.tier_overrides") == [(0,)]
+
+
 def test_logout_ends_the_session(client: TestClient[Any]) -> None:
     csrf = login(client, READ_SECRET)
     r = client.post("/ui/logout", data={"csrf_token": csrf}, follow_redirects=False)
