@@ -51,7 +51,7 @@ def migrate(database_url: str | None, revision: str) -> None:
 @click.option("--batch-size", "relay_batch_size", type=int, help="Rows per batch [500].")
 @click.option("--poll-interval", "relay_poll_interval_s", type=float, help="Idle poll per lane, s [0.25].")
 @click.option("--urgent-lanes", "relay_urgent_lanes", type=int,
-              help="Lanes claiming urgent tiers' rows, each with its own connections [2].")
+              help="Lanes claiming urgent tiers' rows, each with its own connections [1].")
 @click.option("--lane", type=click.Choice(["all", "main", "urgent"]), default="all", show_default=True,
               help="Run the main lane and the urgent lanes in this process, or one kind: main (every tier, "
                    "polls) or urgent (urgent tiers, NOTIFY); run one process of each to keep urgent rows "

@@ -51,8 +51,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     relay_poll_interval_s: float = 0.25
     #: Lanes of a relay process that claim only urgent tiers' rows (each with its own Postgres and
     #: AMQP connection; a NOTIFY wakes one idle lane), so a row committed while one lane waits for
-    #: its batch's confirms is claimed at once by another. Defaults to 2.
-    relay_urgent_lanes: int = 2
+    #: its batch's confirms is claimed at once by another. Defaults to 1: a second lane has not shown
+    #: a gain in a same-moment A/B on the benchmark box (bench/README.md, "Urgent lanes").
+    relay_urgent_lanes: int = 1
     #: How long the relay waits for publisher confirms of one batch. Defaults to 10 s.
     relay_confirm_timeout_s: float = 10.0
     #: Delay before a row whose publish failed is tried again. Defaults to 1.0 s.

@@ -63,7 +63,7 @@ class LaneGroup:
     finds every lane in a batch is owed to the first lane that goes idle, which then claims at once,
     so no wake-up is lost. Several lanes exist so that a row committed while one lane waits for its
     batch's confirms and commit (about 7 ms at the median here) is claimed at once by another,
-    instead of after that batch (bench/README.md, "Urgent lanes").
+    instead of after that batch (bench/README.md, "Urgent lanes": not shown to help yet, so one lane is the default).
     """
 
     def __init__(self) -> None:
