@@ -12,6 +12,7 @@ import pytest
 from outbox.config import Settings
 from tests import sample_tasks  # noqa: F401 - registers the sample tasks
 from tests.helpers import wait_until_async
+from tests.relay.test_batch_round_trips import _depth_at_least
 from tests.relay.test_relay import enqueue_committed, pending_count, queue_depth
 from tierbox.relay.main import serve
 from tierbox.relay.relay import PAUSE_URGENT_ONCE_ENV
@@ -62,6 +63,3 @@ async def test_a_row_committed_during_a_held_urgent_batch_is_published_by_anothe
         await asyncio.wait_for(relay, 30)
     assert pending_count(settings.database_url) == 0
 
-
-async def _depth_at_least(amqp, queue: str, n: int) -> bool:  # type: ignore[no-untyped-def]
-    return await queue_depth(amqp, queue) >= n
