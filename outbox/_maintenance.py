@@ -14,7 +14,7 @@ from outbox.tiers import Topology
 #: The schema revision this code needs (the newest in migrations/versions; a test keeps them equal).
 #: Relays and workers refuse to work against an older one; a newer one is fine (migrate first,
 #: then roll out the code: old processes keep working on the migrated schema).
-REQUIRED_REVISION = "0017"
+REQUIRED_REVISION = "0018"
 #: SQLSTATE of "relation does not exist".
 UNDEFINED_TABLE = "42P01"
 

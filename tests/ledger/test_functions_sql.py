@@ -77,7 +77,7 @@ def test_the_file_defines_every_function_and_trigger_as_migrated(db_url: str, sc
 
 
 def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
-    # Not vacuous: the comparison above sees all fourteen functions and the two triggers.
+    # Not vacuous: the comparison above sees all fifteen functions and the two triggers.
     assert set(_catalog(db_url, _FUNCTIONS)) == {
         "outbox.notify_pending()", "outbox.start_attempt(uuid,text,double precision,boolean,uuid)",
         "outbox.reap(integer)", "outbox.redrive(uuid,text,text,text)", "outbox.discard(uuid,text,text)",
@@ -94,6 +94,8 @@ def test_the_file_covers_the_functions_it_should(db_url: str) -> None:
         "outbox.enqueue_webhook_delivery()",
         # revision 0017: UUIDv7 job ids
         "outbox.uuid7()",
+        # revision 0018: tier_health's rows without JIT
+        "outbox.tier_health_rows()",
     }
     assert set(_catalog(db_url, _TRIGGERS)) == {"outbox.pending.notify_pending", "outbox.jobs.record_job_event",
                                                 "outbox.jobs.enqueue_webhook_delivery"}
