@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from outbox._sql import run_async
 from outbox.config import Settings
-from tierbox.ops import control, queries
+from tierbox.ops import control, dead_letters, queries
 from tierbox.ops import tier_health as tiers
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.models import TierHealth
@@ -54,7 +54,7 @@ async def snapshot(engine: AsyncEngine, settings: Settings, broker: BrokerProbe,
     one is opened per read)."""
     async with engine.connect() as conn:
         health = await tiers.health(conn, settings, broker)
-        dlq = {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+        dlq = await dead_letters.open_by_tier(conn)
         tables = [r._replace(live_tuples=int(r.live_tuples), dead_tuples=int(r.dead_tuples))
                   for r in await run_async(conn, queries.TABLE_HEALTH)]
         xmin = (await run_async(conn, queries.OLDEST_XMIN))[0]

@@ -94,6 +94,11 @@ async def attempts(conn: Any, job_id: uuid.UUID) -> list[Attempt]:
                     traceback_tail=r.traceback_tail) for r in rows]
 
 
+async def open_by_tier(conn: Any) -> dict[str, int]:
+    """Open dead letters (neither redriven nor discarded) per tier; tiers with none are absent."""
+    return {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+
+
 async def by_tier(conn: Any) -> list[TierReasonCount]:
     """Open dead letters counted per tier and reason."""
     rows = await run_async(conn, queries.DLQ_BY_TIER)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from outbox._sql import run_async
 from outbox.config import Settings
 from tierbox.flow.gate import connect as connect_redis
-from tierbox.ops import queries
+from tierbox.ops import dead_letters, queries
 from tierbox.ops import tier_health as tiers
 from tierbox.ops.broker import BrokerProbe
 from tierbox.ops.models import TierHealth
@@ -73,7 +73,7 @@ class TierSnapshot:
             if self._redis is None:
                 self._redis = connect_redis(self._settings)
             value = await tiers.health(conn, self._settings, self._broker, self._redis)
-            open_dead = {r.tier: int(r.open_count) for r in await run_async(conn, queries.DLQ_OPEN_BY_TIER)}
+            open_dead = await dead_letters.open_by_tier(conn)
         self._value, self.open_dead_letters, self._read_at = value, open_dead, time.monotonic()
         self.refreshes += 1
         return value
