@@ -50,6 +50,7 @@ import psycopg
 
 from outbox import _encoding as encoding
 from outbox import _keepalive as keepalive
+from outbox import _plans as plans
 from outbox import _tracing as tracing
 from outbox import _transitions as transitions
 from outbox._logs import clip, event
@@ -139,6 +140,7 @@ class Relay:
         role = f"tierbox-relay{'-' + lane if lane else ''}"
         db = await psycopg.AsyncConnection.connect(settings.psycopg_url, application_name=role)
         await keepalive.apply_async(db)  # a cut-off relay's claimed rows are freed in ~20 s (outbox._keepalive)
+        await plans.apply_async(db)  # by-id statements on the partitioned history: planned once (outbox._plans)
         connection: aio_pika.abc.AbstractConnection | None = None
         declares = declare or not lane
         try:

@@ -67,11 +67,13 @@ class AttemptTimeout(Exception):  # noqa: N818 - reads as the outcome it records
 class Executor:
     """Runs attempts on the event loop (async handlers) or in a bounded thread pool (sync)."""
 
-    def __init__(self, async_engine: AsyncEngine, sync_engine: Engine, threads: int) -> None:
+    def __init__(self, async_engine: AsyncEngine, sync_engine: Engine, threads: int,
+                 ledger_engine: AsyncEngine | None = None) -> None:
         self.async_engine = async_engine
         self.sync_engine = sync_engine
         self.threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierbox-handler")
-        self.successes = SuccessBatcher(async_engine)
+        #: Sessionless successes go on the ledger engine (the pool's: generic plans), else on ``async_engine``.
+        self.successes = SuccessBatcher(ledger_engine or async_engine)
         #: Spans are recorded: a sync handler's thread runs in a copy of the attempt's context.
         self.traced = tracing.enabled()
 

@@ -31,6 +31,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from outbox import _keepalive as keepalive
+from outbox import _plans as plans
 from outbox._logs import event
 from outbox._runtime import wait_any
 from outbox.config import Settings
@@ -78,15 +79,15 @@ class Pool:
         weights = {t: settings.topology.spec(t).weight for t in spec.tiers}
         self.buffer = PriorityBuffer(weights, spec.min_share)
         # Async engine: one connection per running async attempt that takes ctx (its start_attempt,
-        # the handler's transaction and its outcome share it), the batched starts and sessionless
-        # successes (workers.batch), heartbeat, reaper, DLQ sweeper and sync-handler outcomes. No
-        # pre-ping: a delivery's first statement (its start, alone or batched) is the liveness
+        # the handler's transaction and its outcome share it), flow control's Postgres reads, a result
+        # recorded for a webhook; Tierbox's own ledger statements have the ledger engine below. No
+        # pre-ping (on either): a delivery's first statement (its start, alone or batched) is the liveness
         # check; a dead pooled connection fails it before any handler runs, SQLAlchemy then recycles
         # the whole pool, and Pool.process retries the delivery after a back-off.
         # Server-side keepalives on every connection (outbox._keepalive): a host cut off mid-transaction
         # releases its row locks in ~20 s instead of the kernel's two hours.
         self.async_engine = keepalive.on_connect(create_async_engine(
-            settings.sqlalchemy_url, pool_size=spec.slots + 3, max_overflow=spec.slots, pool_pre_ping=False))
+            settings.sqlalchemy_url, pool_size=spec.slots + 1, max_overflow=spec.slots, pool_pre_ping=False))
         # Sync engine: sync handlers' transactions, in threads, and their ctx.progress writes (each in
         # a short transaction of its own, while the handler's session holds its connection: hence up
         # to two per slot; the overflow ones are closed when returned). It keeps pre-ping: a sync
@@ -94,8 +95,15 @@ class Pool:
         # recorded as a failed attempt rather than retried as infrastructure trouble.
         self.sync_engine = keepalive.on_connect(create_engine(settings.sqlalchemy_url, pool_size=spec.slots,
                                                               max_overflow=spec.slots, pool_pre_ping=True))
-        self.ledger = Ledger(self.async_engine, self.worker_id, settings.lease_s)
-        self.executor = Executor(self.async_engine, self.sync_engine, spec.slots)
+        # Ledger engine: only Tierbox's own statements (batched starts and sessionless successes, retries,
+        # dead letters, heartbeat, reaper), so its connections can use generic plans (outbox._plans: a
+        # by-id statement on the partitioned history is otherwise planned again on every execution).
+        # Three steady connections (the two batchers' statements in flight and a chore); the overflow
+        # covers the slots' retries, dead letters and lone starts of a burst of failures.
+        self.ledger_engine = plans.on_connect(keepalive.on_connect(create_async_engine(
+            settings.sqlalchemy_url, pool_size=3, max_overflow=spec.slots, pool_pre_ping=False)))
+        self.ledger = Ledger(self.ledger_engine, self.worker_id, settings.lease_s)
+        self.executor = Executor(self.async_engine, self.sync_engine, spec.slots, ledger_engine=self.ledger_engine)
         self.admission = Admission(settings, self.async_engine, registry.breakers)
         # The finishing stage holds only deliveries with an unacked message: the channels' QoS bounds it.
         self.processor = Processor(name, registry, self.ledger, self.admission, self.executor, self.buffer,
@@ -319,6 +327,7 @@ class Pool:
         await _bounded(self.inflight.close(), "inflight")
         await _bounded(self._close_connection(), "amqp")  # unacked (buffered, unstarted) messages go back
         await _bounded(self.async_engine.dispose(), "postgres")
+        await _bounded(self.ledger_engine.dispose(), "postgres")
         self.sync_engine.dispose()
         event(log, "worker.stopped", pool=self.name, released=len(unfinished) + len(orphans), **self.counts,
               finished_outside_slots=self.processor.finishing.handed,

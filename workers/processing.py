@@ -170,7 +170,7 @@ class Processor:
             # The handler's transaction needs a pooled connection: start_attempt runs on it first,
             # as its liveness check (no pre-ping), so a dead connection fails the start (retried as
             # infrastructure trouble), never the handler's first statement (a used-up attempt).
-            async with self.ledger.engine.connect() as conn:
+            async with self.executor.async_engine.connect() as conn:  # the handlers' engine, not the ledger's
                 d.conn = conn
                 try:
                     d.start = await self.ledger.start(d.env.id, acked_early=d.task.long, conn=conn, token=d.token)

@@ -224,4 +224,5 @@ async def test_relay_and_worker_refuse_an_outdated_schema_naming_the_fix(
         await relay.close()
     finally:
         await pool.async_engine.dispose()
+        await pool.ledger_engine.dispose()
         pool.sync_engine.dispose()

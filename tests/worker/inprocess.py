@@ -31,4 +31,5 @@ async def high_pool(settings: Settings) -> AsyncIterator[Pool]:
         pool.executor.shutdown()
         await pool.admission.close()
         await pool.async_engine.dispose()
+        await pool.ledger_engine.dispose()
         pool.sync_engine.dispose()
