@@ -76,7 +76,8 @@ SELECT 1, COALESCE((SELECT id FROM ins),
                    (SELECT id FROM outbox.bench_pending_wide WHERE idempotency_key = CAST(:key AS text))),
        EXISTS (SELECT FROM ins)
 """)
-TARGET_RATIO = 1.3
+#: Issue #19's targets for the enqueue transaction against the plain one, by producer count.
+TARGET_RATIO = {1: 1.3, 8: 1.5}
 TARGET_MANY = 5.0
 
 
@@ -168,9 +169,9 @@ def run(report: Report, quick: bool) -> None:
         plain = rates[(p, "plain")]
         for mode in ("plain + SELECT 1", "enqueue+notify", "enqueue, trigger off", "one row (design)"):
             ratio = [a / b for a, b in zip(plain, rates[(p, mode)], strict=True)]
-            met = median(ratio) <= TARGET_RATIO if mode == "enqueue+notify" else None
+            met = median(ratio) <= TARGET_RATIO[p] if mode == "enqueue+notify" else None
             report.headline(f"enqueue time ratio, {p} producer(s), {mode} (tx time vs plain)", ratio,
-                            f"≤ {TARGET_RATIO}x (shipped design)" if met is not None else "diagnostic", met)
+                            f"≤ {TARGET_RATIO[p]}x (shipped design)" if met is not None else "diagnostic", met)
     many_ratio = [m / s for m, s in zip(manys, singles, strict=True)]
     report.headline(f"enqueue_many vs single enqueues ({n_many:,} jobs)", many_ratio, f"≥ {TARGET_MANY}x",
                     median(many_ratio) >= TARGET_MANY)
