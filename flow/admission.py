@@ -61,7 +61,7 @@ class Admission:
 
     def controlled(self, task: Task, tier: str) -> bool:
         """Whether this job needs the gate at all."""
-        return bool(task.rate_limit or task.concurrency or task.breaker or tier in self._limited_tiers)
+        return task.limited or bool(task.breaker) or tier in self._limited_tiers
 
     async def admit(self, task: Task, tier: str, kwargs: dict[str, Any]) -> Decision:
         """Run now, or defer (with how long and why)."""

@@ -326,7 +326,7 @@ class Gate:
                 rated.append((("task", task.name), f"{self.prefix}:rate:task:{task.name}", task.rate_limit))
             if task.concurrency is not None:
                 bounded.append((("task", task.name), f"{self.prefix}:conc:{task.name}"))
-        out = {("task", t.name): LimitState() for t in tasks if t.rate_limit is not None or t.concurrency is not None}
+        out = {("task", t.name): LimitState() for t in tasks if t.limited}
         if not rated and not bounded:
             return out
         seconds, micros = await self.redis.time()

@@ -165,7 +165,7 @@ def configured_limits(settings: Any, tasks: Iterable[Task]) -> list[RateLimitRow
             for name, spec in settings.topology.tiers.items() if spec.rate_limit]
     rows += [RateLimitRow(scope="task", name=t.name, tier=t.tier, rate_key=t.rate_key, concurrency=t.concurrency,
                           rate=rate_text(t.rate_limit.count, t.rate_limit.period_s) if t.rate_limit else None)
-             for t in sorted(tasks, key=lambda t: t.name) if t.rate_limit is not None or t.concurrency is not None]
+             for t in sorted(tasks, key=lambda t: t.name) if t.limited]
     return rows
 
 
@@ -180,7 +180,7 @@ async def rate_limits(settings: Any, redis: Any = None,
     from outbox.registry import registry
     from tierbox.flow.gate import Gate
 
-    limited = [t for t in (registry if tasks is None else tasks) if t.rate_limit is not None or t.concurrency]
+    limited = [t for t in (registry if tasks is None else tasks) if t.limited]
     rows = configured_limits(settings, limited)
     if not rows:
         return rows, None

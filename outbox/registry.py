@@ -62,6 +62,11 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     webhook_result: bool = False
 
     @property
+    def limited(self) -> bool:
+        """Whether the task has a rate or a concurrency limit of its own (flow control's limits)."""
+        return self.rate_limit is not None or self.concurrency is not None
+
+    @property
     def is_async(self) -> bool:
         """True when the handler is an ``async def``."""
         return inspect.iscoroutinefunction(self.fn)
