@@ -173,6 +173,21 @@ def with_database(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
+def migrated_database(label: str) -> Iterator[str]:
+    """A freshly created and migrated database ``bench_<label>_<hex>``; its URL; dropped on exit."""
+    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = with_database(ADMIN_DB_URL, name)
+    try:
+        migrations.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
 def fresh_system(label: str, **overrides: Any) -> Iterator[Settings]:
     """A new migrated database and a unique queue prefix; both removed afterwards.
 

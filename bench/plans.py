@@ -25,10 +25,9 @@ import psycopg
 
 import outbox
 from bench import tasks
-from bench.harness import ADMIN_DB_URL, with_database
+from bench.harness import migrated_database
 from outbox import _partitions, _transitions
 from outbox._sql import Statement, run_async
-from tierbox import migrations
 
 WARM_UP = 100
 MODES = ("auto", "force_generic_plan")
@@ -61,12 +60,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def measure(partitions: int, per_round: int) -> None:
     """Print the table for one partition count."""
-    name = f"bench_plans_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DB_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(ADMIN_DB_URL, name)
-    try:
-        migrations.upgrade(url)
+    with migrated_database("plans") as url:
         with psycopg.connect(url) as conn:
             today = dt.datetime.now(dt.UTC).date()
             for back in range(2, 2 + max(0, partitions - len(_partitions.partitions(conn)))):
@@ -82,18 +76,15 @@ def measure(partitions: int, per_round: int) -> None:
             for stmt, values in asyncio.run(_round(url, mode, jobs)).items():
                 results.setdefault(mode, {}).setdefault(stmt, []).append(statistics.median(values))
                 rows.setdefault((stmt, mode), []).extend(values)
-        print(f"\n{count} day partitions of outbox.jobs, {per_round - WARM_UP} timed jobs per round, "
-              f"2 rounds per mode, alternating\n")
-        print("| statement | auto p50 / p99 ms | generic p50 / p99 ms | generic / auto (p50) |")
-        print("|---|---|---|---|")
-        for stmt, _, _ in _statements(uuid.uuid4()):
-            auto, generic = rows[(stmt, "auto")], rows[(stmt, "force_generic_plan")]
-            ratio = statistics.median(results["force_generic_plan"][stmt]) / statistics.median(results["auto"][stmt])
-            print(f"| {stmt} | {_pct(auto, 0.5):.2f} / {_pct(auto, 0.99):.2f} | "
-                  f"{_pct(generic, 0.5):.2f} / {_pct(generic, 0.99):.2f} | {ratio:.2f} |")
-    finally:
-        with psycopg.connect(ADMIN_DB_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print(f"\n{count} day partitions of outbox.jobs, {per_round - WARM_UP} timed jobs per round, "
+          f"2 rounds per mode, alternating\n")
+    print("| statement | auto p50 / p99 ms | generic p50 / p99 ms | generic / auto (p50) |")
+    print("|---|---|---|---|")
+    for stmt, _, _ in _statements(uuid.uuid4()):
+        auto, generic = rows[(stmt, "auto")], rows[(stmt, "force_generic_plan")]
+        ratio = statistics.median(results["force_generic_plan"][stmt]) / statistics.median(results["auto"][stmt])
+        print(f"| {stmt} | {_pct(auto, 0.5):.2f} / {_pct(auto, 0.99):.2f} | "
+              f"{_pct(generic, 0.5):.2f} / {_pct(generic, 0.99):.2f} | {ratio:.2f} |")
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -49,7 +48,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +57,10 @@ import msgspec
 import psycopg
 
 import outbox
-from bench.harness import ADMIN_DB_URL, RESULTS_DIR, with_database
+from bench.harness import RESULTS_DIR, migrated_database
 from outbox import _transitions as transitions
 from outbox._encoding import decode_envelope, decode_payload
 from outbox._failure import ErrorInfo
-from tierbox import migrations
 from tierbox.ops import queries, triage
 from tierbox.workers.execute import AttemptTimeout
 
@@ -324,19 +322,7 @@ def timed_out(loop: asyncio.AbstractEventLoop, task: str, rng: random.Random) ->
 # --------------------------------------------------------------------------- databases
 
 
-@contextlib.contextmanager
-def database(label: str) -> Iterator[str]:
-    """A freshly created and migrated database ``bench_<label>_<hex>``; dropped on exit."""
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(ADMIN_DB_URL, name)
-    try:
-        migrations.upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_DB_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+database = migrated_database  # a fresh migrated database per measurement
 
 
 def _exec(conn: psycopg.Connection[Any], stmt: Any, params: dict[str, Any]) -> list[Any]:

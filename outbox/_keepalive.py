@@ -11,16 +11,15 @@ host's transactions are rolled back and their locks released about 20 s after it
 (tests/cluster/test_db_keepalive.py). A live but idle client answers probes from its kernel, so a
 long handler transaction is never ended by this.
 
-``SET`` after connecting rather than the ``options`` startup parameter: PgBouncer refuses unknown
-startup parameters unless configured to ignore them, and a ``SET`` is accepted by any role
-(the settings are ``USERSET``); on a Unix socket they are accepted and do nothing.
+``SET`` after connecting (:mod:`outbox._session_sql`); on a Unix socket the settings are accepted and
+do nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from outbox import _session_sql
 
 #: Seconds of silence before the server's first probe, seconds between probes, probes unanswered.
 IDLE_S, INTERVAL_S, COUNT = 10, 3, 3
@@ -33,30 +32,15 @@ SQL = (f"SET tcp_keepalives_idle = {IDLE_S}; SET tcp_keepalives_interval = {INTE
 
 def apply(conn: Any) -> None:
     """Set the keepalives on a new psycopg connection (committed unless it is in autocommit mode)."""
-    conn.execute(SQL)
-    if not conn.autocommit:
-        conn.commit()
+    _session_sql.apply(conn, SQL)
 
 
 async def apply_async(conn: Any) -> None:
     """:func:`apply` for a psycopg ``AsyncConnection``."""
-    await conn.execute(SQL)
-    if not conn.autocommit:
-        await conn.commit()
+    await _session_sql.apply_async(conn, SQL)
 
 
 def on_connect(engine: E) -> E:
     """Set the keepalives on every connection ``engine`` (a SQLAlchemy ``Engine`` or ``AsyncEngine``)
     opens; returns the engine."""
-    target = getattr(engine, "sync_engine", engine)
-
-    def _set(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(SQL)
-        finally:
-            cursor.close()
-        dbapi_connection.commit()  # a SET rolled back with its transaction would be undone
-
-    event.listen(target, "connect", _set)
-    return engine
+    return _session_sql.on_connect(engine, SQL)

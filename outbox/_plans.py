@@ -15,15 +15,14 @@ of a generic plan first: the 47-partition figures above).
 Only connections no application code runs on get it: the relay's lanes and the worker's ledger
 engine (batched starts, sessionless successes, retries, dead letters, heartbeats). A handler's own
 transaction keeps ``auto``: a generic plan for the application's statements would be our choice
-imposed on their queries. ``SET`` after connecting, as :mod:`outbox._keepalive` does (PgBouncer refuses
-unknown startup parameters); the setting is ``USERSET``.
+imposed on their queries. ``SET`` after connecting (:mod:`outbox._session_sql`).
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from outbox import _session_sql
 
 E = TypeVar("E")
 
@@ -32,23 +31,10 @@ SQL = "SET plan_cache_mode = force_generic_plan"
 
 async def apply_async(conn: Any) -> None:
     """Use generic plans on a new psycopg ``AsyncConnection`` (committed unless in autocommit mode)."""
-    await conn.execute(SQL)
-    if not conn.autocommit:
-        await conn.commit()
+    await _session_sql.apply_async(conn, SQL)
 
 
 def on_connect(engine: E) -> E:
     """Use generic plans on every connection ``engine`` (a SQLAlchemy ``AsyncEngine`` or ``Engine``)
     opens; returns the engine."""
-    target = getattr(engine, "sync_engine", engine)
-
-    def _set(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(SQL)
-        finally:
-            cursor.close()
-        dbapi_connection.commit()  # a SET rolled back with its transaction would be undone
-
-    event.listen(target, "connect", _set)
-    return engine
+    return _session_sql.on_connect(engine, SQL)
