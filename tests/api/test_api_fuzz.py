@@ -42,6 +42,10 @@ from tierbox.api.config import ApiConfig
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 #: Stateful scenarios (each up to STEPS calls).
 SCENARIOS = max(5, MAX_EXAMPLES // 2)
+# The time limit grows with the examples: an accepted POST /admin/reconcile runs a real round, which
+# waits INFLIGHT_SETTLE_S (1.5 s) for the pools' reports by design, so 500 examples of it take about
+# 13 minutes (pyproject's 120 s per test is for the default 12).
+pytestmark = pytest.mark.timeout(max(120, MAX_EXAMPLES * 4))
 STEPS = 6
 CHECKS = [not_a_server_error, status_code_conformance]
 
