@@ -185,7 +185,7 @@ def last_event_id(request: Request[Any, Any, Any]) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if raw is None or raw == "":
         return 0
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= cursors.BIGINT_MAX):
+    if not cursors.is_bigint(raw):
         raise invalid("Last-Event-ID", "must be an event id this stream sent (a non-negative integer)")
     return int(raw)
 

@@ -12,6 +12,15 @@ from tierbox.ops.errors import invalid
 BIGINT_MAX = 2**63 - 1
 
 
+def is_bigint(text: str) -> bool:
+    """Whether ``text`` is a non-negative ``bigint`` in ASCII digits, so ``int()`` and Postgres both take it.
+
+    ``str.isdigit()`` alone also takes ``'²'`` (``int()`` then raises) and any length (Postgres then refuses
+    the value; past 4,300 digits ``int()`` refuses it too): either was a 500 for a forged id or cursor.
+    """
+    return text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= BIGINT_MAX
+
+
 def encode(at: datetime, key: object) -> str:
     """A cursor after the row sorted at (``at``, ``key``)."""
     return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode().rstrip("=")

@@ -66,10 +66,7 @@ def to_dead_letter(row: Any) -> DeadLetter:
 async def page(conn: Any, flt: DeadLetterFilter, limit: int, cursor: str | None = None) -> DeadLetterPage:
     """Dead letters matching ``flt``, newest first, after ``cursor``."""
     after_at, after_key = cursors.decode(cursor)
-    # ASCII digits within bigint: str.isdigit() also takes '²' (int() then raises) and any length (Postgres
-    # then refuses the bigint); either was a 500 for a forged cursor.
-    if after_key is not None and not (after_key.isascii() and after_key.isdigit()
-                                      and int(after_key) <= cursors.BIGINT_MAX):
+    if after_key is not None and not cursors.is_bigint(after_key):
         raise invalid("cursor", "not a cursor this API returned")
     params = {**msgspec.structs.asdict(flt), "since": utc(flt.since), "until": utc(flt.until),
               "after_failed_at": after_at, "after_id": int(after_key) if after_key else None, "limit": limit}
